@@ -1,0 +1,27 @@
+# make test : create .venv if needed, install the package with test extras, run the suite
+# make demo : train tiny networks on data/, translate, evaluate -> results/demo/
+# make bench: CPU/GPU benchmarks (benchmarks/)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first, pinned, so pip never swaps it for another build;
+# override with `make TORCH_SPEC='torch==2.x.y' ...` to match your CUDA.
+TORCH_SPEC ?= torch==2.13.0
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv test demo bench compare clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) results/demo results/compare
