@@ -1,0 +1,1 @@
+"""Diffusion models for medical anomaly detection, on OpenAI guided diffusion."""

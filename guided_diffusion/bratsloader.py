@@ -1,0 +1,207 @@
+"""BRATS slices in the layout of the original code (SPEC section 5).
+
+Every leaf folder of the tree holds one axial slice as separate NIfTI files::
+
+    <leaf>/brats_train_<patient>_<seq>_<slice>_w.nii.gz    seq in t1, t1ce, t2, flair[, seg]
+
+Training leaves carry a ``seg`` file; test leaves may not, and then their ground
+truth is ``<label_dir>/<leaf>-label.nii.gz`` (SPEC section 6a; the original read
+it from a hard-coded relative path, SPEC section 10).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .nifti import read_nifti
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+"""Channel order of the image tensor."""
+
+SEG = "seg"
+
+# Values may exceed [0, 1] by this much (float round-off of the normalisation).
+RANGE_TOLERANCE = 1e-6
+
+_SLICE_FILE = re.compile(r"^(?P<patient>.+)_(?P<seq>t1|t1ce|t2|flair|seg)_(?P<slice>\d+)_w\.nii\.gz$")
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    id: str
+    folder: str
+    modalities: tuple[str, ...]  # paths in MODALITIES order
+    ground_truth: str  # seg file of the leaf or <label_dir>/<leaf>-label.nii.gz
+
+
+class BRATSDataset(Dataset):
+    """Four-channel BRATS slices, zero-padded to ``image_size``.
+
+    Item ``i`` is ``(image, info)``:
+
+    - ``image``: float32 tensor (4, S, S), channels t1, t1ce, t2, flair, values in
+      [0, 1]; a slice of H x W is zero-padded evenly on each side (240 -> 256 adds 8
+      pixels per side; an odd difference puts the extra pixel after).
+    - ``info``: ``{"y": 1 if the ground truth has any tumour pixel else 0 (healthy),
+      "id": leaf folder name, "gt": float32 (S, S) tumour mask of 0/1 padded like the
+      image, "has_gt": True}``.
+
+    The constructor only lists files, so memory stays flat for any number of slices;
+    each item is read and checked when it is loaded (2-D, same shape in every file,
+    finite, within [0, 1], not larger than ``image_size``).
+
+    Args:
+        directory: root of the tree; leaf folders at any depth are found by walking
+            it in sorted order.
+        label_dir: folder of ``<leaf>-label.nii.gz`` ground truths for leaves that
+            hold no seg file (BRATS test folders).
+        image_size: side S of the padded output.
+    """
+
+    def __init__(self, directory: str | os.PathLike, label_dir: str | os.PathLike | None = None, image_size: int = 256):
+        super().__init__()
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"--data_dir {directory}: no such directory")
+        if label_dir is not None:
+            label_dir = os.fspath(label_dir)
+            if not os.path.isdir(label_dir):
+                raise FileNotFoundError(f"--label_dir {label_dir}: no such directory")
+        if image_size < 1:
+            raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+        self.directory = directory
+        self.label_dir = label_dir
+        self.image_size = image_size
+        self._leaves = [_list_leaf(folder, label_dir) for folder in _leaf_folders(directory)]
+        if not self._leaves:
+            raise ValueError(f"--data_dir {directory}: no slice folders (expected leaf folders of *_w.nii.gz files)")
+        _check_unique_ids(self._leaves)
+
+    @property
+    def ids(self) -> list[str]:
+        """Leaf folder names, in item order."""
+        return [leaf.id for leaf in self._leaves]
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        leaf = self._leaves[index]
+        channels = [_read_slice(path) for path in leaf.modalities]
+        shape = channels[0].shape
+        for path, channel in zip(leaf.modalities, channels):
+            if channel.shape != shape:
+                raise ValueError(
+                    f"{path}: slice shape {channel.shape} differs from {shape} of {os.path.basename(leaf.modalities[0])}"
+                )
+            _check_unit_range(path, channel)
+        ground_truth = _read_slice(leaf.ground_truth)
+        if ground_truth.shape != shape:
+            raise ValueError(f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}")
+        _check_fits(leaf.modalities[0], shape, self.image_size)
+
+        image = np.clip(np.stack(channels), 0.0, 1.0)  # (4, H, W)
+        mask = (ground_truth > 0).astype(np.float32)  # (H, W)
+        image = pad_to_size(image, self.image_size)  # (4, S, S)
+        mask = pad_to_size(mask, self.image_size)  # (S, S)
+        info = {
+            "y": int(mask.any()),
+            "id": leaf.id,
+            "gt": torch.from_numpy(mask),
+            "has_gt": True,
+        }
+        return torch.from_numpy(image.astype(np.float32)), info
+
+
+def pad_to_size(array: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad the last two axes of ``array`` evenly to ``size`` x ``size``.
+
+    An odd difference puts the extra pixel after (bottom/right). The caller checks
+    that the array is not larger than ``size``.
+    """
+    height, width = array.shape[-2:]
+    top, left = (size - height) // 2, (size - width) // 2
+    pad = [(0, 0)] * (array.ndim - 2) + [(top, size - height - top), (left, size - width - left)]
+    return np.pad(array, pad)
+
+
+def _leaf_folders(directory: str) -> list[str]:
+    """Folders without subfolders under ``directory`` (itself included), sorted by path."""
+    leaves = []
+    for folder, subfolders, _ in os.walk(directory):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if not subfolders:
+            leaves.append(folder)
+    return sorted(leaves)
+
+
+def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
+    leaf_id = os.path.basename(os.path.normpath(folder))
+    found: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        match = _SLICE_FILE.match(name)
+        if match is None:
+            continue
+        seq = match["seq"]
+        if seq in found:
+            raise ValueError(f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf")
+        found[seq] = os.path.join(folder, name)
+    missing = [seq for seq in MODALITIES if seq not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: no *_{missing[0]}_*_w.nii.gz file (expected brats_train_<patient>_<seq>_<slice>_w.nii.gz "
+            f"for seq in {', '.join(MODALITIES)}; found {', '.join(sorted(os.listdir(folder))) or 'nothing'})"
+        )
+    if SEG in found:
+        ground_truth = found[SEG]
+    elif label_dir is None:
+        raise FileNotFoundError(
+            f"{folder}: leaf {leaf_id} has no seg file; pass --label_dir with {leaf_id}-label.nii.gz"
+        )
+    else:
+        ground_truth = os.path.join(label_dir, f"{leaf_id}-label.nii.gz")
+        if not os.path.isfile(ground_truth):
+            raise FileNotFoundError(
+                f"{ground_truth}: no such file (leaf {folder} has no seg file, so --label_dir must hold its label)"
+            )
+    return _Leaf(leaf_id, folder, tuple(found[seq] for seq in MODALITIES), ground_truth)
+
+
+def _check_unique_ids(leaves: list[_Leaf]) -> None:
+    first: dict[str, str] = {}
+    for leaf in leaves:
+        if leaf.id in first:
+            raise ValueError(
+                f"{leaf.folder}: leaf name {leaf.id} repeats {first[leaf.id]}; slice identifiers must be unique"
+            )
+        first[leaf.id] = leaf.folder
+
+
+def _read_slice(path: str) -> np.ndarray:
+    """One 2-D slice (a trailing singleton axis is dropped), finite."""
+    array = read_nifti(path)
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D slice, found an array of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
+    return array
+
+
+def _check_unit_range(path: str, array: np.ndarray) -> None:
+    low, high = float(array.min()), float(array.max())
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise ValueError(f"{path}: expected values in [0, 1], found [{low:g}, {high:g}]")
+
+
+def _check_fits(path: str, shape: tuple[int, ...], image_size: int) -> None:
+    if shape[0] > image_size or shape[1] > image_size:
+        raise ValueError(
+            f"{path}: slice of {shape[0]}x{shape[1]} is larger than --image_size {image_size} (only padding is done)"
+        )
