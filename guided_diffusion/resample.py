@@ -29,6 +29,8 @@ class ScheduleSampler(ABC):
         """Returns (timesteps (B,) long, weights (B,) float) on ``device``."""
         w = self.weights()
         p = th.from_numpy(w / np.sum(w))
+        if generator is not None:
+            p = p.to(generator.device)
         indices = th.multinomial(p, batch_size, replacement=True, generator=generator)
         weights = 1.0 / (len(p) * p[indices])
         return indices.to(device), weights.float().to(device)
@@ -44,7 +46,8 @@ class UniformSampler(ScheduleSampler):
 
     def sample(self, batch_size: int, device, generator: th.Generator | None = None):
         # uniform: no multinomial needed, and all weights are exactly 1
-        indices = th.randint(0, self.diffusion.num_timesteps, (batch_size,), generator=generator)
+        where = generator.device if generator is not None else device
+        indices = th.randint(0, self.diffusion.num_timesteps, (batch_size,), generator=generator, device=where)
         return indices.to(device), th.ones(batch_size, device=device)
 
 

@@ -1,0 +1,71 @@
+"""Shared plumbing of the command-line scripts: parsers from defaults dicts, log dirs,
+and one-line errors for user mistakes (no traceback)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+from .checkpoint import CheckpointError
+from .script_util import add_dict_to_argparser
+
+# Errors caused by flags or files: shown as one line, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError,
+               IsADirectoryError)
+
+
+def common_defaults(script: str) -> dict:
+    """Flags every script accepts (SPEC section 6a)."""
+    return dict(
+        data_dir="",
+        dataset="brats",
+        log_dir="",
+        seed=0,
+        device="",
+        progress=True,
+        visdom=False,
+        visdom_server="http://127.0.0.1",
+        visdom_port=8850,
+        visdom_every=50,
+    )
+
+
+def build_parser(description: str, *defaults: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    merged: dict = {}
+    for d in defaults:
+        merged.update(d)
+    add_dict_to_argparser(parser, merged)
+    return parser
+
+
+def resolve_log_dir(args, script: str) -> str:
+    """--log_dir, else $OPENAI_LOGDIR, else results/<script>-<timestamp>."""
+    if not args.log_dir:
+        args.log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
+            "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs(args.log_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--log_dir {args.log_dir}: cannot create it ({e.strerror})") from None
+    if not os.access(args.log_dir, os.W_OK):
+        raise ValueError(f"--log_dir {args.log_dir}: not writable")
+    return args.log_dir
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a script's main; user errors print ``error: ...`` on one line and return 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full disk, read-only file system, ...
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
