@@ -31,7 +31,10 @@ IMAGE_SCORE_PERCENTILE = 99.0
 def to_numpy(a: Array, name: str = "array") -> np.ndarray:
     """Return ``a`` as a NumPy array (a torch tensor is detached and moved to the CPU)."""
     if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        if a.dtype == torch.bfloat16:
+            a = a.float()  # NumPy has no bfloat16
+        return a.numpy()
     if isinstance(a, np.ndarray):
         return a
     raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(a).__name__}")

@@ -38,6 +38,9 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     (1e-4 * 1000/T to 0.02 * 1000/T). "cosine": Nichol & Dhariwal 2021, Eq. 17.
     """
     if schedule_name == "linear":
+        if num_diffusion_timesteps <= 20:
+            raise ValueError(f"--diffusion_steps {num_diffusion_timesteps}: the linear schedule needs more than "
+                             "20 steps (its last beta, 0.02 * 1000 / T, must stay below 1)")
         scale = 1000 / num_diffusion_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if schedule_name == "cosine":
