@@ -149,6 +149,7 @@ class _Trainer:
         """Write this step's checkpoint files atomically (rank 0 only)."""
         if self.is_main:
             d = self.cfg.log_dir
+            os.makedirs(d, exist_ok=True)
             s = self.step
             opt_state = dict(self.opt.state_dict())
             opt_state["step"] = s

@@ -1,0 +1,155 @@
+"""Training loop: exact resume, mixed precision unscaling, checkpoint files and safe loading."""
+import os
+import pickle
+
+import pytest
+import torch as th
+
+from guided_diffusion import checkpoint as ckpt
+from guided_diffusion.script_util import create_classifier_and_diffusion, create_model_and_diffusion, \
+    model_and_diffusion_defaults
+from guided_diffusion.train_util import ClassifierTrainLoop, TrainConfig, TrainLoop
+
+TINY = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
+        "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,
+        "class_cond": True, "diffusion_steps": 50, "dropout": 0.1}
+
+
+def batches(start):
+    """Deterministic data by step, so a resumed run sees what an uninterrupted one sees."""
+    step = start
+    while True:
+        g = th.Generator().manual_seed(1000 + step)
+        yield th.rand(4, 4, 16, 16, generator=g), {"y": th.randint(0, 2, (4,), generator=g)}
+        step += 1
+
+
+def make_loop(log_dir, total, resume="", save_interval=2, precision="fp32", microbatch=-1, dropout=0.1):
+    th.manual_seed(0)
+    model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": dropout})
+    cfg = TrainConfig(batch_size=4, microbatch=microbatch, lr=1e-3, total_steps=total, save_interval=save_interval,
+                      log_interval=100, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
+                      precision=precision, progress=False)
+    return TrainLoop(model, diffusion, batches, cfg, ema_rate="0.9,0.99")
+
+
+def params_of(loop):
+    return {k: v.clone() for k, v in loop.model.state_dict().items()}
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    straight = make_loop(tmp_path / "a", total=4)
+    straight.run_loop()
+    first = make_loop(tmp_path / "b", total=2)
+    first.run_loop()
+    names = sorted(os.listdir(tmp_path / "b"))
+    assert names == ["ema_0.99_000002.pt", "ema_0.9_000002.pt", "model000002.pt", "opt000002.pt"]
+    resumed = make_loop(tmp_path / "b", total=4, resume=str(tmp_path / "b" / "model000002.pt"))
+    assert resumed.step == 2
+    resumed.run_loop()
+    a, b = params_of(straight), params_of(resumed)
+    for k in a:
+        th.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # EMA weights too
+    ema_a = ckpt.load(str(tmp_path / "a" / "ema_0.9_000004.pt"))
+    ema_b = ckpt.load(str(tmp_path / "b" / "ema_0.9_000004.pt"))
+    for k in ema_a:
+        th.testing.assert_close(ema_a[k], ema_b[k], rtol=1e-5, atol=1e-6)
+    opt = ckpt.load(str(tmp_path / "b" / "opt000004.pt"))
+    assert opt["step"] == 4
+
+
+def test_microbatches_accumulate_to_the_full_batch(tmp_path):
+    full = make_loop(tmp_path / "a", total=2, save_interval=100, dropout=0.0)
+    full.run_loop()
+    micro = make_loop(tmp_path / "b", total=2, save_interval=100, microbatch=2, dropout=0.0)
+    micro.run_loop()
+    a, b = params_of(full), params_of(micro)
+    for k in a:  # Adam moves each weight by ~lr per step: compare on that scale
+        th.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_resume_skips_a_truncated_checkpoint(tmp_path):
+    make_loop(tmp_path, total=4).run_loop()
+    path = tmp_path / "model000004.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="model000004.pt: truncated or corrupt"):
+        make_loop(tmp_path, total=6, resume=str(path))
+    loop = make_loop(tmp_path, total=6, resume="auto")
+    assert loop.step == 2  # fell back to the previous complete checkpoint
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "model000001.pt"
+    with open(path, "wb") as f:
+        pickle.dump(Evil(), f)
+    with pytest.raises(ckpt.CheckpointError, match="refused to load"):
+        ckpt.load(str(path))
+    path2 = tmp_path / "model000002.pt"
+    th.save({"weights": th.zeros(2), "obj": Evil()}, path2)
+    with pytest.raises(ckpt.CheckpointError, match="refused to load"):
+        ckpt.load(str(path2))
+
+
+def test_mismatched_flags_name_the_flag(tmp_path):
+    model, _ = create_model_and_diffusion(**TINY)
+    path = tmp_path / "model000000.pt"
+    ckpt.save(model.state_dict(), str(path))
+    other, _ = create_model_and_diffusion(**{**TINY, "learn_sigma": False})
+    with pytest.raises(ckpt.CheckpointError, match="--learn_sigma"):
+        ckpt.load_state_dict_into(other, str(path))
+    other, _ = create_model_and_diffusion(**{**TINY, "dataset": "chexpert"})
+    with pytest.raises(ckpt.CheckpointError, match="--dataset"):
+        ckpt.load_state_dict_into(other, str(path))
+    other, _ = create_model_and_diffusion(**{**TINY, "class_cond": False})
+    with pytest.raises(ckpt.CheckpointError, match="--class_cond"):
+        ckpt.load_state_dict_into(other, str(path))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_unscales_every_gradient(tmp_path, precision):
+    # SPEC section 10: the original fp16 path unscaled only the first parameter's gradient.
+    seen = {}
+    loops = {}
+    for prec in ("fp32", precision):
+        # two steps: at the first, the zero-initialised output layers block most gradients
+        loop = make_loop(tmp_path / prec, total=2, save_interval=100, precision=prec, dropout=0.0)
+        loop.model.train()
+
+        def capture(opt, args, kwargs, prec=prec):
+            seen[prec] = [p.grad.detach().clone() for g in opt.param_groups for p in g["params"]]
+
+        loop.opt.register_step_pre_hook(capture)
+        loop.run_loop()
+        loops[prec] = loop
+    # every gradient reaching the optimizer is on the fp32 scale (a scaled one is 2**16 times larger)
+    ratios = []
+    for g32, gmp in zip(seen["fp32"], seen[precision]):
+        n32 = g32.float().norm()
+        if n32 > 1e-6:
+            ratios.append(float(gmp.float().norm() / n32))
+    assert len(ratios) > 10
+    assert max(ratios) < 2.0 and min(ratios) > 0.5, (min(ratios), max(ratios))
+
+
+def test_classifier_loop_trains_and_evaluates(tmp_path):
+    th.manual_seed(0)
+    clf, diffusion = create_classifier_and_diffusion(
+        image_size=16, classifier_use_fp16=False, classifier_width=32, classifier_depth=1,
+        classifier_attention_resolutions="8", classifier_use_scale_shift_norm=True,
+        classifier_resblock_updown=True, classifier_pool="attention", learn_sigma=False, diffusion_steps=50,
+        noise_schedule="linear", timestep_respacing="", use_kl=False, predict_xstart=False,
+        rescale_timesteps=False, rescale_learned_sigmas=False, classifier_channel_mult="1,2",
+        classifier_num_head_channels=32)
+    cfg = TrainConfig(batch_size=4, lr=1e-3, total_steps=3, save_interval=3, log_interval=1, log_dir=str(tmp_path),
+                      progress=False)
+    loop = ClassifierTrainLoop(clf, diffusion, batches, cfg, make_val_data=lambda: batches(0), eval_interval=3)
+    loop.run_loop()
+    assert sorted(os.listdir(tmp_path)) == ["model000003.pt", "opt000003.pt"]
+    values = loop.evaluate(max_batches=2)
+    assert set(values) == {"val_loss", "val_acc"} and 0 <= values["val_acc"] <= 1
