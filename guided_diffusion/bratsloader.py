@@ -77,9 +77,9 @@ class BRATSDataset(Dataset):
         self.directory = directory
         self.label_dir = label_dir
         self.image_size = image_size
+        if not any(not name.startswith(".") for name in os.listdir(directory)):
+            raise ValueError(f"--data_dir {directory}: empty directory (expected leaf folders of *_w.nii.gz files)")
         self._leaves = [_list_leaf(folder, label_dir) for folder in _leaf_folders(directory)]
-        if not self._leaves:
-            raise ValueError(f"--data_dir {directory}: no slice folders (expected leaf folders of *_w.nii.gz files)")
         _check_unique_ids(self._leaves)
 
     @property
@@ -97,12 +97,15 @@ class BRATSDataset(Dataset):
         for path, channel in zip(leaf.modalities, channels):
             if channel.shape != shape:
                 raise ValueError(
-                    f"{path}: slice shape {channel.shape} differs from {shape} of {os.path.basename(leaf.modalities[0])}"
+                    f"{path}: slice shape {channel.shape} differs from {shape} "
+                    f"of {os.path.basename(leaf.modalities[0])}"
                 )
             _check_unit_range(path, channel)
         ground_truth = _read_slice(leaf.ground_truth)
         if ground_truth.shape != shape:
-            raise ValueError(f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}")
+            raise ValueError(
+                f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}"
+            )
         _check_fits(leaf.modalities[0], shape, self.image_size)
 
         image = np.clip(np.stack(channels), 0.0, 1.0)  # (4, H, W)
@@ -149,7 +152,9 @@ def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
             continue
         seq = match["seq"]
         if seq in found:
-            raise ValueError(f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf")
+            raise ValueError(
+                f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf"
+            )
         found[seq] = os.path.join(folder, name)
     missing = [seq for seq in MODALITIES if seq not in found]
     if missing:

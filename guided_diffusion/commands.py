@@ -8,7 +8,7 @@ import torch as th
 from torch.utils.data import DataLoader, Subset
 
 from . import dist_util, logger
-from .image_datasets import ShardedBatchSampler, _collate_training_batch, create_dataset
+from .image_datasets import ShardedBatchSampler, collate_training_batch, create_dataset
 from .monitor import Monitor
 from .resample import create_named_schedule_sampler
 from .script_util import (
@@ -52,7 +52,7 @@ def _batches(dataset, args, start_step: int, seed: int, device):
                                   shard=dist_util.get_rank(), num_shards=dist_util.get_world_size())
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0,
-                        collate_fn=_collate_training_batch)
+                        collate_fn=collate_training_batch)
     while True:
         yield from loader
 
@@ -128,7 +128,7 @@ def train_noisy_classifier(args) -> ClassifierTrainLoop:
 
     def make_val():
         return iter(DataLoader(val_set, batch_size=args.batch_size, shuffle=False,
-                               collate_fn=_collate_training_batch))
+                               collate_fn=collate_training_batch))
 
     sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
     _write_flags(args, "flags_classifier_train.json")

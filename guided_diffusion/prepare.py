@@ -1,0 +1,530 @@
+"""Turn the official BraTS2020 and CheXpert releases into the layouts of SPEC section 5.
+
+Both preparations check every input they can before writing anything, then write
+into a hidden staging folder inside the output folder and move the finished files
+into place only when the whole run has succeeded: a run that fails on bad input
+leaves the output folder as it was. Outputs are byte-deterministic (sorted
+inputs, seeded split, fixed gzip header), so a second run with the same arguments
+rewrites identical files. A run refuses an output folder that already holds files
+it would not write itself (for instance the leaves of an earlier run with another
+split), because mixing two runs would silently leak test patients into training.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .bratsloader import MODALITIES, SEG
+from .fileio import atomic_write
+from .nifti import read_nifti, read_nifti_shape, write_nifti_gz
+
+DEFAULT_SLICE_RANGE = (80, 128)
+"""First and last axial slice kept (inclusive): 49 of 155, the lowest 80 and the
+topmost 26 removed as in Wolleb et al. 2022."""
+
+CLIP_PERCENTILE = 99.5
+"""Each volume is clipped at this percentile of its positive (brain) voxels."""
+
+SPLIT_FILE = "split.json"
+
+# ---------------------------------------------------------------------------
+# Layout names shared by the preparation scripts and the synthetic generator.
+
+
+def brats_slice_filename(patient: str, seq: str, slice_index: int) -> str:
+    """``brats_train_<patient>_<seq>_<slice>_w.nii.gz``, the slice is zero-padded to 3 digits."""
+    return f"brats_train_{patient}_{seq}_{slice_index:03d}_w.nii.gz"
+
+
+def leaf_name(number: int) -> str:
+    """The 6-digit leaf folder name of running number ``number`` (1-based)."""
+    return f"{number:06d}"
+
+
+def label_filename(leaf: str) -> str:
+    """File name of a leaf's ground truth in a label folder (``test_labels``)."""
+    return f"{leaf}-label.nii.gz"
+
+
+def write_brats_leaf(
+    folder: str, patient: str, slice_index: int, channels: dict[str, np.ndarray], seg: np.ndarray | None
+) -> None:
+    """Write one slice as a leaf folder: the four modalities and, if given, ``seg``."""
+    os.makedirs(folder, exist_ok=True)
+    for seq in MODALITIES:
+        write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, seq, slice_index)), channels[seq])
+    if seg is not None:
+        write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, SEG, slice_index)), seg)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    """``np.save`` through an atomic write."""
+    with atomic_write(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def save_json(path: str, value: dict) -> None:
+    """Deterministic JSON (sorted keys, fixed indentation), written atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------
+# Output folders: refuse stray files, stage, then commit.
+
+
+def check_no_stray_files(out: str, planned: Iterable[str], roots: Iterable[str] = ("",)) -> None:
+    """Raise if ``out/<root>`` holds a file that is not in ``planned`` (paths relative to ``out``).
+
+    Hidden files and folders (names starting with '.') are ignored.
+    """
+    planned = set(os.path.normpath(p) for p in planned)
+    for root in roots:
+        top = os.path.join(out, root)
+        if not os.path.isdir(top):
+            continue
+        for folder, subfolders, files in os.walk(top):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                relative = os.path.normpath(os.path.relpath(os.path.join(folder, name), out))
+                if relative not in planned:
+                    raise ValueError(
+                        f"--out {out}: already holds {relative}, which this run would not write "
+                        "(an earlier run with other settings?); use an empty folder or remove the old files"
+                    )
+
+
+@contextlib.contextmanager
+def staged_output(out: str) -> Iterator[str]:
+    """Yield a hidden staging folder inside ``out``; move its contents into ``out`` on success.
+
+    On an exception the staging folder is removed, and so are the folders this
+    call created for ``out`` itself, so a failed run leaves no trace.
+    """
+    created = _missing_folders(out)
+    os.makedirs(out, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=out)
+    try:
+        yield staging
+        _move_tree(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing_folders(path: str) -> list[str]:
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _move_tree(source: str, target: str) -> None:
+    for folder, subfolders, files in os.walk(source):
+        subfolders.sort()
+        destination = os.path.join(target, os.path.relpath(folder, source))
+        os.makedirs(destination, exist_ok=True)
+        for name in sorted(files):
+            os.replace(os.path.join(folder, name), os.path.join(destination, name))
+
+
+# ---------------------------------------------------------------------------
+# Shared argument helpers.
+
+
+def str2bool(text: str) -> bool:
+    """Parse the ``True``/``False`` flag values of guided diffusion's scripts."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "y", "t"):
+        return True
+    if lowered in ("false", "no", "0", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, found {text!r}")
+
+
+def parse_slice_range(text: str) -> tuple[int, int]:
+    """Parse ``FIRST,LAST`` (inclusive, 0-based axial slice indices)."""
+    parts = text.split(",")
+    try:
+        first, last = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST,LAST (two integers), found {text!r}") from None
+    if not 0 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 0 <= FIRST <= LAST, found {text!r}")
+    return first, last
+
+
+def split_patients(patients: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Patient-level train/test split, each list sorted.
+
+    The number of test patients is ``test_fraction * len(patients)`` rounded half
+    up, but at least one on each side when there are two or more patients and
+    0 < test_fraction < 1. The test patients are the first of a permutation drawn
+    with ``numpy.random.default_rng(seed)``.
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"--test_fraction {test_fraction}: expected a value in [0, 1]")
+    n = len(patients)
+    n_test = int(np.floor(test_fraction * n + 0.5))
+    if 0.0 < test_fraction < 1.0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    test = {patients[i] for i in order[:n_test]}
+    return sorted(p for p in patients if p not in test), sorted(test)
+
+
+# ---------------------------------------------------------------------------
+# BraTS2020.
+
+
+@dataclass(frozen=True)
+class BratsPatient:
+    name: str  # folder name, e.g. BraTS20_Training_001
+    code: str  # the patient part of slice file names, e.g. 001
+    files: dict[str, str]  # seq -> volume path, for MODALITIES and seg
+    shape: tuple[int, int, int]
+
+
+def normalise_volume(volume: np.ndarray, path: str = "volume") -> np.ndarray:
+    """Scale one MR volume to [0, 1].
+
+    Negative values become 0; the volume is clipped at the 99.5th percentile of its
+    positive (brain) voxels and divided by it, so the brightest 0.5 % of the brain
+    maps to 1 and the background stays 0.
+    """
+    brain = volume[volume > 0]
+    if brain.size == 0:
+        raise ValueError(f"{path}: no positive voxels; expected a brain volume to normalise")
+    top = float(np.percentile(brain, CLIP_PERCENTILE))
+    return np.clip(volume, 0.0, top) / top
+
+
+def find_brats_patients(src: str, slice_range: tuple[int, int] = DEFAULT_SLICE_RANGE) -> list[BratsPatient]:
+    """List and check (from the headers only) the patient folders of a BraTS2020 release.
+
+    Each sub-folder of ``src`` is a patient ``P`` holding ``P_<seq>.nii.gz`` (or
+    ``.nii``) for seq in t1, t1ce, t2, flair, seg: 3-D volumes of one shape whose
+    depth holds ``slice_range``.
+    """
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"--src {src}: no such directory")
+    names = sorted(n for n in os.listdir(src) if not n.startswith(".") and os.path.isdir(os.path.join(src, n)))
+    if not names:
+        raise ValueError(f"--src {src}: no patient folders (expected BraTS20_Training_XXX/ folders)")
+    patients = []
+    for name in names:
+        folder = os.path.join(src, name)
+        files = {}
+        for seq in MODALITIES + (SEG,):
+            candidates = [os.path.join(folder, f"{name}_{seq}{ext}") for ext in (".nii.gz", ".nii")]
+            found = [c for c in candidates if os.path.isfile(c)]
+            if not found:
+                raise FileNotFoundError(f"{candidates[0]}: missing the {seq} volume of patient {name}")
+            files[seq] = found[0]
+        shapes = {seq: _volume_shape(path) for seq, path in files.items()}
+        reference = MODALITIES[0]
+        for seq, shape in shapes.items():
+            if shape != shapes[reference]:
+                raise ValueError(
+                    f"{files[seq]}: volume shape {shape} differs from {shapes[reference]} "
+                    f"of {os.path.basename(files[reference])}"
+                )
+        depth = shapes[reference][2]
+        if slice_range[1] >= depth:
+            raise ValueError(
+                f"--slice_range {slice_range[0]},{slice_range[1]}: slice {slice_range[1]} is outside "
+                f"{files[reference]}, which has {depth} axial slices"
+            )
+        code = re.search(r"(\d+)$", name)
+        patients.append(BratsPatient(name, code.group(1) if code else name, files, shapes[reference]))
+    return patients
+
+
+def prepare_brats(
+    src: str,
+    out: str,
+    *,
+    slice_range: tuple[int, int] = DEFAULT_SLICE_RANGE,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    write_label_dir: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the BRATS slice layout of SPEC section 5 from the BraTS2020 training release.
+
+    Output (all slices float64 NIfTI, ``seg`` keeps BraTS labels 0, 1, 2, 4)::
+
+        out/training/<leaf>/brats_train_<patient>_<seq>_<slice>_w.nii.gz   4 modalities + seg
+        out/testing/<leaf>/...                                             4 modalities + seg
+        out/test_labels/<leaf>-label.nii.gz                                with write_label_dir
+        out/split.json                                                     patients and leaves
+
+    Leaves are numbered 000001, 000002, ... over all patients in sorted order and,
+    within a patient, by slice (so a leaf keeps its number whichever side of the
+    split it falls on). Each modality volume is normalised by ``normalise_volume``.
+    ``slice_range`` is inclusive. Returns a summary of counts.
+    """
+    first, last = slice_range
+    if not 0 <= first <= last:
+        raise ValueError(f"--slice_range {first},{last}: expected 0 <= FIRST <= LAST")
+    patients = find_brats_patients(src, slice_range)
+    train, test = split_patients([p.name for p in patients], test_fraction, seed)
+    test_set = set(test)
+    n_slices = last - first + 1
+
+    plan = []  # (patient, split, [(leaf, slice index)])
+    for number, patient in enumerate(patients):
+        split = "testing" if patient.name in test_set else "training"
+        leaves = [(leaf_name(number * n_slices + k + 1), first + k) for k in range(n_slices)]
+        plan.append((patient, split, leaves))
+    planned = [SPLIT_FILE]
+    for patient, split, leaves in plan:
+        for leaf, z in leaves:
+            for seq in MODALITIES + (SEG,):
+                planned.append(os.path.join(split, leaf, brats_slice_filename(patient.code, seq, z)))
+            if split == "testing" and write_label_dir:
+                planned.append(os.path.join("test_labels", label_filename(leaf)))
+    check_no_stray_files(out, planned)
+
+    split_record = {
+        "dataset": "brats",
+        "slice_range": [first, last],
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "training": train,
+        "testing": test,
+        "leaves": {},
+    }
+    with staged_output(out) as staging:
+        for patient, split, leaves in tqdm(plan, desc="patients", unit="patient", disable=not progress):
+            volumes = _load_patient(patient, first, last)  # seq -> (X, Y, n_slices)
+            for k, (leaf, z) in enumerate(leaves):
+                channels = {seq: volumes[seq][:, :, k] for seq in MODALITIES}
+                seg = volumes[SEG][:, :, k]
+                write_brats_leaf(os.path.join(staging, split, leaf), patient.code, z, channels, seg)
+                if split == "testing" and write_label_dir:
+                    os.makedirs(os.path.join(staging, "test_labels"), exist_ok=True)
+                    write_nifti_gz(os.path.join(staging, "test_labels", label_filename(leaf)), seg)
+                split_record["leaves"][leaf] = {
+                    "patient": patient.name,
+                    "slice": z,
+                    "split": split,
+                    "tumour": bool((seg > 0).any()),
+                }
+        save_json(os.path.join(staging, SPLIT_FILE), split_record)
+    tumour = sum(leaf["tumour"] for leaf in split_record["leaves"].values())
+    return {
+        "patients": {"training": len(train), "testing": len(test)},
+        "slices": {
+            "training": len(train) * n_slices,
+            "testing": len(test) * n_slices,
+            "with_tumour": tumour,
+        },
+    }
+
+
+def _volume_shape(path: str) -> tuple[int, int, int]:
+    shape = read_nifti_shape(path)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, found shape {shape}")
+    return shape
+
+
+def _load_patient(patient: BratsPatient, first: int, last: int) -> dict[str, np.ndarray]:
+    """The normalised modalities and the segmentation of ``patient``, slices first..last."""
+    volumes = {}
+    for seq, path in patient.files.items():
+        volume = read_nifti(path).reshape(patient.shape)
+        if not np.isfinite(volume).all():
+            raise ValueError(f"{path}: {int((~np.isfinite(volume)).sum())} NaN or infinite voxels")
+        if seq == SEG:
+            if volume.min() < 0 or not np.array_equal(volume, np.round(volume)):
+                raise ValueError(f"{path}: expected non-negative integer labels (0, 1, 2, 4)")
+        else:
+            volume = normalise_volume(volume, path)
+        volumes[seq] = np.ascontiguousarray(volume[:, :, first : last + 1], dtype=np.float64)
+    return volumes
+
+
+# ---------------------------------------------------------------------------
+# CheXpert.
+
+CHEXPERT_COLUMNS = ("Path", "Frontal/Lateral", "No Finding", "Pleural Effusion")
+CHEXPERT_CLASSES = ("healthy", "diseased")
+_STUDY_PATH = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/[^/]+$")
+
+
+@dataclass(frozen=True)
+class ChestImage:
+    patient: str
+    study: str
+    path: str  # resolved image file
+    label: str  # healthy or diseased
+    line: int
+
+
+def select_chexpert_rows(csv_path: str, image_root: str, keep_uncertain: bool = False) -> tuple[list[ChestImage], dict]:
+    """Frontal studies labelled healthy (No Finding = 1) or diseased (Pleural Effusion = 1).
+
+    Uncertain effusion (-1) is excluded, or counted as diseased with
+    ``keep_uncertain``; rows that are both healthy and diseased, or neither, are
+    skipped. Of several frontal views of one study the first by path is kept.
+    Returns the images sorted by (patient, study) and counts of skipped rows.
+    """
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"--csv {csv_path}: no such file")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"--image_root {image_root}: no such directory")
+    skipped = {"lateral": 0, "uncertain": 0, "both": 0, "neither": 0, "extra_view": 0}
+    chosen: dict[tuple[str, str], ChestImage] = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        missing = [c for c in CHEXPERT_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})"
+            )
+        for row in reader:
+            line = reader.line_num
+            if row["Frontal/Lateral"].strip() != "Frontal":
+                skipped["lateral"] += 1
+                continue
+            healthy = _csv_label(row, "No Finding", csv_path, line) == 1.0
+            effusion = _csv_label(row, "Pleural Effusion", csv_path, line)
+            if effusion == -1.0 and not keep_uncertain:
+                skipped["uncertain"] += 1
+                continue
+            diseased = effusion in (1.0, -1.0)
+            if healthy and diseased:
+                skipped["both"] += 1
+                continue
+            if not healthy and not diseased:
+                skipped["neither"] += 1
+                continue
+            relative = row["Path"].strip().replace("\\", "/")
+            match = _STUDY_PATH.search(relative)
+            if match is None:
+                raise ValueError(
+                    f"{csv_path} line {line}: Path {relative!r}: expected .../patientNNNNN/studyK/<view>.jpg"
+                )
+            key = (match.group(1), match.group(2))
+            image = ChestImage(*key, os.path.join(image_root, relative), "healthy" if healthy else "diseased", line)
+            if key in chosen:
+                skipped["extra_view"] += 1
+                if image.path >= chosen[key].path:
+                    continue
+            chosen[key] = image
+    images = [chosen[key] for key in sorted(chosen)]
+    if not images:
+        raise ValueError(
+            f"{csv_path}: no frontal rows labelled healthy (No Finding = 1) or diseased (Pleural Effusion = 1)"
+        )
+    for image in images:
+        if not os.path.isfile(image.path):
+            raise FileNotFoundError(
+                f"{image.path}: no such image (Path of {csv_path} line {image.line}, resolved against --image_root)"
+            )
+    return images, skipped
+
+
+def prepare_chexpert(
+    csv_path: str,
+    image_root: str,
+    out: str,
+    *,
+    image_size: int = 256,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    keep_uncertain: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the CheXpert layout of SPEC section 5 from a CheXpert CSV and its images.
+
+    Output: ``out/{training,testing}/{healthy,diseased}/<patient>_<study>.npy``,
+    uint8 of shape S x S x 1 (rows, columns, channel), and ``out/split.json``.
+    Images are converted to 8-bit grayscale and resized to S x S with Pillow's
+    bilinear filter (no crop: the aspect ratio is not kept). ``Path`` is resolved
+    relative to ``image_root``. The split is by patient (``split_patients``).
+    Returns counts per split and class and of skipped rows.
+    """
+    if image_size < 1:
+        raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+    images, skipped = select_chexpert_rows(csv_path, image_root, keep_uncertain)
+    train, test = split_patients(sorted({image.patient for image in images}), test_fraction, seed)
+    test_set = set(test)
+
+    def target(image: ChestImage) -> str:
+        split = "testing" if image.patient in test_set else "training"
+        return os.path.join(split, image.label, f"{image.patient}_{image.study}.npy")
+
+    check_no_stray_files(out, [SPLIT_FILE] + [target(image) for image in images])
+    counts = {split: {label: 0 for label in CHEXPERT_CLASSES} for split in ("training", "testing")}
+    with staged_output(out) as staging:
+        for split in counts:
+            for label in CHEXPERT_CLASSES:
+                os.makedirs(os.path.join(staging, split, label), exist_ok=True)
+        for image in tqdm(images, desc="images", unit="image", disable=not progress):
+            array = _read_chest_image(image.path, image_size)  # (S, S, 1) uint8
+            save_npy(os.path.join(staging, target(image)), array)
+            counts["testing" if image.patient in test_set else "training"][image.label] += 1
+        save_json(
+            os.path.join(staging, SPLIT_FILE),
+            {
+                "dataset": "chexpert",
+                "seed": seed,
+                "test_fraction": test_fraction,
+                "keep_uncertain": keep_uncertain,
+                "image_size": image_size,
+                "training": train,
+                "testing": test,
+            },
+        )
+    return {"images": counts, "patients": {"training": len(train), "testing": len(test)}, "skipped": skipped}
+
+
+def _csv_label(row: dict, column: str, csv_path: str, line: int) -> float | None:
+    text = (row[column] or "").strip()
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"{csv_path} line {line}: column {column}: expected 1, 0, -1 or empty, found {text!r}"
+        ) from None
+
+
+def _read_chest_image(path: str, image_size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as picture:
+            gray = picture.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    return np.asarray(gray, dtype=np.uint8)[:, :, None]
