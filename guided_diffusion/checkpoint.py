@@ -116,3 +116,14 @@ def list_model_checkpoints(log_dir: str) -> list[tuple[int, str]]:
         if m:
             found.append((int(m.group(1)), os.path.join(log_dir, name)))
     return sorted(found, reverse=True)
+
+
+def remove_stale_temporaries(log_dir: str) -> list[str]:
+    """Delete temporary files that a killed run left half-written (``.<name>.<random>.tmp``)."""
+    removed = []
+    if os.path.isdir(log_dir):
+        for name in os.listdir(log_dir):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(log_dir, name))
+                removed.append(name)
+    return removed

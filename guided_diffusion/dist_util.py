@@ -51,8 +51,9 @@ def setup_dist(backend: str | None = None) -> None:
         if comm.Get_size() == 1:
             return
         _local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        single_node = _single_node(comm)  # a collective: every rank calls it
         if comm.Get_rank() == 0:
-            host = "127.0.0.1" if _single_node(comm) else socket.gethostbyname(socket.getfqdn())
+            host = "127.0.0.1" if single_node else socket.gethostbyname(socket.getfqdn())
             address = (host, _free_port())
         else:
             address = None

@@ -113,6 +113,9 @@ class _Trainer:
         if not spec:
             return
         if spec == "auto":
+            if self.is_main:
+                for name in ckpt.remove_stale_temporaries(self.cfg.log_dir):
+                    logger.log(f"removed {name}, left half-written by an interrupted run")
             candidates = ckpt.list_model_checkpoints(self.cfg.log_dir)
             for step, path in candidates:
                 try:

@@ -1,0 +1,182 @@
+"""Scale and reliability (SPEC section 8): real multi-process runs with mpiexec and torchrun (gloo on CPU),
+a SIGKILL mid-run, distributed translation, and flat memory over a large folder."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch as th
+
+from guided_diffusion.synthetic import generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = shutil.which("mpiexec", path=BIN) or shutil.which("mpiexec")
+
+MODEL = ("--image_size 16 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 --attention_resolutions 8 "
+         "--num_heads 1 --class_cond True --learn_sigma True --diffusion_steps 50 --progress False").split()
+CLASSIFIER = ("--image_size 16 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2 "
+              "--classifier_attention_resolutions 8 --classifier_num_head_channels 32").split()
+
+
+def script(name):
+    return os.path.join(ROOT, "scripts", name)
+
+
+def run(cmd, timeout=300, check=True, env=None):
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check and proc.returncode:
+        raise AssertionError(f"{cmd[:4]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    generate(str(root), dataset="brats", size=16, n_train=8, n_test=6, seed=3)
+    return root / "brats"
+
+
+def weights(path):
+    return th.load(path, weights_only=True)
+
+
+def assert_same_weights(a, b, atol=2e-5, noise_bound=None):
+    """Equal within ``atol``. With ``noise_bound``: Adam turns gradients that are pure rounding noise
+    (e.g. the key bias of attention pooling, whose true gradient is 0) into steps of up to lr, so such
+    elements may differ by up to lr * steps; at least 99.9% of all elements must still agree within atol."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    if noise_bound is None:
+        for k in wa:
+            th.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=atol, msg=k)
+        return
+    diffs = th.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa])
+    assert diffs.max() <= noise_bound, diffs.max()
+    assert (diffs <= atol).float().mean() >= 0.999
+
+
+def train_args(data, log_dir, batch, steps=3):
+    return [script("image_train.py"), "--data_dir", data / "training", *MODEL, "--batch_size", batch,
+            "--lr_anneal_steps", steps, "--save_interval", 100, "--log_dir", log_dir, "--lr", 1e-3, "--seed", 7]
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    run([sys.executable, *train_args(data, out, 4)])
+    return out
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_mpiexec_two_processes_match_one_with_the_global_batch(data, single, tmp_path):
+    run([MPIEXEC, "-n", 2, sys.executable, *train_args(data, tmp_path, 2)])
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".pt")) == [
+        "ema_0.9999_000003.pt", "model000003.pt", "opt000003.pt"]
+    assert_same_weights(single / "model000003.pt", tmp_path / "model000003.pt")
+
+
+def test_torchrun_two_processes_match_one_with_the_global_batch(data, single, tmp_path):
+    from guided_diffusion.dist_util import _free_port
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
+         "--master_port", _free_port(), *train_args(data, tmp_path, 2)])
+    assert_same_weights(single / "model000003.pt", tmp_path / "model000003.pt")
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_mpiexec_classifier_training(data, tmp_path):
+    def args(log, batch):
+        return [script("classifier_train.py"), "--data_dir", data / "training", *CLASSIFIER, "--diffusion_steps", 50,
+                "--batch_size", batch, "--iterations", 2, "--save_interval", 100, "--val_fraction", 0,
+                "--log_dir", log, "--progress", False, "--lr", 1e-3]
+    run([sys.executable, *args(tmp_path / "one", 4)])
+    run([MPIEXEC, "-n", 2, sys.executable, *args(tmp_path / "two", 2)])
+    assert_same_weights(tmp_path / "one" / "model000002.pt", tmp_path / "two" / "model000002.pt",
+                        noise_bound=2 * 1e-3 * 1.01)
+
+
+def test_sigkill_mid_run_then_auto_resume_matches_uninterrupted(data, tmp_path):
+    steps = 12
+    straight = tmp_path / "straight"
+    run([sys.executable, *train_args(data, straight, 4, steps)])
+    killed = tmp_path / "killed"
+    args = train_args(data, killed, 4, steps)
+    args[args.index("--save_interval") + 1] = 2
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (killed / "model000004.pt").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(n for n in os.listdir(killed) if n.startswith("model"))
+    assert f"model{steps:06d}.pt" not in done
+    # a checkpoint truncated by hand is reported and skipped by "auto"
+    newest = killed / done[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    bad = run([sys.executable, *args, "--resume_checkpoint", newest], check=False)
+    assert bad.returncode == 2 and f"{newest}: truncated or corrupt" in bad.stderr
+    resumed = run([sys.executable, *args, "--resume_checkpoint", "auto"])
+    assert "skipping checkpoint" in resumed.stderr
+    assert not [n for n in os.listdir(killed) if n.endswith(".tmp")], "stale temporary files left behind"
+    assert_same_weights(straight / f"model{steps:06d}.pt", killed / f"model{steps:06d}.pt", atol=1e-6)
+
+
+def translate_args(data, model_dir, clf_dir, out, *extra):
+    return [script("classifier_sample_known.py"), "--data_dir", data / "testing", "--label_dir", data / "test_labels",
+            *MODEL, *CLASSIFIER, "--model_path", model_dir / "model000003.pt",
+            "--classifier_path", clf_dir / "model000002.pt", "--noise_level", 4, "--use_ddim", True,
+            "--output_dir", out, "--log_dir", str(out) + "-log", *extra]
+
+
+@pytest.fixture(scope="module")
+def classifier(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf")
+    run([sys.executable, script("classifier_train.py"), "--data_dir", data / "training", *CLASSIFIER,
+         "--diffusion_steps", 50, "--batch_size", 4, "--iterations", 2, "--log_dir", out, "--progress", False])
+    return out
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_distributed_translation_equals_single_process(data, single, classifier, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, *translate_args(data, single, classifier, one)])
+    run([MPIEXEC, "-n", 2, sys.executable, *translate_args(data, single, classifier, two, "--batch_size", 2)])
+    names = sorted(os.listdir(one))
+    assert names == sorted(os.listdir(two))
+    assert (one / "metrics.csv").read_text() == (two / "metrics.csv").read_text()
+    for n in names:
+        if n.endswith(".npz"):
+            with np.load(one / n) as a, np.load(two / n) as b:
+                for k in a.files:
+                    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def peak_rss_kib(cmd):
+    code = ("import resource, runpy, sys\n"
+            f"sys.argv = {[str(c) for c in cmd]!r}\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    proc = run([sys.executable, "-c", code], timeout=600)
+    return int(proc.stdout.strip().splitlines()[-1].split()[1])
+
+
+def test_memory_stays_flat_over_a_large_folder(single, classifier, tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    generate(str(small), dataset="brats", size=16, n_train=1, n_test=20, seed=5)
+    generate(str(large), dataset="brats", size=16, n_train=1, n_test=200, seed=5)
+    peaks = []
+    for root in (small, large):
+        args = translate_args(root / "brats", single, classifier, tmp_path / f"out-{root.name}",
+                              "--noise_level", 2, "--batch_size", 8, "--progress", False)
+        peaks.append(peak_rss_kib(args))
+    assert peaks[1] <= 1.10 * peaks[0], peaks
+    assert len([n for n in os.listdir(tmp_path / "out-large") if n.endswith(".npz")]) == 200
