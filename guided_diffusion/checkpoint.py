@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 import zipfile
 
 import torch as th
@@ -37,7 +38,9 @@ def load(path: str, map_location="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return th.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return th.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for bad files
         text = str(e)
         if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
