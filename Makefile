@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test demo bench compare clean
+.PHONY: venv test demo bench compare visdom clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) scripts/demo.py --out results/demo
+
+bench: venv
+	$(PY) benchmarks/bench_translate.py --tiny
+	$(PY) benchmarks/bench_train.py --tiny
+
+compare: venv
+	bash scripts/run_compare.sh $(PY)
+
+# a local Visdom server on 127.0.0.1:8850 (open http://127.0.0.1:8850)
+visdom: venv
+	$(PY) -m guided_diffusion.visdom_server --port 8850
 
 clean:
 	rm -rf $(VENV) results/demo results/compare
