@@ -13,14 +13,11 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from guided_diffusion.presets import DEMO_CLASSIFIER_FLAGS as CLASSIFIER_FLAGS
+from guided_diffusion.presets import DEMO_DIFFUSION_FLAGS as DIFFUSION_FLAGS
+from guided_diffusion.presets import DEMO_MODEL_FLAGS as MODEL_FLAGS
 
-MODEL_FLAGS = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 --attention_resolutions 16 "
-               "--num_heads 1 --class_cond True --learn_sigma True --use_scale_shift_norm False")
-DIFFUSION_FLAGS = "--diffusion_steps 1000 --noise_schedule linear"
-CLASSIFIER_FLAGS = ("--image_size 64 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2,2 "
-                    "--classifier_attention_resolutions 16 --classifier_num_head_channels 32 "
-                    "--classifier_pool attention")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(stage: str, script: str, flags: str, log: list) -> float:

@@ -1,0 +1,22 @@
+"""Flag presets as command-line strings: the original README's (the paper's networks) and the
+small networks of ``make demo`` (minutes on a CPU)."""
+
+# SPEC section 6a: the original README's presets, verbatim
+MODEL_FLAGS = ("--image_size 256 --num_channels 128 --class_cond True --num_res_blocks 2 --num_heads 1 "
+               "--learn_sigma True --use_scale_shift_norm False --attention_resolutions 16")
+DIFFUSION_FLAGS = ("--diffusion_steps 1000 --noise_schedule linear --rescale_learned_sigmas False "
+                   "--rescale_timesteps False")
+TRAIN_FLAGS = "--lr 1e-4 --batch_size 10"
+CLASSIFIER_FLAGS = ("--image_size 256 --classifier_attention_resolutions 32,16,8 --classifier_depth 4 "
+                    "--classifier_width 32 --classifier_pool attention --classifier_resblock_updown True "
+                    "--classifier_use_scale_shift_norm True")
+SAMPLE_FLAGS = "--batch_size 1 --num_samples 1 --timestep_respacing ddim1000 --use_ddim True"
+
+# the demo's small networks on the 64x64 synthetic example
+DEMO_MODEL_FLAGS = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 "
+                    "--attention_resolutions 16 --num_heads 1 --class_cond True --learn_sigma True "
+                    "--use_scale_shift_norm False")
+DEMO_DIFFUSION_FLAGS = "--diffusion_steps 1000 --noise_schedule linear"
+DEMO_CLASSIFIER_FLAGS = ("--image_size 64 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2,2 "
+                         "--classifier_attention_resolutions 16 --classifier_num_head_channels 32 "
+                         "--classifier_pool attention")
