@@ -1,0 +1,329 @@
+"""The comparison table and figure of several methods' output folders (SPEC section 9).
+
+Each run folder is what a translation script wrote (SPEC section 6a): ``summary.json``,
+``metrics.csv`` and ``<id>.npz`` files. Nothing is recomputed: the numbers come from
+``summary.json`` (run ``scripts/evaluate.py`` on a folder first to rescore it).
+
+Outputs of :func:`write_comparison`:
+
+``comparison.md``
+    One row per method: Dice, pixel AUROC and AUPRC as mean ± std over the images the
+    protocol scores (see :mod:`guided_diffusion.results`), the image-level AUROC, the
+    number of images and the network time per image; notes under the table when the
+    runs used different protocols or different images.
+``comparison.csv``
+    The same numbers, one column per value (``method, folder, protocol, n_images,
+    dice_mean, dice_std, dice_n, ..., image_auroc, pixel_auroc_pooled,
+    seconds_per_image``); undefined values are empty.
+``comparison.png``
+    One row per example slice (ids present in every run; diseased first, then by id),
+    columns: the input, each method's anomaly map as a heat map (each scaled from
+    min(0, its minimum) to its maximum, as in the per-image panels), and the ground
+    truth. The input tile shows the FLAIR channel (index 3) of a 4-channel BRATS image,
+    where tumours are brightest, and channel 0 otherwise.
+
+A method's name is, in order: the one given in ``names``, the summary's ``method``, a
+name built from its sampling flags ("DDIM, L=500, s=100"), or the folder's name.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .fileio import atomic_write
+from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary
+
+COMPARISON_MD = "comparison.md"
+COMPARISON_CSV = "comparison.csv"
+COMPARISON_PNG = "comparison.png"
+FLAIR = 3  # channel of FLAIR in the BRATS order t1, t1ce, t2, flair
+CSV_COLUMNS = (
+    "method", "folder", "protocol", "n_images",
+    "dice_mean", "dice_std", "dice_n",
+    "auroc_mean", "auroc_std", "auroc_n",
+    "auprc_mean", "auprc_std", "auprc_n",
+    "image_auroc", "pixel_auroc_pooled", "seconds_per_image",
+)
+
+_MIN_TILE = 128
+_GAP = 4
+_HEADER = 20
+_BACKGROUND = (32, 32, 32)
+_TEXT = (235, 235, 235)
+
+
+@dataclass
+class Run:
+    """One method's output folder."""
+
+    name: str
+    folder: Path
+    summary: dict[str, Any]
+
+    def ids(self) -> list[str]:
+        """Ids of the ``<id>.npz`` files, sorted."""
+        return sorted(p.stem for p in self.folder.glob("*.npz") if p.is_file())
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
+def method_name(summary: Mapping[str, Any], folder: str | os.PathLike) -> str:
+    """The summary's ``method``, else a name from its sampling flags, else the folder name."""
+    if summary.get("method"):
+        return str(summary["method"])
+    flags = summary.get("flags")
+    if isinstance(flags, Mapping) and "noise_level" in flags and "classifier_scale" in flags:
+        sampler = "DDIM" if _is_true(flags.get("use_ddim", True)) else "DDPM"
+        return f"{sampler}, L={flags['noise_level']}, s={flags['classifier_scale']}"
+    return Path(folder).resolve().name
+
+
+def load_runs(folders: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> list[Run]:
+    """Read the ``summary.json`` of every folder.
+
+    :param names: one name per folder (``--names``), or None/empty to derive them.
+    :raises FileNotFoundError: a folder that does not exist or has no ``summary.json``.
+    :raises ValueError: a wrong number of names.
+    """
+    if not folders:
+        raise ValueError("RUN_DIR: expected at least one output folder")
+    if names and len(names) != len(folders):
+        raise ValueError(f"--names: expected {len(folders)} names (one per RUN_DIR), got {len(names)}")
+    runs = []
+    for i, folder in enumerate(folders):
+        path = Path(folder)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder (expected a translation output folder)")
+        if not (path / SUMMARY_JSON).is_file():
+            raise FileNotFoundError(f"{path}: no {SUMMARY_JSON} (run a translation script or "
+                                    "scripts/evaluate.py on it first)")
+        summary = read_summary(path)
+        name = names[i] if names else method_name(summary, path)
+        runs.append(Run(name=name, folder=path, summary=summary))
+    return runs
+
+
+# ---------------------------------------------------------------------------------
+# Table
+
+
+def _stat(summary: Mapping[str, Any], metric: str, key: str) -> float | int | None:
+    stats = summary.get(metric)
+    if not isinstance(stats, Mapping):
+        return None
+    return stats.get(key)
+
+
+def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One dict per run with the keys of ``CSV_COLUMNS`` (None where undefined)."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        row: dict[str, Any] = {"method": run.name, "folder": str(run.folder), "protocol": s.get("protocol"),
+                               "n_images": s.get("n_images")}
+        for metric in METRICS:
+            for key in ("mean", "std", "n"):
+                row[f"{metric}_{key}"] = _stat(s, metric, key)
+        for key in ("image_auroc", "pixel_auroc_pooled", "seconds_per_image"):
+            row[key] = s.get(key)
+        rows.append(row)
+    return rows
+
+
+def _cell(mean: Any, std: Any) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def _notes(runs: Sequence[Run]) -> list[str]:
+    notes = []
+    protocols = {run.summary.get("protocol") for run in runs}
+    if len(protocols) > 1:
+        listed = ", ".join(f"{run.name}: {run.summary.get('protocol')}" for run in runs)
+        notes.append(f"**Warning:** the runs were scored under different protocols ({listed}); "
+                     "rescore them with `scripts/evaluate.py --protocol ...`.")
+    id_sets = [set(run.ids()) for run in runs]
+    if id_sets and any(ids != id_sets[0] for ids in id_sets[1:]):
+        common = set.intersection(*id_sets)
+        listed = ", ".join(f"{run.name}: {len(ids)}" for run, ids in zip(runs, id_sets))
+        notes.append(f"**Warning:** the runs hold different images ({listed}; {len(common)} in common), "
+                     "so their numbers are not over the same test set.")
+    return notes
+
+
+def format_comparison(runs: Sequence[Run]) -> str:
+    """The Markdown table (one row per method) with the protocol and any warnings below it."""
+    lines = [
+        "| Method | Dice | AUROC | AUPRC | image AUROC | images | s / image |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in comparison_rows(runs):
+        cells = [
+            row["method"].replace("|", "/"),
+            _cell(row["dice_mean"], row["dice_std"]),
+            _cell(row["auroc_mean"], row["auroc_std"]),
+            _cell(row["auprc_mean"], row["auprc_std"]),
+            "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.3f}",
+            str(row["n_images"] if row["n_images"] is not None else "n/a"),
+            _seconds(row["seconds_per_image"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    first = runs[0].summary
+    counts = "; ".join(
+        f"{run.name}: " + ", ".join(f"{m} n={_stat(run.summary, m, 'n')}" for m in METRICS) for run in runs
+    )
+    lines.append(f"Mean ± std over the images each metric scores (protocol `{first.get('protocol', '?')}`: "
+                 f"{first.get('protocol_description', '')}). Image AUROC: one value over all images. "
+                 f"s / image: network time per image. Images scored: {counts}.")
+    for note in _notes(runs):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return str(value)
+
+
+def format_comparison_csv(runs: Sequence[Run]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in comparison_rows(runs):
+        writer.writerow([_csv_value(row[c]) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------
+# Figure
+
+
+def example_ids(runs: Sequence[Run], n: int) -> list[str]:
+    """Up to ``n`` ids present in every run: diseased (label 1) first, then healthy, each by id."""
+    if n <= 0:
+        return []
+    common = set(runs[0].ids())
+    for run in runs[1:]:
+        common &= set(run.ids())
+    labelled = []
+    for image_id in sorted(common):
+        label = load_result(runs[0].folder / f"{image_id}.npz", images=False)["label"]
+        labelled.append((0 if label == 1 else 1, image_id))
+    return [image_id for _, image_id in sorted(labelled)[:n]]
+
+
+def display_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """(C, H, W) -> the channel shown in the figure and its name: FLAIR for 4 channels."""
+    if image.shape[0] == 4:
+        return image[FLAIR], "input (flair)"
+    return image[0], "input"
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    grey = np.round(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
+
+
+def _heat(amap: np.ndarray) -> np.ndarray:
+    low, high = min(0.0, float(amap.min())), float(amap.max())
+    return heat_colormap((amap - low) / (high - low) if high > low else np.zeros_like(amap))
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def render_comparison(runs: Sequence[Run], ids: Sequence[str]) -> Image.Image:
+    """The figure: a header row of column names, then one row per id (see the module docstring)."""
+    if not ids:
+        raise ValueError("no example ids: the runs have no <id>.npz file in common")
+    rows = []
+    input_title = "input"
+    for image_id in ids:
+        results = [load_result(run.folder / f"{image_id}.npz") for run in runs]
+        shown, input_title = display_channel(results[0]["input"])
+        gt = next((r["ground_truth"] for r in results if r["ground_truth"] is not None), None)
+        tiles = [_grey(shown)] + [_heat(r["anomaly"]) for r in results]
+        tiles.append(_grey(gt.astype(np.float32)) if gt is not None else None)
+        rows.append((image_id, results[0]["label"], tiles))
+    titles = [input_title] + [run.name for run in runs] + ["ground truth"]
+
+    height, width = rows[0][2][0].shape[:2]
+    scale = max(1, math.ceil(_MIN_TILE / min(height, width)))
+    tile_h, tile_w = height * scale, width * scale
+    n_cols = len(titles)
+    canvas = Image.new("RGB", (n_cols * tile_w + (n_cols + 1) * _GAP,
+                               _HEADER + len(rows) * tile_h + (len(rows) + 1) * _GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for j, title in enumerate(titles):
+        draw.text((_GAP + j * (tile_w + _GAP) + 2, 4), _fit(draw, title, font, tile_w - 4), fill=_TEXT, font=font)
+    for i, (image_id, label, tiles) in enumerate(rows):
+        top = _HEADER + _GAP + i * (tile_h + _GAP)
+        for j, tile in enumerate(tiles):
+            left = _GAP + j * (tile_w + _GAP)
+            if tile is None:
+                draw.text((left + 4, top + tile_h // 2), "no ground truth", fill=_TEXT, font=font)
+                continue
+            big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            canvas.paste(Image.fromarray(big, mode="RGB"), (left, top))
+        caption = _fit(draw, f"{image_id} ({'diseased' if label == 1 else 'healthy'})", font, tile_w - 6)
+        box = draw.textbbox((_GAP + 3, top + 3), caption, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((_GAP + 3, top + 3), caption, fill=_TEXT, font=font)
+    return canvas
+
+
+def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: int = 4) -> dict[str, Any]:
+    """Write ``comparison.md``, ``comparison.csv`` and (when ``examples`` > 0 and the runs
+    share images) ``comparison.png`` into ``out_dir``.
+
+    :return: ``{"table": the Markdown text, "files": [paths written], "examples": ids shown}``.
+    """
+    if examples < 0:
+        raise ValueError(f"--examples {examples}: expected 0 or more")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create it ({e.strerror})") from None
+    table = format_comparison(runs)
+    files = []
+    with atomic_write(out / COMPARISON_MD, "w") as f:
+        f.write("# Comparison\n\n" + table)
+    files.append(out / COMPARISON_MD)
+    with atomic_write(out / COMPARISON_CSV, "w") as f:
+        f.write(format_comparison_csv(runs))
+    files.append(out / COMPARISON_CSV)
+    ids = example_ids(runs, examples)
+    if ids:
+        figure = render_comparison(runs, ids)
+        with atomic_write(out / COMPARISON_PNG, "wb") as f:
+            figure.save(f, format="PNG")
+        files.append(out / COMPARISON_PNG)
+    return {"table": table, "files": files, "examples": ids}
