@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from . import checkpoint as ckpt
 from . import dist_util, logger
 from .anomaly import anomaly_map, otsu_mask
-from .fileio import atomic_write
+from .fileio import atomic_write, ensure_writable_dir
 from .fpgan import Discriminator, FPGANStep, Generator, translate_to_healthy
 from .image_datasets import ShardedBatchSampler, create_dataset
 from .results import is_done, save_result, write_metrics
@@ -175,24 +175,7 @@ def _checked_state(module: th.nn.Module, path: str, what: str, method: str) -> d
     """Read a state dict and check its keys and shapes against ``module``; a mismatch
     raises a :class:`checkpoint.CheckpointError` naming the file and the flags to check."""
     state = ckpt.load(path)
-    if not isinstance(state, dict) or not all(isinstance(v, th.Tensor) for v in state.values()):
-        raise ckpt.CheckpointError(f"{path}: expected a state dict of tensors for the {what}")
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches, e.g. {k} {tuple(state[k].shape)} in the file vs "
-                         f"{tuple(own[k].shape)} from the flags")
-        if missing:
-            parts.append(f"{len(missing)} keys missing, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
-        raise ckpt.CheckpointError(f"{path}: does not fit the {what} built from the flags: " + "; ".join(parts)
-                                   + f" (check {_ARCH_FLAGS[method]})")
+    ckpt.check_state_dict(module, state, path, what, hint=f"check {_ARCH_FLAGS[method]}")
     return state
 
 
@@ -476,15 +459,6 @@ def load_translator(args, method: str, device: th.device) -> th.nn.Module:
     return net
 
 
-def _check_output_dir(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--output_dir {path}: cannot create it ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"--output_dir {path}: not writable")
-
-
 def translate_folder(args, method: str, monitor=None) -> dict:
     """Translate ``--data_dir`` to healthy with the VAE or FPGAN and score it into ``--output_dir``.
 
@@ -501,7 +475,7 @@ def translate_folder(args, method: str, monitor=None) -> dict:
         raise ValueError("--output_dir: required (the folder for the results)")
     device = dist_util.dev(args.device or None)
     net = load_translator(args, method, device)
-    _check_output_dir(args.output_dir)
+    ensure_writable_dir(args.output_dir, "--output_dir")
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)
     n = len(dataset) if args.num_samples < 0 else min(args.num_samples, len(dataset))
     ids = dataset.ids

@@ -59,8 +59,14 @@ def load_state_dict_into(module: th.nn.Module, path: str, what: str = "model") -
 
 
 def apply_state_dict(module: th.nn.Module, state, path: str, what: str = "model") -> None:
-    """Check ``state`` against ``module`` and load it; a key or shape mismatch raises a
-    :class:`CheckpointError` naming the file and the flag to check."""
+    """Check ``state`` against ``module`` (:func:`check_state_dict`) and load it with ``strict=True``."""
+    check_state_dict(module, state, path, what)
+    module.load_state_dict(state, strict=True)
+
+
+def check_state_dict(module: th.nn.Module, state, path: str, what: str = "model", hint: str | None = None) -> None:
+    """Raise a :class:`CheckpointError` naming the file and the flag to check (``hint``, or one
+    guessed from the first mismatching key) when ``state`` does not fit ``module``."""
     if not isinstance(state, dict) or not all(isinstance(v, th.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors for the {what}")
     own = module.state_dict()
@@ -76,10 +82,9 @@ def apply_state_dict(module: th.nn.Module, state, path: str, what: str = "model"
             parts.append(f"{len(missing)} keys missing, e.g. {missing[0]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
-        hint = _flag_hint(wrong, missing, unexpected)
+        hint = hint or _flag_hint(wrong, missing, unexpected)
         raise CheckpointError(f"{path}: does not fit the {what} built from the flags: "
                               + "; ".join(parts) + f" ({hint})")
-    module.load_state_dict(state, strict=True)
 
 
 def _flag_hint(wrong, missing, unexpected) -> str:

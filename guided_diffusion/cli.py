@@ -9,6 +9,7 @@ import time
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
+from .fileio import ensure_writable_dir
 from .script_util import add_dict_to_argparser
 
 # Errors caused by flags or files: shown as one line, exit status 2.
@@ -46,12 +47,7 @@ def resolve_log_dir(args, script: str) -> str:
     if not args.log_dir:
         args.log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
             "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        os.makedirs(args.log_dir, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--log_dir {args.log_dir}: cannot create it ({e.strerror})") from None
-    if not os.access(args.log_dir, os.W_OK):
-        raise ValueError(f"--log_dir {args.log_dir}: not writable")
+    ensure_writable_dir(args.log_dir, "--log_dir")
     return args.log_dir
 
 

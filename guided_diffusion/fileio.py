@@ -40,3 +40,14 @@ def atomic_save_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def ensure_writable_dir(path: str, flag: str) -> None:
+    """Create the folder given by ``flag``; one that cannot be created or written is a clear
+    error before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path}: not writable")

@@ -13,7 +13,6 @@ Images already finished in the output folder are skipped (a rerun resumes).
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from typing import Callable
 
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from . import checkpoint as ckpt
 from . import dist_util, logger
 from .anomaly import anomaly_map, otsu_mask
+from .fileio import ensure_writable_dir
 from .guidance import make_cond_fn
 from .image_datasets import create_dataset
 from .results import is_done, save_result, write_metrics
@@ -127,16 +127,6 @@ def translate_batch(model_fn, diffusion, cond_fn, x: th.Tensor, ids, *, seed: in
     return sample
 
 
-def check_output_dir(path: str) -> None:
-    """Create the output folder; an unwritable one is a clear error before any work."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--output_dir {path}: cannot create it ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"--output_dir {path}: not writable")
-
-
 def run_translation(args, monitor=None) -> dict | None:
     """Translate ``--data_dir`` into ``--output_dir``; returns the summary on rank 0."""
     if not args.data_dir:
@@ -149,7 +139,7 @@ def run_translation(args, monitor=None) -> dict | None:
     if not 1 <= args.noise_level <= diffusion.num_timesteps:
         raise ValueError(f"--noise_level {args.noise_level}: expected 1..{diffusion.num_timesteps} "
                          f"(steps of the process with --timestep_respacing {args.timestep_respacing or 'none'})")
-    check_output_dir(args.output_dir)
+    ensure_writable_dir(args.output_dir, "--output_dir")
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)
     n = len(dataset) if args.num_samples < 0 else min(args.num_samples, len(dataset))
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
