@@ -25,11 +25,11 @@ cd "$(dirname "$0")/.."
 PY="${1:-${PYTHON:-.venv/bin/python}}"
 OUT="${COMPARE_OUT:-results/compare}"
 DATA=data/brats
-DIFF_STEPS="${DIFF_STEPS:-400}"
+DIFF_STEPS="${DIFF_STEPS:-800}"
 CLS_STEPS="${CLS_STEPS:-300}"
 VAE_STEPS="${VAE_STEPS:-600}"
 FPGAN_STEPS="${FPGAN_STEPS:-500}"
-NOISE_LEVEL="${NOISE_LEVEL:-50}"   # of 100 diffusion steps: half way, like L = 500 of 1000
+NOISE_LEVEL="${NOISE_LEVEL:-30}"   # of the 100 respaced steps, as in make demo
 SCALE="${SCALE:-100}"
 export OMP_NUM_THREADS="${COMPARE_THREADS:-1}" MKL_NUM_THREADS="${COMPARE_THREADS:-1}"
 
@@ -43,10 +43,9 @@ if [ ! -d "$DATA/training" ] || [ ! -d "$DATA/testing" ] || [ ! -d "$DATA/test_l
   exit 2
 fi
 
-MODEL="--image_size 64 --dataset brats --num_channels 32 --num_res_blocks 1 --channel_mult 1,2
-  --attention_resolutions 16 --class_cond True --learn_sigma True --diffusion_steps 100 --noise_schedule linear"
-CLASSIFIER="--image_size 64 --dataset brats --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2
-  --classifier_attention_resolutions 16 --classifier_num_head_channels 32 --diffusion_steps 100"
+# the demo's networks and schedule (guided_diffusion/presets.py), sampled with 100 DDIM/DDPM steps
+MODEL="--dataset brats $("$PY" -c 'from guided_diffusion.presets import DEMO_MODEL_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
+CLASSIFIER="--dataset brats $("$PY" -c 'from guided_diffusion.presets import DEMO_CLASSIFIER_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
 VAE="--image_size 64 --dataset brats --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
 FPGAN="--image_size 64 --dataset brats --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 --fpgan_d_depth 4"
 COMMON="--progress False --seed 0"
@@ -77,12 +76,12 @@ trap 'for job in $(jobs -p); do pkill -P "$job" 2>/dev/null; kill "$job" 2>/dev/
 start=$SECONDS
 echo "== training (two lanes, $OMP_NUM_THREADS thread(s) each)"
 # shellcheck disable=SC2086  # the flag strings are meant to split
-run diffusion "$PY" scripts/image_train.py --data_dir $DATA/training $MODEL $COMMON --batch_size 10 --lr 3e-4 \
+run diffusion "$PY" scripts/image_train.py --data_dir $DATA/training $MODEL $COMMON --batch_size 8 --lr 3e-4 \
   --lr_anneal_steps "$DIFF_STEPS" --save_interval 100000 --log_interval 50 --log_dir "$TRAIN/diffusion" &
 lane1=$!
 # shellcheck disable=SC2086
 {
-  run classifier "$PY" scripts/classifier_train.py --data_dir $DATA/training $CLASSIFIER $COMMON --batch_size 10 \
+  run classifier "$PY" scripts/classifier_train.py --data_dir $DATA/training $CLASSIFIER $COMMON --batch_size 8 \
     --lr 3e-4 --iterations "$CLS_STEPS" --save_interval 100000 --log_interval 50 --eval_interval 50 \
     --log_dir "$TRAIN/classifier" &&
   run vae "$PY" scripts/vae_train.py --data_dir $DATA/training $VAE $COMMON --batch_size 10 --lr 3e-4 \
@@ -101,7 +100,7 @@ G_PATH=$(printf '%s/fpgan/G%06d.pt' "$TRAIN" "$FPGAN_STEPS")
 
 echo "== translation and scoring"
 SAMPLE="$TEST $MODEL $CLASSIFIER $COMMON --model_path $MODEL_PATH --classifier_path $CLASSIFIER_PATH
-  --noise_level $NOISE_LEVEL --classifier_scale $SCALE --batch_size 8"
+  --timestep_respacing ddim100 --noise_level $NOISE_LEVEL --classifier_scale $SCALE --batch_size 8"
 # shellcheck disable=SC2086
 run ddim "$PY" scripts/classifier_sample_known.py $SAMPLE --use_ddim True --output_dir "$OUT/ddim" \
   --log_dir "$LOGS/ddim" &
