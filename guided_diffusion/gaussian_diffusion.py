@@ -159,6 +159,15 @@ class GaussianDiffusion:
         out = table[t]
         return out.reshape(out.shape[0], *([1] * (len(shape) - 1))).expand(shape)
 
+    @staticmethod
+    def _per_sample(x: th.Tensor) -> tuple:
+        """(B, 1, ..., 1): the shape of a per-sample coefficient that broadcasts against ``x``.
+
+        Arithmetic among coefficients alone (1 - alpha_bar, its square root, ...) is done at
+        this shape, once per sample, instead of on views expanded to the full image size.
+        """
+        return (x.shape[0],) + (1,) * (x.ndim - 1)
+
     def _scale_timesteps(self, t: th.Tensor) -> th.Tensor:
         if self.rescale_timesteps:
             return t.float() * (1000.0 / self.num_timesteps)
@@ -270,7 +279,7 @@ class GaussianDiffusion:
         """Guided score for DDIM (Dhariwal & Nichol 2021, Alg. 2):
         eps' = eps - sqrt(1 - alpha_bar) * grad log p(y | x_t); x_0 and the mean are recomputed from eps'.
         """
-        alpha_bar = self._coef("alphas_cumprod", t, x.shape)
+        alpha_bar = self._coef("alphas_cumprod", t, self._per_sample(x))
         eps = self._predict_eps_from_xstart(x, t, p_mean_var["pred_xstart"])
         eps = eps - (1 - alpha_bar).sqrt() * cond_fn(x, self._scale_timesteps(t), **(model_kwargs or {}))
         out = dict(p_mean_var)
@@ -308,8 +317,8 @@ class GaussianDiffusion:
             out = self.condition_score(cond_fn, out, x, t, model_kwargs)
         # Eq. 12 with eps re-derived from the (possibly guided) x_0 prediction
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
-        alpha_bar = self._coef("alphas_cumprod", t, x.shape)
-        alpha_bar_prev = self._coef("alphas_cumprod_prev", t, x.shape)
+        alpha_bar = self._coef("alphas_cumprod", t, self._per_sample(x))
+        alpha_bar_prev = self._coef("alphas_cumprod_prev", t, self._per_sample(x))
         sigma = eta * th.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * th.sqrt(1 - alpha_bar / alpha_bar_prev)
         sample = out["pred_xstart"] * th.sqrt(alpha_bar_prev) + th.sqrt(1 - alpha_bar_prev - sigma**2) * eps
         if eta:
@@ -326,7 +335,7 @@ class GaussianDiffusion:
             raise ValueError("eta: the reverse DDIM step is deterministic, expected eta=0")
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
-        alpha_bar_next = self._coef("alphas_cumprod_next", t, x.shape)
+        alpha_bar_next = self._coef("alphas_cumprod_next", t, self._per_sample(x))
         sample = out["pred_xstart"] * th.sqrt(alpha_bar_next) + th.sqrt(1 - alpha_bar_next) * eps
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 

@@ -1,0 +1,209 @@
+"""Benchmark: training steps of the diffusion UNet and of the noise-aware classifier.
+
+The measured step is the product's step: ``TrainLoop.run_step`` / ``ClassifierTrainLoop.run_step``
+(forward, hybrid or cross-entropy loss, backward, AdamW, EMA for the UNet) of trainers built
+exactly as the training scripts build them, fed by an in-memory iterator of random batches
+(images in [0, 1], labels 0/1). Paths (``--paths``):
+
+    fp32      float32, eager (the baseline of every ratio)
+    bf16      bfloat16 autocast
+    fp16      float16 autocast + GradScaler
+    cl        float32, channels-last memory layout (weights and batches)
+    compile   float32, torch.compile of the network (``--compile`` of the scripts)
+
+Every path starts from the same initial weights and sees the same batches, timesteps and noise,
+so the loss of its first step is comparable with the fp32 one ("loss diff").
+
+    python benchmarks/bench_train.py --tiny                   # seconds on a CPU
+    python benchmarks/bench_train.py                           # README presets, 64x64 on a CPU
+    python benchmarks/bench_train.py --device cuda             # 256x256, batch 10
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+
+import torch as th
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _common, and guided_diffusion without an install
+
+from _common import (  # noqa: E402
+    PeakMemory,
+    write_json,
+    add_network_flags,
+    build_networks,
+    machine_info,
+    network_flags,
+    now,
+    pick_device,
+    print_table,
+)
+from guided_diffusion.train_util import ClassifierTrainLoop, TrainConfig, TrainLoop  # noqa: E402
+
+ALL_PATHS = ("fp32", "bf16", "fp16", "cl", "compile")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_network_flags(p)
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--nets", default="model,classifier", help="which trainers to time: model, classifier")
+    p.add_argument("--paths", default="", help=f"comma-separated subset of {','.join(ALL_PATHS)} "
+                   "(default: fp32,bf16,cl on the CPU; all on CUDA)")
+    p.add_argument("--batch_size", type=int, default=0, help="default 10 on CUDA (TRAIN_FLAGS), 2 on the CPU")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=0, help="timed steps per path (default 20 on CUDA, 3 on the CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 5 on CUDA, 1 on the CPU; "
+                   "at least 1, 3 with compile)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 leaves the default")
+    p.add_argument("--json_out", default="", help="also write the JSON result to this file")
+    return p.parse_args(argv)
+
+
+def resolve(args, device):
+    cuda = device.type == "cuda"
+    args.batch_size = args.batch_size or (10 if cuda else 2)
+    args.steps = args.steps or (20 if cuda else 3)
+    args.warmup = args.warmup or (5 if cuda else 1)
+    if not args.paths:
+        args.paths = ",".join(ALL_PATHS) if cuda else "fp32,bf16,cl"
+    paths = [s.strip() for s in args.paths.split(",") if s.strip()]
+    unknown = [s for s in paths if s not in ALL_PATHS]
+    if unknown:
+        raise SystemExit(f"--paths {args.paths}: unknown {unknown}; expected a subset of {','.join(ALL_PATHS)}")
+    if "fp32" not in paths:
+        paths.insert(0, "fp32")
+    args.path_list = paths
+    nets = [s.strip() for s in args.nets.split(",") if s.strip()]
+    if not nets or any(n not in ("model", "classifier") for n in nets):
+        raise SystemExit(f"--nets {args.nets}: expected model, classifier or both")
+    args.net_list = nets
+    return args
+
+
+def random_batches(n_channels: int, size: int, batch_size: int, device, seed: int):
+    """``make_data`` for the trainers: an endless iterator of (images (B, C, H, W) in [0, 1], {"y": (B,)}).
+
+    A few fixed batches are cycled so that the data costs nothing and every path sees the same ones."""
+    gen = th.Generator().manual_seed(seed)
+    bank = [(th.rand((batch_size, n_channels, size, size), generator=gen),
+             th.randint(0, 2, (batch_size,), generator=gen)) for _ in range(4)]
+    bank = [(x.to(device), y.to(device)) for x, y in bank]
+
+    def make_data(start: int):
+        i = start
+        while True:
+            x, y = bank[i % len(bank)]
+            yield x, {"y": y}
+            i += 1
+
+    return make_data
+
+
+def run_path(kind: str, name: str, net0, diffusion, args, device, log_dir: str) -> dict:
+    net = copy.deepcopy(net0).train().requires_grad_(True)
+    channels_last = name == "cl"
+    if channels_last:
+        net = net.to(memory_format=th.channels_last)
+    precision = name if name in ("bf16", "fp16") else "fp32"
+    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, precision=precision, seed=args.seed,
+                      log_dir=log_dir, use_compile=name == "compile", progress=False, save_interval=10**9,
+                      log_interval=10**9)
+    make_data = random_batches(net0.in_channels, args.image_size, args.batch_size, device, args.seed)
+    if kind == "model":
+        trainer = TrainLoop(net, diffusion, make_data, cfg, ema_rate="0.9999", device=device)
+    else:
+        trainer = ClassifierTrainLoop(net, diffusion, make_data, cfg, device=device)
+
+    def step():
+        batch, cond = next(trainer.data)
+        if channels_last:
+            batch = batch.contiguous(memory_format=th.channels_last)
+        th.manual_seed(args.seed * 7919 + trainer.step)  # as run_loop does (dropout)
+        trainer.run_step(batch, cond)
+        trainer.step += 1
+
+    warmup = max(args.warmup, 3 if name == "compile" else 1)
+    start = now(device)
+    step()
+    first_loss = (trainer._sums["loss"] / trainer._count).item()  # the product's device-side sums
+    for _ in range(warmup - 1):
+        step()
+    warmup_s = now(device) - start
+    with PeakMemory(device) as mem:
+        start = now(device)
+        for _ in range(args.steps):
+            step()
+        seconds = now(device) - start
+    ms = 1000 * seconds / args.steps
+    return {"net": kind, "path": name, "desc": f"{precision}{', channels_last' if channels_last else ''}"
+            f"{', compiled' if name == 'compile' else ''}", "ms_per_step": ms,
+            "images_per_s": args.batch_size * 1000 / ms, "peak_mib": mem.peak_mib, "memory_kind": mem.kind,
+            "first_loss": first_loss, "warmup_s": warmup_s}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    if args.threads:
+        th.set_num_threads(args.threads)
+    args = resolve(args, device)
+    flags = network_flags(args, device)
+    args.image_size = flags["image_size"]
+    model, diffusion, classifier = build_networks(flags, device, seed=args.seed)
+    info = machine_info(device)
+    print(f"training benchmark on {info['device']}" + (f" ({info['gpu']}, CUDA {info['cuda']})" if "gpu" in info else "")
+          + f"; CPU {info['cpu']}, {info['cpu_count']} cores, {info['threads']} threads; torch {info['torch']}; "
+          f"load {info['loadavg_1m']}")
+    print(f"networks: {'tiny' if args.tiny else 'README presets'}, batch ({args.batch_size}, {model.in_channels}, "
+          f"{args.image_size}, {args.image_size}); UNet {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
+          f"params (hybrid loss, learn_sigma {flags['learn_sigma']}, EMA 0.9999), classifier "
+          f"{sum(p.numel() for p in classifier.parameters()) / 1e6:.2f} M params; AdamW lr {args.lr}"
+          f"{' (fused)' if device.type == 'cuda' else ''}; {args.warmup} warm-up + {args.steps} timed steps")
+    result = {"benchmark": "train", **info, "image_size": args.image_size, "tiny": args.tiny,
+              "num_channels": flags["num_channels"], "batch_size": args.batch_size, "steps": args.steps,
+              "rows": []}
+    rows = result["rows"]
+    base = {}
+    with tempfile.TemporaryDirectory() as log_dir:
+        # paths outermost: the slow compile paths of both networks come last
+        for name in args.path_list:
+            for kind in args.net_list:
+                net0 = model if kind == "model" else classifier
+                try:
+                    r = run_path(kind, name, net0, diffusion, args, device, log_dir)
+                except Exception as e:  # a path that cannot run here does not stop the others
+                    if name == "fp32":
+                        raise
+                    print(f"{kind} {name}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    rows.append({"net": kind, "path": name, "error": f"{type(e).__name__}: {e}"[:300]})
+                    write_json(result, args.json_out)
+                    continue
+                b = base.setdefault(kind, r)
+                r["loss_diff"] = abs(r["first_loss"] - b["first_loss"])
+                r["speedup"] = b["ms_per_step"] / r["ms_per_step"]
+                rows.append(r)
+                write_json(result, args.json_out)  # after every path: a run cut short keeps what it measured
+                print(f"  {kind} {name}: {r['ms_per_step']:.1f} ms/step, x{r['speedup']:.2f}", flush=True)
+    rows.sort(key=lambda r: args.net_list.index(r["net"]))
+    ok = [r for r in rows if "error" not in r]
+    print()
+    print_table(ok, [("net", "net", "s"), ("path", "path", "s"), ("desc", "dtype, mode", "s"),
+                     ("ms_per_step", "ms/step", ".1f"), ("images_per_s", "images/s", ".2f"),
+                     ("peak_mib", "peak MiB", ".0f"), ("first_loss", "loss@1", ".5f"),
+                     ("loss_diff", "loss diff", ".2e"), ("speedup", "x fp32", ".2f")])
+    if ok:
+        print(f"peak memory: {ok[0]['memory_kind']}; loss diff: |first-step loss - fp32 first-step loss|")
+    write_json(result, args.json_out)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU checks and both benchmarks on one CUDA GPU, about 8 minutes on an H100. Installs nothing.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        # from anywhere; OUT_DIR defaults to $OUT or results/gpu_check
+#
+# 1. environment (nvidia-smi, torch, CUDA)                                   ~10 s
+# 2. tests/test_precision.py on CUDA: bf16/fp16 close to fp32, channels-last,
+#    batch 4 = batch 1, torch.compile = eager (TF32 off)                      <= 120 s
+# 3. benchmarks/bench_translate.py: README presets at 256x256, ddim1000, L = 100,
+#    8 slices: base (fp32, batch 1), batch 8, channels-last, bf16, fp16,
+#    compile, CUDA graphs                                                    <= 230 s
+# 4. benchmarks/bench_train.py: README presets at 256x256, batch 10: UNet and
+#    classifier, fp32, bf16, fp16, channels-last, compile                     <= 150 s
+# Each step has its own time limit, so one hang does not cost the others; logs and JSON
+# results go to OUT_DIR (translate.json and train.json are rewritten after every path).
+#
+# guided_diffusion's data loaders import nibabel. Where python3 lacks it (the lent GPU machines
+# do), a pure-Python wheel in results/wheels/ is put on PYTHONPATH as it is (no install). Fetch it
+# beforehand on a machine with a package index:
+#   python3 -m pip download nibabel==5.4.2 --no-deps --only-binary=:all: -d results/wheels
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-results/gpu_check}}
+mkdir -p "$OUT_DIR"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import nibabel" 2>/dev/null; then
+    for wheel in "$PWD"/results/wheels/nibabel-*.whl; do
+        [ -f "$wheel" ] && export PYTHONPATH="$wheel:$PYTHONPATH"
+    done
+fi
+
+status=0
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    local start=$SECONDS
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - start)) s"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+step env 60 "$PY" -c "
+import sys, torch, nibabel, guided_diffusion.translate
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'CUDA', torch.version.cuda,
+      'cudnn', torch.backends.cudnn.version(), 'nibabel', nibabel.__version__)
+assert torch.cuda.is_available(), 'no CUDA device'
+print('device', torch.cuda.get_device_name(0), 'TF32 matmul', torch.backends.cuda.matmul.allow_tf32,
+      'TF32 cudnn', torch.backends.cudnn.allow_tf32)
+"
+if [ "$status" -ne 0 ]; then
+    echo "environment check failed: not running the rest"
+    exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT_DIR/nvidia-smi.log"
+
+step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py -k "not cpu"
+step translate 230 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
+    --noise_level 100 --n_images 8 --batch_size 8 --compile_mode default --json_out "$OUT_DIR/translate.json"
+step train 150 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
+    --json_out "$OUT_DIR/train.json"
+echo "gpu_check: $([ "$status" -eq 0 ] && echo all steps passed || echo some steps FAILED, see the logs above)"
+exit $status
