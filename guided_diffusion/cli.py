@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
 from .fileio import ensure_writable_dir
+from .monitor import MONITOR_DEFAULTS
 from .script_util import add_dict_to_argparser
 
 # Errors caused by flags or files: shown as one line, exit status 2.
@@ -26,10 +27,7 @@ def common_defaults(script: str) -> dict:
         seed=0,
         device="",
         progress=True,
-        visdom=False,
-        visdom_server="http://127.0.0.1",
-        visdom_port=8850,
-        visdom_every=50,
+        **MONITOR_DEFAULTS,  # --visdom, --visdom_server, --visdom_port, --visdom_every
     )
 
 
