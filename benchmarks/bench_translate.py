@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 leaves the default")
     p.add_argument("--profile", default="", help="run this one path once under torch.profiler and print "
                    "the top operators instead of timing")
+    p.add_argument("--overhead", action="store_true",
+                   help="time the diffusion loop alone: trivial networks (eps = 0.1 x, a linear classifier), "
+                   "microseconds per step at batch 1 and --batch_size")
     p.add_argument("--json_out", default="", help="also write the JSON result to this file")
     args = p.parse_args(argv)
     return args
@@ -194,6 +197,45 @@ def time_path(p: dict, diffusion, x, ids, args, device):
     return seconds, healthy, mem
 
 
+class _TrivialModel(th.nn.Module):
+    """eps = 0.1 x and a zero variance channel: a network that costs (almost) nothing."""
+
+    def forward(self, x, t, y=None):
+        return th.cat([0.1 * x, th.zeros_like(x)], dim=1)
+
+
+class _TrivialClassifier(th.nn.Module):
+    def __init__(self, n_in: int):
+        super().__init__()
+        self.weight = th.nn.Parameter(th.randn(n_in, 2) * 0.01, requires_grad=False)
+
+    def forward(self, x, t):
+        return x.flatten(1) @ self.weight
+
+
+def loop_overhead(diffusion, x, ids, args, device) -> dict:
+    """Microseconds per diffusion step of translate_batch with trivial networks: the cost of the loop,
+    the schedule arithmetic and the guidance plumbing, without the networks' own work."""
+    model = _TrivialModel()
+    classifier = _TrivialClassifier(x[0].numel()).to(device)
+    cond_fn = make_cond_fn(classifier, args.classifier_scale)
+    steps = 2 * (args.noise_level - 1)
+    out = {}
+    for b in sorted({1, args.batch_size}):
+        translate_batch(model, diffusion, cond_fn, x[:b], ids[:b], seed=args.seed, noise_level=3,
+                        use_ddim=args.use_ddim)
+        best = float("inf")
+        for _ in range(max(3, args.repeats)):
+            start = now(device)
+            translate_batch(model, diffusion, cond_fn, x[:b], ids[:b], seed=args.seed,
+                            noise_level=args.noise_level, use_ddim=args.use_ddim)
+            best = min(best, now(device) - start)
+        out[f"batch_{b}_us_per_step"] = 1e6 * best / max(steps, 1)
+        print(f"loop overhead, batch {b}: {out[f'batch_{b}_us_per_step']:.0f} us per step "
+              f"({steps} steps, the fastest of {max(3, args.repeats)})")
+    return out
+
+
 def profile_path(name, model, classifier, diffusion, x, ids, args, device) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -241,6 +283,11 @@ def main(argv=None) -> dict:
     if args.profile:
         profile_path(args.profile, model, classifier, diffusion, x, ids, args, device)
         return {}
+    if args.overhead:
+        result = {"benchmark": "translate_loop_overhead", **info, "image_size": S, "noise_level": args.noise_level,
+                  **loop_overhead(diffusion, x, ids, args, device)}
+        print(json.dumps(result))
+        return result
 
     result = {"benchmark": "translate", **info, "image_size": S, "channels": C, "tiny": args.tiny,
               "num_channels": flags["num_channels"], "timestep_respacing": args.timestep_respacing,

@@ -3,14 +3,15 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # from anywhere; OUT_DIR defaults to $OUT or results/gpu_check
 #
-# 1. environment (nvidia-smi, torch, CUDA)                                   ~10 s
+# 1. environment (nvidia-smi, torch, CUDA)                                   <= 45 s
 # 2. tests/test_precision.py on CUDA: bf16/fp16 close to fp32, channels-last,
-#    batch 4 = batch 1, torch.compile = eager (TF32 off)                      <= 120 s
+#    batch 4 = batch 1, torch.compile = eager (TF32 off)                      <= 100 s
 # 3. benchmarks/bench_translate.py: README presets at 256x256, ddim1000, L = 100,
 #    8 slices: base (fp32, batch 1), batch 8, channels-last, bf16, fp16,
-#    compile, CUDA graphs                                                    <= 230 s
-# 4. benchmarks/bench_train.py: README presets at 256x256, batch 10: UNet and
-#    classifier, fp32, bf16, fp16, channels-last, compile                     <= 150 s
+#    compile, CUDA graphs                                                    <= 210 s
+# 4. the loop's own cost per step (trivial networks), batch 1 and 8           <= 30 s
+# 5. benchmarks/bench_train.py: README presets at 256x256, batch 10: UNet and
+#    classifier, fp32, bf16, fp16, channels-last, compile                     <= 130 s
 # Each step has its own time limit, so one hang does not cost the others; logs and JSON
 # results go to OUT_DIR (translate.json and train.json are rewritten after every path).
 #
@@ -43,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/
     [ "$rc" -eq 0 ] || status=1
 }
 
-step env 60 "$PY" -c "
+step env 45 "$PY" -c "
 import sys, torch, nibabel, guided_diffusion.translate
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'CUDA', torch.version.cuda,
       'cudnn', torch.backends.cudnn.version(), 'nibabel', nibabel.__version__)
@@ -55,12 +56,14 @@ if [ "$status" -ne 0 ]; then
     echo "environment check failed: not running the rest"
     exit 1
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT_DIR/nvidia-smi.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT_DIR/env.log"
 
-step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py -k "not cpu"
-step translate 230 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
+step tests 100 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py -k "not cpu"
+step translate 210 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
     --noise_level 100 --n_images 8 --batch_size 8 --compile_mode default --json_out "$OUT_DIR/translate.json"
-step train 150 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
+step overhead 30 "$PY" benchmarks/bench_translate.py --device cuda --overhead --timestep_respacing ddim1000 \
+    --noise_level 200 --n_images 8 --batch_size 8
+step train 130 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
     --json_out "$OUT_DIR/train.json"
 echo "gpu_check: $([ "$status" -eq 0 ] && echo all steps passed || echo some steps FAILED, see the logs above)"
 exit $status
