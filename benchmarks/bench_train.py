@@ -158,7 +158,8 @@ def main(argv=None) -> dict:
     args.image_size = flags["image_size"]
     model, diffusion, classifier = build_networks(flags, device, seed=args.seed)
     info = machine_info(device)
-    print(f"training benchmark on {info['device']}" + (f" ({info['gpu']}, CUDA {info['cuda']})" if "gpu" in info else "")
+    gpu = f" ({info['gpu']}, CUDA {info['cuda']})" if "gpu" in info else ""
+    print(f"training benchmark on {info['device']}{gpu}"
           + f"; CPU {info['cpu']}, {info['cpu_count']} cores, {info['threads']} threads; torch {info['torch']}; "
           f"load {info['loadavg_1m']}")
     print(f"networks: {'tiny' if args.tiny else 'README presets'}, batch ({args.batch_size}, {model.in_channels}, "
@@ -198,8 +199,10 @@ def main(argv=None) -> dict:
                      ("ms_per_step", "ms/step", ".1f"), ("images_per_s", "images/s", ".2f"),
                      ("peak_mib", "peak MiB", ".0f"), ("first_loss", "loss@1", ".5f"),
                      ("loss_diff", "loss diff", ".2e"), ("speedup", "x fp32", ".2f")])
+    result["loadavg_1m_end"] = os.getloadavg()[0]
     if ok:
-        print(f"peak memory: {ok[0]['memory_kind']}; loss diff: |first-step loss - fp32 first-step loss|")
+        print(f"peak memory: {ok[0]['memory_kind']}; loss diff: |first-step loss - fp32 first-step loss|; "
+              f"load average {info['loadavg_1m']:.2f} at the start, {result['loadavg_1m_end']:.2f} at the end")
     write_json(result, args.json_out)
     print(json.dumps(result))
     return result

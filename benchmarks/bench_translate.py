@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup_level", type=int, default=3,
                    help="noise level of the untimed warm-up translation of every path (and batch shape)")
-    p.add_argument("--repeats", type=int, default=1, help="timed rounds over all paths (interleaved); the fastest time of each path is kept")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed rounds over all paths (interleaved); the fastest time of each path is kept")
     p.add_argument("--compile_mode", default="max-autotune-no-cudagraphs",
                    help="torch.compile mode of the 'compile' path (e.g. default, max-autotune-no-cudagraphs)")
     p.add_argument("--freezing", type=str2bool, default=False,
@@ -140,14 +141,13 @@ def make_path(name: str, model, classifier, args, device):
         net = copy.deepcopy(model).to(memory_format=th.channels_last)
         clf = copy.deepcopy(classifier).to(memory_format=th.channels_last)
     desc = f"{precision}, {'eager' if name not in ('compile', 'graphs') else 'compiled'}"
-    if name in ("compile", "graphs"):
-        th._dynamo.reset()  # a fresh cache: no reuse of another path's graphs
     if name == "compile":
         options = {"freezing": True} if args.freezing else None
         net = th.compile(model, mode=None if options else args.compile_mode, options=options)
         if args.compile_classifier:
             clf = th.compile(classifier, mode=args.compile_mode)
-        desc += f" ({'freezing' if options else args.compile_mode}{', classifier too' if args.compile_classifier else ''})"
+        also = ", classifier too" if args.compile_classifier else ""
+        desc += f" ({'freezing' if options else args.compile_mode}{also})"
     elif name == "graphs":
         net = _GraphedModel(th.compile(model, mode="reduce-overhead"))
         if args.compile_classifier:
