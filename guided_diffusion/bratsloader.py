@@ -35,6 +35,7 @@ _SLICE_FILE = re.compile(r"^(?P<patient>.+)_(?P<seq>t1|t1ce|t2|flair|seg)_(?P<sl
 class _Leaf:
     id: str
     folder: str
+    patient: str  # the <patient> part of the file names
     modalities: tuple[str, ...]  # paths in MODALITIES order
     ground_truth: str  # seg file of the leaf or <label_dir>/<leaf>-label.nii.gz
 
@@ -65,15 +66,11 @@ class BRATSDataset(Dataset):
 
     def __init__(self, directory: str | os.PathLike, label_dir: str | os.PathLike | None = None, image_size: int = 256):
         super().__init__()
-        directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"--data_dir {directory}: no such directory")
+        directory = check_dataset_args(directory, image_size)
         if label_dir is not None:
             label_dir = os.fspath(label_dir)
             if not os.path.isdir(label_dir):
                 raise FileNotFoundError(f"--label_dir {label_dir}: no such directory")
-        if image_size < 1:
-            raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
         self.directory = directory
         self.label_dir = label_dir
         self.image_size = image_size
@@ -86,6 +83,11 @@ class BRATSDataset(Dataset):
     def ids(self) -> list[str]:
         """Leaf folder names, in item order."""
         return [leaf.id for leaf in self._leaves]
+
+    @property
+    def patients(self) -> list[str]:
+        """The patient of each item (``<patient>`` of its file names), for patient-level splits."""
+        return [leaf.patient for leaf in self._leaves]
 
     def __len__(self) -> int:
         return len(self._leaves)
@@ -106,7 +108,7 @@ class BRATSDataset(Dataset):
             raise ValueError(
                 f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}"
             )
-        _check_fits(leaf.modalities[0], shape, self.image_size)
+        check_fits(leaf.modalities[0], shape, self.image_size)
 
         image = np.clip(np.stack(channels), 0.0, 1.0)  # (4, H, W)
         mask = (ground_truth > 0).astype(np.float32)  # (H, W)
@@ -119,6 +121,24 @@ class BRATSDataset(Dataset):
             "has_gt": True,
         }
         return torch.from_numpy(image.astype(np.float32)), info
+
+
+def check_dataset_args(directory: str | os.PathLike, image_size: int) -> str:
+    """``directory`` as a string once it is a folder and ``image_size`` is positive; else a flag-naming error."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"--data_dir {directory}: no such directory")
+    if image_size < 1:
+        raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+    return directory
+
+
+def check_fits(path: str, shape: tuple[int, ...], image_size: int, what: str = "slice") -> None:
+    """Images are only padded: one larger than ``image_size`` is an error naming the file."""
+    if shape[0] > image_size or shape[1] > image_size:
+        raise ValueError(
+            f"{path}: {what} of {shape[0]}x{shape[1]} is larger than --image_size {image_size} (only padding is done)"
+        )
 
 
 def pad_to_size(array: np.ndarray, size: int) -> np.ndarray:
@@ -146,6 +166,7 @@ def _leaf_folders(directory: str) -> list[str]:
 def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
     leaf_id = os.path.basename(os.path.normpath(folder))
     found: dict[str, str] = {}
+    patient = ""
     for name in sorted(os.listdir(folder)):
         match = _SLICE_FILE.match(name)
         if match is None:
@@ -156,6 +177,9 @@ def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
                 f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf"
             )
         found[seq] = os.path.join(folder, name)
+        if patient and match["patient"] != patient:
+            raise ValueError(f"{folder}: files of two patients ({patient} and {match['patient']}); expected one slice")
+        patient = match["patient"]
     missing = [seq for seq in MODALITIES if seq not in found]
     if missing:
         raise FileNotFoundError(
@@ -174,7 +198,7 @@ def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
             raise FileNotFoundError(
                 f"{ground_truth}: no such file (leaf {folder} has no seg file, so --label_dir must hold its label)"
             )
-    return _Leaf(leaf_id, folder, tuple(found[seq] for seq in MODALITIES), ground_truth)
+    return _Leaf(leaf_id, folder, patient, tuple(found[seq] for seq in MODALITIES), ground_truth)
 
 
 def _check_unique_ids(leaves: list[_Leaf]) -> None:
@@ -203,10 +227,3 @@ def _check_unit_range(path: str, array: np.ndarray) -> None:
     low, high = float(array.min()), float(array.max())
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise ValueError(f"{path}: expected values in [0, 1], found [{low:g}, {high:g}]")
-
-
-def _check_fits(path: str, shape: tuple[int, ...], image_size: int) -> None:
-    if shape[0] > image_size or shape[1] > image_size:
-        raise ValueError(
-            f"{path}: slice of {shape[0]}x{shape[1]} is larger than --image_size {image_size} (only padding is done)"
-        )

@@ -18,7 +18,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
                IsADirectoryError)
 
 
-def common_defaults(script: str) -> dict:
+def common_defaults() -> dict:
     """Flags every script accepts (SPEC section 6a)."""
     return dict(
         data_dir="",

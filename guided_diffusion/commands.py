@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from . import dist_util, logger
 from .image_datasets import ShardedBatchSampler, collate_training_batch, create_dataset
 from .monitor import Monitor
+from .prepare import split_patients
 from .resample import create_named_schedule_sampler
 from .script_util import (
     args_to_dict,
@@ -97,15 +98,18 @@ def train_diffusion_model(args) -> TrainLoop:
     return loop
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A fixed, seeded held-out split of range(n): (train, val)."""
+def split_by_patient(patients: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed, seeded held-out split of the items (train, val) that keeps every patient on one side:
+    ``fraction`` of the patients (at least one), with all their slices, are held out, as
+    :func:`prepare.split_patients` splits train from test. Empty val when there is one patient."""
     if not 0 <= fraction < 1:
         raise ValueError(f"--val_fraction {fraction}: expected 0 <= fraction < 1")
-    n_val = int(round(n * fraction))
-    if n_val == 0 or n - n_val < 1:
-        return list(range(n)), []
-    order = th.randperm(n, generator=th.Generator().manual_seed(seed + 12345)).tolist()
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    train_patients, val_patients = split_patients(sorted(set(patients)), fraction, seed)
+    if not train_patients or not val_patients:
+        return list(range(len(patients))), []
+    held_out = set(val_patients)
+    return ([i for i, p in enumerate(patients) if p not in held_out],
+            [i for i, p in enumerate(patients) if p in held_out])
 
 
 def train_noisy_classifier(args) -> ClassifierTrainLoop:
@@ -123,7 +127,7 @@ def train_noisy_classifier(args) -> ClassifierTrainLoop:
         val_set = create_dataset(args.val_data_dir, args.dataset, args.image_size,
                                  label_dir=args.val_label_dir or None)
     else:
-        train_idx, val_idx = _split(len(dataset), args.val_fraction, args.seed)
+        train_idx, val_idx = split_by_patient(dataset.patients, args.val_fraction, args.seed)
         train_set, val_set = Subset(dataset, train_idx), (Subset(dataset, val_idx) if val_idx else None)
 
     def make_val():

@@ -7,6 +7,7 @@ exactly the batches an uninterrupted single-process run would have seen.
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .bratsloader import BRATSDataset, pad_to_size
+from .bratsloader import BRATSDataset, check_dataset_args, check_fits, pad_to_size
 
 DATASETS = ("brats", "chexpert")
 
@@ -47,11 +48,7 @@ class CheXpertDataset(Dataset):
 
     def __init__(self, directory: str | os.PathLike, image_size: int = 256):
         super().__init__()
-        directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"--data_dir {directory}: no such directory")
-        if image_size < 1:
-            raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+        directory = check_dataset_args(directory, image_size)
         self.directory = directory
         self.image_size = image_size
         pairs = []
@@ -78,6 +75,11 @@ class CheXpertDataset(Dataset):
         return [_stem(path) for path, _ in self._items]
 
     @property
+    def patients(self) -> list[str]:
+        """The patient of each item: the ``patientNNNNN`` that starts CheXpert file names, else the file stem."""
+        return [_patient(_stem(path)) for path, _ in self._items]
+
+    @property
     def labels(self) -> list[int]:
         """Class of each item (healthy = 0, diseased = 1), known without loading images."""
         return [label for _, label in self._items]
@@ -88,11 +90,7 @@ class CheXpertDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         path, label = self._items[index]
         image = _read_image(path)  # (H, W) in [0, 1]
-        if image.shape[0] > self.image_size or image.shape[1] > self.image_size:
-            raise ValueError(
-                f"{path}: image of {image.shape[0]}x{image.shape[1]} is larger than --image_size {self.image_size} "
-                "(only padding is done)"
-            )
+        check_fits(path, image.shape, self.image_size, what="image")
         image = pad_to_size(image, self.image_size)[None]  # (1, S, S)
         info = {
             "y": label,
@@ -252,6 +250,14 @@ def collate_training_batch(items: list[tuple[torch.Tensor, dict]]) -> tuple[torc
     return images, {"y": labels}
 
 
+
+
+_PATIENT = re.compile(r"^(patient\d+)(?=_|$)")
+
+
+def _patient(stem: str) -> str:
+    match = _PATIENT.match(stem)
+    return match[1] if match else stem
 
 
 def _stem(path: str) -> str:

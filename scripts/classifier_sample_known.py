@@ -18,7 +18,7 @@ from guided_diffusion.translate import run_translation, sampling_defaults
 
 
 def create_argparser():
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults("classifier_sample_known"),
+    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(),
                             model_and_diffusion_defaults(), classifier_defaults(), sampling_defaults())
 
 

@@ -3,7 +3,8 @@
 Example (the original README's presets):
     python scripts/classifier_train.py --data_dir data/brats/training --dataset brats \
         $CLASSIFIER_FLAGS $TRAIN_FLAGS --iterations 20000
-Held-out accuracy: --val_data_dir, or else a --val_fraction of the training folder.
+Held-out accuracy: --val_data_dir, or else a --val_fraction of the training folder's patients
+(every slice of a held-out patient is held out, so none is seen in training).
 """
 import sys
 
@@ -15,7 +16,7 @@ from guided_diffusion.script_util import classifier_and_diffusion_defaults
 def create_argparser():
     extra = dict(iterations=150000, noised=True, anneal_lr=False, eval_interval=50, val_data_dir="",
                  val_label_dir="", val_fraction=0.1)
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults("classifier_train"),
+    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(),
                             classifier_and_diffusion_defaults(), train_defaults(), extra)
 
 

@@ -14,7 +14,7 @@ from guided_diffusion.script_util import model_and_diffusion_defaults
 
 def create_argparser():
     extra = dict(ema_rate="0.9999", lr_anneal_steps=0)
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults("image_train"),
+    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(),
                             model_and_diffusion_defaults(), train_defaults(), extra)
 
 

@@ -15,7 +15,7 @@ from guided_diffusion.monitor import Monitor
 
 
 def create_argparser():
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults("vae_train"), vae_defaults(),
+    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(), vae_defaults(),
                             vae_loss_defaults(), baseline_train_defaults("vae"))
 
 

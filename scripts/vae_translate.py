@@ -16,7 +16,7 @@ from guided_diffusion.results import format_table
 
 
 def create_argparser():
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults("vae_translate"), vae_defaults(),
+    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(), vae_defaults(),
                             baseline_translate_defaults())
 
 

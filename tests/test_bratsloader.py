@@ -58,6 +58,7 @@ def test_reference_training_slices_match_the_files():
     leaves = sorted(p.name for p in root.iterdir())
     assert data.ids == leaves
     assert len(data) == len(leaves) == 4
+    assert data.patients == ["brats_train_001"] * 4  # four consecutive slices of one patient
     for i, leaf in enumerate(leaves):
         image, info = data[i]
         assert image.shape == (4, 256, 256) and image.dtype == torch.float32

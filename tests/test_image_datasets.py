@@ -90,6 +90,15 @@ def test_reference_chexpert_matches_the_files(split):
         assert info["gt"].shape == (256, 256) and info["gt"].sum() == 0
 
 
+def test_patients_come_from_the_file_names(tmp_path):
+    _write_chexpert(tmp_path, {"healthy": ["patient00001_study01", "patient00002_study02", "scan03"],
+                               "diseased": ["patient00001_study04", "patient00012"]})
+    data = CheXpertDataset(tmp_path, image_size=8)
+    assert dict(zip(data.ids, data.patients)) == {
+        "patient00001_study01": "patient00001", "patient00002_study02": "patient00002", "scan03": "scan03",
+        "patient00001_study04": "patient00001", "patient00012": "patient00012"}
+
+
 def test_labels_come_from_folder_names_whatever_the_listing_order(tmp_path, monkeypatch):
     # names of healthy images sort after the diseased ones, and the folder listing is reversed
     _write_chexpert(tmp_path, {"healthy": ["zz01", "zz02"], "diseased": ["aa03"]})
@@ -297,3 +306,21 @@ def test_sampler_rejects_bad_arguments(kwargs, message):
 def test_load_data_checks_the_data_before_the_first_batch(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir"):
         load_data(data_dir=tmp_path / "nope", dataset="chexpert", batch_size=2, image_size=8)
+
+
+def test_held_out_split_keeps_each_patient_on_one_side():
+    from guided_diffusion.commands import split_by_patient
+
+    data = BRATSDataset(Path(__file__).resolve().parents[1] / "data" / "brats" / "training", image_size=64)
+    patients = data.patients
+    assert len(set(patients)) == 12 and len(patients) == 48  # 4 slices of each of 12 patients
+    train, val = split_by_patient(patients, 0.25, seed=0)
+    assert sorted(train + val) == list(range(48))
+    assert len({patients[i] for i in val}) == 3 and len(val) == 12
+    assert not {patients[i] for i in train} & {patients[i] for i in val}
+    assert split_by_patient(patients, 0.25, seed=0) == (train, val)
+    assert split_by_patient(patients, 0.25, seed=1) != (train, val)
+    assert split_by_patient(patients, 0.0, seed=0) == (list(range(48)), [])
+    assert split_by_patient(["a", "a"], 0.5, seed=0) == ([0, 1], [])  # one patient: nothing to hold out
+    with pytest.raises(ValueError, match="--val_fraction 1.0"):
+        split_by_patient(patients, 1.0, seed=0)

@@ -190,7 +190,7 @@ def test_precision_flag_rejects_unknown_values(cpu_nets, tmp_path):
     # the translation script's flag, with real checkpoint files
     th.save(model.state_dict(), tmp_path / "model.pt")
     th.save(classifier.state_dict(), tmp_path / "classifier.pt")
-    parser = cli.build_parser("translate", cli.common_defaults("classifier_sample_known"),
+    parser = cli.build_parser("translate", cli.common_defaults(),
                               model_and_diffusion_defaults(), classifier_defaults(), sampling_defaults())
     argv = [f"--{k}={v}" for k, v in {**MODEL_FLAGS, **CLASSIFIER_FLAGS}.items()]
     args = parser.parse_args(argv + [
