@@ -51,7 +51,7 @@ from guided_diffusion.script_util import str2bool  # noqa: E402
 from guided_diffusion.train_util import autocast_for  # noqa: E402
 from guided_diffusion.translate import translate_batch, wrap_network  # noqa: E402
 
-ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "graphs")
+ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "compile_cl", "graphs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_network_flags(p)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--paths", default="", help=f"comma-separated subset of {','.join(ALL_PATHS)} "
-                   "(default: base,batch,cl,bf16 on the CPU; all on CUDA)")
+                   "(default: base,batch,cl,bf16 on the CPU; all but compile_cl on CUDA)")
     p.add_argument("--n_images", type=int, default=0, help="slices to translate per path (default 8; 4 with --tiny)")
     p.add_argument("--batch_size", type=int, default=0, help="images per call of the batched paths "
                    "(default: n_images)")
@@ -105,7 +105,7 @@ def resolve(args: argparse.Namespace, device: th.device) -> argparse.Namespace:
     if not args.batch_size:
         args.batch_size = args.n_images
     if not args.paths:
-        args.paths = ",".join(ALL_PATHS) if cuda else "base,batch,cl,bf16"
+        args.paths = ",".join(p for p in ALL_PATHS if p != "compile_cl") if cuda else "base,batch,cl,bf16"
     paths = [s.strip() for s in args.paths.split(",") if s.strip()]
     unknown = [s for s in paths if s not in ALL_PATHS]
     if unknown:
@@ -135,17 +135,17 @@ def make_path(name: str, model, classifier, args, device):
     """(model_fn, cond_fn, images per call, description) of one path."""
     precision = {"bf16": "bf16", "fp16": "fp16"}.get(name, "fp32")
     autocast = autocast_for(device, precision)
-    channels_last = name == "cl"
+    channels_last = name in ("cl", "compile_cl")
     net, clf = model, classifier
     if channels_last:
         net = copy.deepcopy(model).to(memory_format=th.channels_last)
         clf = copy.deepcopy(classifier).to(memory_format=th.channels_last)
-    desc = f"{precision}, {'eager' if name not in ('compile', 'graphs') else 'compiled'}"
-    if name == "compile":
+    desc = f"{precision}, {'eager' if name not in ('compile', 'compile_cl', 'graphs') else 'compiled'}"
+    if name in ("compile", "compile_cl"):
         options = {"freezing": True} if args.freezing else None
-        net = th.compile(model, mode=None if options else args.compile_mode, options=options)
+        net = th.compile(net, mode=None if options else args.compile_mode, options=options)
         if args.compile_classifier:
-            clf = th.compile(classifier, mode=args.compile_mode)
+            clf = th.compile(clf, mode=args.compile_mode)
         also = ", classifier too" if args.compile_classifier else ""
         desc += f" ({'freezing' if options else args.compile_mode}{also})"
     elif name == "graphs":

@@ -96,7 +96,9 @@ class _Trainer:
         if self.world > 1:
             net = DDP(net, device_ids=[self.device] if self.device.type == "cuda" else None)
         if config.use_compile:
-            net = th.compile(net)
+            # static shapes: the batch shape is fixed; dynamic-shape graphs are slower and, in torch
+            # 2.13's inductor, can fail to compile once a process has compiled another input size
+            net = th.compile(net, dynamic=False)
         self.net = net
         self.data = make_data(self.step)
         self._sums: dict[str, th.Tensor] = {}

@@ -38,7 +38,7 @@ from guided_diffusion.script_util import (
     model_and_diffusion_defaults,
 )
 from guided_diffusion.train_util import TrainConfig, TrainLoop, autocast_for
-from guided_diffusion.translate import run_translation, sampling_defaults, translate_batch, wrap_network
+from guided_diffusion.translate import compile_network, run_translation, sampling_defaults, translate_batch, wrap_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "brats")
@@ -122,7 +122,7 @@ def translate(nets, x, ids, precision="fp32", channels_last=False, batch_size=8,
         model = copy.deepcopy(model).to(memory_format=th.channels_last)
         classifier = copy.deepcopy(classifier).to(memory_format=th.channels_last)
     autocast = autocast_for(x.device, precision)
-    model_fn = wrap_network(th.compile(model) if compile else model, autocast, channels_last)
+    model_fn = wrap_network(compile_network(model, x.device) if compile else model, autocast, channels_last)
     cond_fn = make_cond_fn(classifier, SCALE, autocast=autocast)
     return th.cat([translate_batch(model_fn, diffusion, cond_fn, x[i:i + batch_size], ids[i:i + batch_size],
                                    seed=0, noise_level=noise_level, use_ddim=True)
@@ -207,11 +207,13 @@ def _have_compiler() -> bool:
 
 
 def test_compiled_unet_translation_equals_eager(nets, slices):
-    # compiling the tiny UNet takes about 20-35 s on 2 CPU cores (less with inductor's cache warm)
+    # compile_network, as --compile True uses it (inductor freezing on the CPU). Three slices in
+    # batches of 2: the last batch of one compiles a second graph. Compiling the tiny UNet twice takes
+    # about 30-60 s on 2 CPU cores (less with inductor's cache warm).
     x, ids = slices
     if x.device.type == "cpu" and not _have_compiler():
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
-    x, ids = x[:2], ids[:2]
+    x, ids = x[:3], ids[:3]
     eager = translate(nets, x, ids, batch_size=2, noise_level=3)
     compiled = translate(nets, x, ids, batch_size=2, noise_level=3, compile=True)
     assert (compiled - eager).abs().max().item() <= 1e-4
