@@ -207,3 +207,28 @@ def test_classifier_loop_trains_and_evaluates(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model000003.pt", "opt000003.pt"]
     values = loop.evaluate(max_batches=2)
     assert set(values) == {"val_loss", "val_acc"} and 0 <= values["val_acc"] <= 1
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device (CUDA sync debug mode)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_training_step_has_no_host_sync(tmp_path, precision):
+    # Issue 6: no host synchronisation inside a training step. CUDA's sync debug mode turns each one
+    # (.item(), a blocking copy, a data-dependent shape) into an error. The batch is moved to the GPU
+    # before, as run_loop does; logging and checkpoints run between steps, outside this check.
+    th.manual_seed(0)
+    model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": 0.0})
+    cfg = TrainConfig(batch_size=4, lr=1e-3, total_steps=0, save_interval=100, log_interval=100, seed=5,
+                      log_dir=str(tmp_path), precision=precision, progress=False)
+    device = th.device("cuda")
+    loop = TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9", device=device)
+    x, cond = next(batches(0))
+    x, cond = x.to(device), {k: v.to(device) for k, v in cond.items()}
+    loop.run_step(x, cond)  # first step: lazy initialisation (optimizer state, cuDNN plans)
+    th.cuda.synchronize()
+    th.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            loop.run_step(x, cond)
+    finally:
+        th.cuda.set_sync_debug_mode("default")
+    assert loop.log_step()["loss"] > 0  # the device-side sums hold every step's loss
