@@ -13,6 +13,7 @@ import pytest
 import torch as th
 from PIL import Image
 
+from cpu_helpers import one_thread  # noqa: F401  (autouse: tiny networks run on one thread)
 from guided_diffusion import cli
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
 from guided_diffusion.checkpoint import CheckpointError
@@ -36,15 +37,6 @@ def _script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny networks: threads only add synchronisation cost (and suffer on a busy machine)
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

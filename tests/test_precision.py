@@ -21,12 +21,12 @@ loaded machine); the thread count is restored afterwards.
 """
 import copy
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch as th
 
+from cpu_helpers import have_cxx_compiler, one_thread  # noqa: F401  (one_thread is autouse)
 from guided_diffusion import cli
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
 from guided_diffusion.guidance import make_cond_fn
@@ -54,14 +54,6 @@ CLASSIFIER_FLAGS = dict(image_size=64, classifier_width=32, classifier_depth=1, 
 
 CUDA = th.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA device"))]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -202,16 +194,12 @@ def test_precision_flag_rejects_unknown_values(cpu_nets, tmp_path):
         run_translation(args)
 
 
-def _have_compiler() -> bool:
-    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
-
-
 def test_compiled_unet_translation_equals_eager(nets, slices):
     # compile_network, as --compile True uses it (inductor freezing on the CPU). Three slices in
     # batches of 2: the last batch of one compiles a second graph. Compiling the tiny UNet twice takes
     # about 30-60 s on 2 CPU cores (less with inductor's cache warm).
     x, ids = slices
-    if x.device.type == "cpu" and not _have_compiler():
+    if x.device.type == "cpu" and not have_cxx_compiler():
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     x, ids = x[:3], ids[:3]
     eager = translate(nets, x, ids, batch_size=2, noise_level=3)

@@ -1,11 +1,11 @@
 """Training loop: exact resume, mixed precision unscaling, checkpoint files and safe loading."""
 import os
 import pickle
-import shutil
 
 import pytest
 import torch as th
 
+from cpu_helpers import have_cxx_compiler
 from guided_diffusion import checkpoint as ckpt
 from guided_diffusion.script_util import create_classifier_and_diffusion, create_model_and_diffusion, \
     model_and_diffusion_defaults
@@ -26,13 +26,13 @@ def batches(start):
 
 
 def make_loop(log_dir, total, resume="", save_interval=2, precision="fp32", microbatch=-1, dropout=0.1,
-              use_compile=False):
+              use_compile=False, device=None):
     th.manual_seed(0)
     model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": dropout})
     cfg = TrainConfig(batch_size=4, microbatch=microbatch, lr=1e-3, total_steps=total, save_interval=save_interval,
                       log_interval=100, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
                       precision=precision, progress=False, use_compile=use_compile)
-    return TrainLoop(model, diffusion, batches, cfg, ema_rate="0.9,0.99")
+    return TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9,0.99", device=device)
 
 
 def params_of(loop):
@@ -171,7 +171,7 @@ def test_half_precision_training_follows_fp32(tmp_path, precision, bound):
 
 def test_compiled_training_matches_eager(tmp_path):
     # compiling the tiny UNet's forward and backward takes about 40 s on 2 CPU cores
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+    if not have_cxx_compiler():
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     eager = gradients_per_step(make_loop(tmp_path / "eager", total=2, save_interval=100, dropout=0.0))
     compiled = gradients_per_step(make_loop(tmp_path / "compiled", total=2, save_interval=100, dropout=0.0,
@@ -215,12 +215,8 @@ def test_cuda_training_step_has_no_host_sync(tmp_path, precision):
     # Issue 6: no host synchronisation inside a training step. CUDA's sync debug mode turns each one
     # (.item(), a blocking copy, a data-dependent shape) into an error. The batch is moved to the GPU
     # before, as run_loop does; logging and checkpoints run between steps, outside this check.
-    th.manual_seed(0)
-    model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": 0.0})
-    cfg = TrainConfig(batch_size=4, lr=1e-3, total_steps=0, save_interval=100, log_interval=100, seed=5,
-                      log_dir=str(tmp_path), precision=precision, progress=False)
     device = th.device("cuda")
-    loop = TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9", device=device)
+    loop = make_loop(tmp_path, total=0, save_interval=100, precision=precision, dropout=0.0, device=device)
     x, cond = next(batches(0))
     x, cond = x.to(device), {k: v.to(device) for k, v in cond.items()}
     loop.run_step(x, cond)  # first step: lazy initialisation (optimizer state, cuDNN plans)
