@@ -35,7 +35,7 @@ compare: venv
 
 # a local Visdom server on 127.0.0.1:8850 (open http://127.0.0.1:8850)
 visdom: venv
-	$(PY) -m guided_diffusion.visdom_server --port 8850
+	$(PY) -m guided_diffusion.util.visdom_server --port 8850
 
 clean:
 	rm -rf $(VENV) results/demo results/compare

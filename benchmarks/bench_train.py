@@ -34,7 +34,6 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _common, and guided_diffusion wi
 
 from _common import (  # noqa: E402
     PeakMemory,
-    write_json,
     add_network_flags,
     build_networks,
     machine_info,
@@ -42,8 +41,10 @@ from _common import (  # noqa: E402
     now,
     pick_device,
     print_table,
+    write_json,
 )
-from guided_diffusion.train_util import ClassifierTrainLoop, TrainConfig, TrainLoop  # noqa: E402
+
+from guided_diffusion.pipeline.train import ClassifierTrainLoop, TrainConfig, TrainLoop  # noqa: E402
 
 ALL_PATHS = ("fp32", "bf16", "fp16", "cl", "compile")
 

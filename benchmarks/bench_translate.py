@@ -36,7 +36,6 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _common, and guided_diffusion wi
 
 from _common import (  # noqa: E402
     PeakMemory,
-    write_json,
     add_network_flags,
     build_networks,
     machine_info,
@@ -44,12 +43,14 @@ from _common import (  # noqa: E402
     now,
     pick_device,
     print_table,
+    write_json,
 )
+
 from guided_diffusion.anomaly import anomaly_map, otsu_mask  # noqa: E402
 from guided_diffusion.guidance import make_cond_fn  # noqa: E402
+from guided_diffusion.pipeline.train import autocast_for  # noqa: E402
+from guided_diffusion.pipeline.translate import translate_batch, wrap_network  # noqa: E402
 from guided_diffusion.script_util import str2bool  # noqa: E402
-from guided_diffusion.train_util import autocast_for  # noqa: E402
-from guided_diffusion.translate import translate_batch, wrap_network  # noqa: E402
 
 ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "compile_cl", "graphs")
 

@@ -46,7 +46,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/
 }
 
 step env 45 "$PY" -c "
-import sys, torch, nibabel, guided_diffusion.translate
+import sys, torch, nibabel, guided_diffusion.pipeline.translate
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'CUDA', torch.version.cuda,
       'cudnn', torch.backends.cudnn.version(), 'nibabel', nibabel.__version__)
 assert torch.cuda.is_available(), 'no CUDA device'

@@ -93,7 +93,7 @@ def otsu_mask(amap: Array) -> Array:
     call this once per image (H, W), not on a batch.
 
     The map is thresholded in float32, the precision in which results are stored
-    (see :mod:`guided_diffusion.results`), so a mask recomputed from a saved map is
+    (see :mod:`guided_diffusion.evaluation.results`), so a mask recomputed from a saved map is
     identical to the one computed before saving, even for a float64 map.
 
     :param amap: anomaly map of any shape, finite values.

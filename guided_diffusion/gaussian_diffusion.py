@@ -27,7 +27,6 @@ import torch as th
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
 
-
 # --------------------------------------------------------------------------- schedules
 
 

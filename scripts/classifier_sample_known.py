@@ -10,11 +10,12 @@ Writes <id>.npz, <id>.png, metrics.csv and summary.json into --output_dir.
 import os
 import sys
 
-from guided_diffusion import cli, dist_util, logger
-from guided_diffusion.monitor import Monitor
-from guided_diffusion.results import format_table
+from guided_diffusion.evaluation.results import format_table
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.translate import run_translation, sampling_defaults
 from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
-from guided_diffusion.translate import run_translation, sampling_defaults
+from guided_diffusion.util import dist_util, logger
+from guided_diffusion.util.monitor import Monitor
 
 
 def create_argparser():

@@ -8,9 +8,10 @@ Held-out accuracy: --val_data_dir, or else a --val_fraction of the training fold
 """
 import sys
 
-from guided_diffusion import cli, dist_util, logger
-from guided_diffusion.commands import train_defaults, train_noisy_classifier
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.runs import train_defaults, train_noisy_classifier
 from guided_diffusion.script_util import classifier_and_diffusion_defaults
+from guided_diffusion.util import dist_util, logger
 
 
 def create_argparser():

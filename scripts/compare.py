@@ -5,15 +5,15 @@
 Each RUN_DIR is the output folder of a translation script (classifier_sample_known.py,
 vae_translate.py, fpgan_translate.py) with its summary.json. Writes comparison.md,
 comparison.csv and comparison.png into --out and prints the table. See
-guided_diffusion/compare.py for the layout.
+guided_diffusion/evaluation/compare.py for the layout.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from guided_diffusion import cli
-from guided_diffusion.compare import load_runs, write_comparison
+from guided_diffusion.evaluation.compare import load_runs, write_comparison
+from guided_diffusion.pipeline import cli
 
 
 def create_argparser() -> argparse.ArgumentParser:

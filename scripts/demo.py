@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-from guided_diffusion.presets import DEMO_CLASSIFIER_FLAGS as CLASSIFIER_FLAGS
-from guided_diffusion.presets import DEMO_DIFFUSION_FLAGS as DIFFUSION_FLAGS
-from guided_diffusion.presets import DEMO_MODEL_FLAGS as MODEL_FLAGS
+from guided_diffusion.pipeline.presets import DEMO_CLASSIFIER_FLAGS as CLASSIFIER_FLAGS
+from guided_diffusion.pipeline.presets import DEMO_DIFFUSION_FLAGS as DIFFUSION_FLAGS
+from guided_diffusion.pipeline.presets import DEMO_MODEL_FLAGS as MODEL_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,8 +77,8 @@ def chance_dice(folder: str, ids: list) -> float:
 
 
 def write_report(out: str, log: list) -> None:
-    from guided_diffusion.fileio import atomic_write
-    from guided_diffusion.results import format_table, read_metrics, read_summary
+    from guided_diffusion.evaluation.results import format_table, read_metrics, read_summary
+    from guided_diffusion.util.fileio import atomic_write
 
     summary = read_summary(f"{out}/samples")
     rows = read_metrics(f"{out}/samples")

@@ -5,14 +5,14 @@
 Rewrites ``metrics.csv`` and ``summary.json`` (keeping the ``flags`` and
 ``seconds_per_image`` the sampling script stored there), writes the Markdown table to
 ``table.md`` and prints it. The protocols are described in
-:mod:`guided_diffusion.results`. Needs no GPU and no Visdom.
+:mod:`guided_diffusion.evaluation.results`. Needs no GPU and no Visdom.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from guided_diffusion import results
+from guided_diffusion.evaluation import results
 
 
 def create_argparser() -> argparse.ArgumentParser:

@@ -8,10 +8,15 @@ Writes G%06d.pt, D%06d.pt and opt%06d.pt to --log_dir.
 """
 import sys
 
-from guided_diffusion import cli, logger
-from guided_diffusion.baselines import (baseline_train_defaults, fpgan_defaults, fpgan_loss_defaults,
-                                        train_baseline)
-from guided_diffusion.monitor import Monitor
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.baselines import (
+    baseline_train_defaults,
+    fpgan_defaults,
+    fpgan_loss_defaults,
+    train_baseline,
+)
+from guided_diffusion.util import logger
+from guided_diffusion.util.monitor import Monitor
 
 
 def create_argparser():

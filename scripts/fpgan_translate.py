@@ -9,10 +9,11 @@ Writes <id>.npz, <id>.png, metrics.csv and summary.json (method "FixedPoint-GAN"
 import os
 import sys
 
-from guided_diffusion import cli, logger
-from guided_diffusion.baselines import baseline_translate_defaults, fpgan_defaults, translate_folder
-from guided_diffusion.monitor import Monitor
-from guided_diffusion.results import format_table
+from guided_diffusion.evaluation.results import format_table
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.baselines import baseline_translate_defaults, fpgan_defaults, translate_folder
+from guided_diffusion.util import logger
+from guided_diffusion.util.monitor import Monitor
 
 
 def create_argparser():

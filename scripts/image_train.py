@@ -7,9 +7,10 @@ Multi-GPU: `mpiexec -n 4 python scripts/image_train.py ...` or `torchrun --nproc
 """
 import sys
 
-from guided_diffusion import cli, dist_util, logger
-from guided_diffusion.commands import train_defaults, train_diffusion_model
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.runs import train_defaults, train_diffusion_model
 from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.util import dist_util, logger
 
 
 def create_argparser():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.synthetic import DATASET_CHOICES, generate
+from guided_diffusion.datasets.synthetic import DATASET_CHOICES, generate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.prepare import DEFAULT_SLICE_RANGE, parse_slice_range, prepare_brats, str2bool
+from guided_diffusion.datasets.prepare import DEFAULT_SLICE_RANGE, parse_slice_range, prepare_brats, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.prepare import prepare_chexpert, str2bool
+from guided_diffusion.datasets.prepare import prepare_chexpert, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@
 # Methods and output folders (each holds <id>.npz/png, metrics.csv, summary.json):
 #   results/compare/ddim   classifier-guided DDIM translation (the paper's method)
 #   results/compare/ddpm   classifier-guided stochastic DDPM sampling (p_sample_loop_known)
-#   results/compare/vae    the VAE baseline (cAAE, guided_diffusion/vae.py)
-#   results/compare/fpgan  FixedPoint-GAN (guided_diffusion/fpgan.py)
+#   results/compare/vae    the VAE baseline (cAAE, guided_diffusion/methods/vae.py)
+#   results/compare/fpgan  FixedPoint-GAN (guided_diffusion/methods/fpgan.py)
 # then results/compare/comparison.{md,csv,png}; checkpoints go to results/compare/train/,
 # the output of every step to results/compare/logs/. These are rebuilt from scratch.
 #
@@ -43,9 +43,9 @@ if [ ! -d "$DATA/training" ] || [ ! -d "$DATA/testing" ] || [ ! -d "$DATA/test_l
   exit 2
 fi
 
-# the demo's networks and schedule (guided_diffusion/presets.py), sampled with 100 DDIM/DDPM steps
-MODEL="--dataset brats $("$PY" -c 'from guided_diffusion.presets import DEMO_MODEL_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
-CLASSIFIER="--dataset brats $("$PY" -c 'from guided_diffusion.presets import DEMO_CLASSIFIER_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
+# the demo's networks and schedule (guided_diffusion/pipeline/presets.py), sampled with 100 DDIM/DDPM steps
+MODEL="--dataset brats $("$PY" -c 'from guided_diffusion.pipeline.presets import DEMO_MODEL_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
+CLASSIFIER="--dataset brats $("$PY" -c 'from guided_diffusion.pipeline.presets import DEMO_CLASSIFIER_FLAGS as f, DEMO_DIFFUSION_FLAGS as d; print(f, d)')"
 VAE="--image_size 64 --dataset brats --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
 FPGAN="--image_size 64 --dataset brats --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 --fpgan_d_depth 4"
 COMMON="--progress False --seed 0"

@@ -8,10 +8,10 @@ Writes model%06d.pt, opt%06d.pt (and zdisc%06d.pt with --latent_prior adversaria
 """
 import sys
 
-from guided_diffusion import cli, logger
-from guided_diffusion.baselines import (baseline_train_defaults, train_baseline, vae_defaults,
-                                        vae_loss_defaults)
-from guided_diffusion.monitor import Monitor
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.baselines import baseline_train_defaults, train_baseline, vae_defaults, vae_loss_defaults
+from guided_diffusion.util import logger
+from guided_diffusion.util.monitor import Monitor
 
 
 def create_argparser():

@@ -9,10 +9,11 @@ the files classifier_sample_known.py writes; finished images are skipped.
 import os
 import sys
 
-from guided_diffusion import cli, logger
-from guided_diffusion.baselines import baseline_translate_defaults, translate_folder, vae_defaults
-from guided_diffusion.monitor import Monitor
-from guided_diffusion.results import format_table
+from guided_diffusion.evaluation.results import format_table
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.baselines import baseline_translate_defaults, translate_folder, vae_defaults
+from guided_diffusion.util import logger
+from guided_diffusion.util.monitor import Monitor
 
 
 def create_argparser():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion.nifti import write_nifti_gz
+from guided_diffusion.datasets.nifti import write_nifti_gz
+from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.synthetic import generate
+from guided_diffusion.util import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = dict(model_and_diffusion_defaults(), image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from cpu_helpers import one_thread  # noqa: F401  (autouse: tiny networks run on one thread)
 from PIL import Image
 
-from cpu_helpers import one_thread  # noqa: F401  (autouse: tiny networks run on one thread)
-from guided_diffusion import cli
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
-from guided_diffusion.checkpoint import CheckpointError
-from guided_diffusion.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
-from guided_diffusion.results import METRICS_COLUMNS, read_summary, save_result, write_metrics
-from guided_diffusion.synthetic import generate
-from guided_diffusion.vae import VAE, kl_divergence, reconstruction_loss
+from guided_diffusion.datasets.synthetic import generate
+from guided_diffusion.evaluation.results import METRICS_COLUMNS, read_summary, save_result, write_metrics
+from guided_diffusion.methods.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
+from guided_diffusion.methods.vae import VAE, kl_divergence, reconstruction_loss
+from guided_diffusion.pipeline import cli
+from guided_diffusion.util.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16

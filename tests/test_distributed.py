@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion.synthetic import generate
+from guided_diffusion.datasets.synthetic import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -82,7 +82,7 @@ def test_mpiexec_two_processes_match_one_with_the_global_batch(data, single, tmp
 
 
 def test_torchrun_two_processes_match_one_with_the_global_batch(data, single, tmp_path):
-    from guided_diffusion.dist_util import _free_port
+    from guided_diffusion.util.dist_util import _free_port
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
          "--master_port", _free_port(), *train_args(data, tmp_path, 2)])
     assert_same_weights(single / "model000003.pt", tmp_path / "model000003.pt")

@@ -6,8 +6,13 @@ import torch as th
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.guidance import make_cond_fn
-from guided_diffusion.script_util import create_classifier, create_gaussian_diffusion, create_model, \
-    create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import (
+    create_classifier,
+    create_gaussian_diffusion,
+    create_model,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 FIXTURE = os.path.join(SHARED, "conformance", "tiny_brats.pt")
@@ -200,7 +205,8 @@ def test_training_losses_keys_and_learned_sigma():
 
 @pytest.mark.skipif(not os.path.exists(FIXTURE), reason="../shared/conformance is absent")
 def test_known_loop_intermediates_match_fixture():
-    from guided_diffusion import script_util as su, unet
+    from guided_diffusion import script_util as su
+    from guided_diffusion import unet
     r = th.load(FIXTURE, weights_only=False)
     flags = {k: r["model_flags"][k] for k in su.model_and_diffusion_defaults() if k in r["model_flags"]}
     model, diffusion = su.create_model_and_diffusion(**flags)

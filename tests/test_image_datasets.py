@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion import image_datasets
-from guided_diffusion.bratsloader import BRATSDataset
-from guided_diffusion.image_datasets import CheXpertDataset, ShardedBatchSampler, create_dataset, load_data
+from guided_diffusion.datasets import images as image_datasets
+from guided_diffusion.datasets.brats import BRATSDataset
+from guided_diffusion.datasets.images import CheXpertDataset, ShardedBatchSampler, create_dataset, load_data
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
 
@@ -309,7 +309,7 @@ def test_load_data_checks_the_data_before_the_first_batch(tmp_path):
 
 
 def test_held_out_split_keeps_each_patient_on_one_side():
-    from guided_diffusion.commands import split_by_patient
+    from guided_diffusion.pipeline.runs import split_by_patient
 
     data = BRATSDataset(Path(__file__).resolve().parents[1] / "data" / "brats" / "training", image_size=64)
     patients = data.patients

@@ -7,7 +7,8 @@ import sys
 import guided_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = sorted(m.name for m in pkgutil.iter_modules(guided_diffusion.__path__) if m.name != "__main__")
+MODULES = sorted(m.name for m in pkgutil.walk_packages(guided_diffusion.__path__, "guided_diffusion.")
+                 if not m.name.endswith("__main__"))
 
 
 def test_import_every_module_quietly():
@@ -18,7 +19,7 @@ def test_import_every_module_quietly():
         "socket.socket.connect = lambda self, *a: calls.append(a) or orig(self, *a)\n"
         "path_before = list(sys.path)\n"
         f"for name in {MODULES!r}:\n"
-        "    __import__('guided_diffusion.' + name)\n"
+        "    __import__(name)\n"
         "assert sys.path == path_before, 'sys.path edited'\n"
         "assert not calls, calls\n"
         "heavy = [m for m in ('visdom', 'mpi4py', 'tqdm', 'nibabel') if m in sys.modules]\n"

@@ -1,4 +1,4 @@
-"""Tests of guided_diffusion.monitor against a real Visdom server (SPEC section 7).
+"""Tests of guided_diffusion.util.monitor against a real Visdom server (SPEC section 7).
 
 The server comes from tests/visdom_fixture.py; what the monitor sent is read back
 through the server's HTTP API (POST /win_data). No browser is involved.
@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from visdom_fixture import visdom_server  # noqa: F401  (registers the fixture)
 
-from guided_diffusion import monitor as monitor_module
-from guided_diffusion.monitor import MONITOR_DEFAULTS, Monitor, MonitorWarning, add_monitor_flags
-from guided_diffusion.visdom_server import find_free_port, start_server, stop_server
+from guided_diffusion.util import monitor as monitor_module
+from guided_diffusion.util.monitor import MONITOR_DEFAULTS, Monitor, MonitorWarning, add_monitor_flags
+from guided_diffusion.util.visdom_server import find_free_port, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def test_no_server_warns_once_and_returns_quickly():
     assert len(caught) == 1
     message = str(warning.message)
     assert f"http://127.0.0.1:{port}" in message
-    assert f"python -m guided_diffusion.visdom_server --port {port}" in message
+    assert f"python -m guided_diffusion.util.visdom_server --port {port}" in message
     assert warning.filename == __file__  # points at the caller's line, not into the monitor
     assert not monitor.enabled
 
@@ -287,7 +287,7 @@ def test_disabled_monitor_does_nothing_and_never_imports_visdom():
         import sys, warnings
         import numpy as np
         warnings.simplefilter("error")
-        from guided_diffusion.monitor import Monitor
+        from guided_diffusion.util.monitor import Monitor
         monitor = Monitor()
         assert not monitor.enabled
         for step in range(100):
@@ -310,8 +310,8 @@ def test_import_has_no_side_effects():
         """
         import sys, threading
         before = threading.active_count()
-        import guided_diffusion.monitor
-        import guided_diffusion.visdom_server
+        import guided_diffusion.util.monitor
+        import guided_diffusion.util.visdom_server
         assert threading.active_count() == before
         for name in ("visdom", "requests", "tornado"):
             assert name not in sys.modules, name

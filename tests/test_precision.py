@@ -25,20 +25,26 @@ import os
 import numpy as np
 import pytest
 import torch as th
-
 from cpu_helpers import have_cxx_compiler, one_thread  # noqa: F401  (one_thread is autouse)
-from guided_diffusion import cli
+
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
+from guided_diffusion.datasets.images import create_dataset
 from guided_diffusion.guidance import make_cond_fn
-from guided_diffusion.image_datasets import create_dataset
+from guided_diffusion.pipeline import cli
+from guided_diffusion.pipeline.train import TrainConfig, TrainLoop, autocast_for
+from guided_diffusion.pipeline.translate import (
+    compile_network,
+    run_translation,
+    sampling_defaults,
+    translate_batch,
+    wrap_network,
+)
 from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from guided_diffusion.train_util import TrainConfig, TrainLoop, autocast_for
-from guided_diffusion.translate import compile_network, run_translation, sampling_defaults, translate_batch, wrap_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "brats")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
-from guided_diffusion.results import (
+from guided_diffusion.evaluation.results import (
     METRICS_COLUMNS,
     ResultFileError,
     compute_metrics,
@@ -25,6 +25,7 @@ from guided_diffusion.results import (
     save_result,
     write_metrics,
 )
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from guided_diffusion.bratsloader import MODALITIES, BRATSDataset
-from guided_diffusion.image_datasets import CheXpertDataset
+from guided_diffusion.datasets.brats import MODALITIES, BRATSDataset
+from guided_diffusion.datasets.images import CheXpertDataset
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--size", "32", "--n_train", "8", "--n_test", "4", "--tumour_fraction", "0.5", "--seed", "3"]

@@ -4,12 +4,15 @@ import pickle
 
 import pytest
 import torch as th
-
 from cpu_helpers import have_cxx_compiler
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion.script_util import create_classifier_and_diffusion, create_model_and_diffusion, \
-    model_and_diffusion_defaults
-from guided_diffusion.train_util import ClassifierTrainLoop, TrainConfig, TrainLoop
+
+from guided_diffusion.pipeline.train import ClassifierTrainLoop, TrainConfig, TrainLoop
+from guided_diffusion.script_util import (
+    create_classifier_and_diffusion,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
+from guided_diffusion.util import checkpoint as ckpt
 
 TINY = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
         "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from visdom_fixture import visdom_server  # noqa: F401  (module-scoped real server)
 
-from guided_diffusion.synthetic import generate
+from guided_diffusion.datasets.synthetic import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ("--image_size 16 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 --attention_resolutions 8 "

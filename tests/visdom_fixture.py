@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from guided_diffusion.monitor import Monitor
-from guided_diffusion.visdom_server import start_server, stop_server
+from guided_diffusion.util.monitor import Monitor
+from guided_diffusion.util.visdom_server import start_server, stop_server
 
 
 @dataclass(frozen=True)

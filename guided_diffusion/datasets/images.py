@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .bratsloader import BRATSDataset, check_dataset_args, check_fits, pad_to_size
+from .brats import BRATSDataset, check_dataset_args, check_fits, pad_to_size
 
 DATASETS = ("brats", "chexpert")
 

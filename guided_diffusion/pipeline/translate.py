@@ -19,21 +19,21 @@ from typing import Callable
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
-from . import checkpoint as ckpt
-from . import dist_util, logger
-from .anomaly import anomaly_map, otsu_mask
-from .fileio import ensure_writable_dir
-from .guidance import make_cond_fn
-from .image_datasets import create_dataset
-from .results import is_done, save_result, write_metrics
-from .script_util import (
+from ..anomaly import anomaly_map, otsu_mask
+from ..datasets.images import create_dataset
+from ..evaluation.results import is_done, save_result, write_metrics
+from ..guidance import make_cond_fn
+from ..script_util import (
     args_to_dict,
     classifier_defaults,
     create_classifier,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from .train_util import autocast_for
+from ..util import checkpoint as ckpt
+from ..util import dist_util, logger
+from ..util.fileio import ensure_writable_dir
+from .train import autocast_for
 
 HEALTHY = 0
 

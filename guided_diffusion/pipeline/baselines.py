@@ -1,5 +1,5 @@
 """Training and translation of the comparison methods (SPEC section 9): the VAE (cAAE,
-:mod:`guided_diffusion.vae`) and FixedPoint-GAN (:mod:`guided_diffusion.fpgan`).
+:mod:`guided_diffusion.methods.vae`) and FixedPoint-GAN (:mod:`guided_diffusion.methods.fpgan`).
 
 The scripts ``vae_train.py``, ``fpgan_train.py``, ``vae_translate.py`` and
 ``fpgan_translate.py`` are thin wrappers around :func:`train_baseline` and
@@ -45,15 +45,15 @@ from typing import Callable
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
-from . import checkpoint as ckpt
-from . import dist_util, logger
-from .anomaly import anomaly_map, otsu_mask
-from .fileio import atomic_write, ensure_writable_dir
-from .fpgan import Discriminator, FPGANStep, Generator, translate_to_healthy
-from .image_datasets import ShardedBatchSampler, create_dataset
-from .results import is_done, save_result, write_metrics
-from .script_util import args_to_dict, in_channels_for
-from .vae import VAE, CAAEStep, LatentDiscriminator, latent_prior_check
+from ..anomaly import anomaly_map, otsu_mask
+from ..datasets.images import ShardedBatchSampler, create_dataset
+from ..evaluation.results import is_done, save_result, write_metrics
+from ..methods.fpgan import Discriminator, FPGANStep, Generator, translate_to_healthy
+from ..methods.vae import VAE, CAAEStep, LatentDiscriminator, latent_prior_check
+from ..script_util import args_to_dict, in_channels_for
+from ..util import checkpoint as ckpt
+from ..util import dist_util, logger
+from ..util.fileio import atomic_write, ensure_writable_dir
 
 METHODS = ("vae", "fpgan")
 METHOD_NAMES = {"vae": "VAE", "fpgan": "FixedPoint-GAN"}
@@ -72,7 +72,7 @@ _ARCH_FLAGS = {
 
 
 def vae_defaults() -> dict:
-    """Network flags of the VAE baseline (see :mod:`guided_diffusion.vae`)."""
+    """Network flags of the VAE baseline (see :mod:`guided_diffusion.methods.vae`)."""
     return dict(
         image_size=256,
         dataset="brats",
@@ -90,7 +90,7 @@ def vae_loss_defaults() -> dict:
 
 
 def fpgan_defaults() -> dict:
-    """Network flags of FixedPoint-GAN (see :mod:`guided_diffusion.fpgan`)."""
+    """Network flags of FixedPoint-GAN (see :mod:`guided_diffusion.methods.fpgan`)."""
     return dict(
         image_size=256,
         dataset="brats",

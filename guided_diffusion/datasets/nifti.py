@@ -17,7 +17,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .fileio import atomic_write
+from ..util.fileio import atomic_write
 
 # gzip level 6 is zlib's default trade-off; the files stay byte-identical for a
 # given level, so changing it changes every generated file.

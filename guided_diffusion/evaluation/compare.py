@@ -8,7 +8,7 @@ Outputs of :func:`write_comparison`:
 
 ``comparison.md``
     One row per method: Dice, pixel AUROC and AUPRC as mean ± std over the images the
-    protocol scores (see :mod:`guided_diffusion.results`), the image-level AUROC, the
+    protocol scores (see :mod:`guided_diffusion.evaluation.results`), the image-level AUROC, the
     number of images and the network time per image; notes under the table when the
     runs used different protocols or different images.
 ``comparison.csv``
@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .fileio import atomic_write
+from ..util.fileio import atomic_write
 from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary
 
 COMPARISON_MD = "comparison.md"

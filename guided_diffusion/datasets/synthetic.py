@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .bratsloader import MODALITIES
+from .brats import MODALITIES
 from .nifti import write_nifti_gz
 from .prepare import (
     brats_slice_filename,

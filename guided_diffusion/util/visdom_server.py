@@ -1,6 +1,6 @@
 """Run a local Visdom server for ``--visdom True`` (SPEC section 7).
 
-    python -m guided_diffusion.visdom_server --port 8850 --env_path ~/.visdom
+    python -m guided_diffusion.util.visdom_server --port 8850 --env_path ~/.visdom
 
 then open http://127.0.0.1:8850. Unlike ``python -m visdom.server``, this does not
 start by downloading the page's JavaScript and CSS, which crashes a machine without
@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_PORT", "find_free_port", "main", "server_answers", "start_se
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and serve until interrupted. Returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m guided_diffusion.visdom_server",
+        prog="python -m guided_diffusion.util.visdom_server",
         description="Start a Visdom server for live monitoring, without visdom's internet download step.",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on (default %(default)s)")
@@ -141,7 +141,7 @@ def server_answers(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> 
 def start_server(
     port: int | None = None, env_path: str | os.PathLike | None = None, timeout: float = 30.0
 ) -> tuple[subprocess.Popen, int]:
-    """Start ``python -m guided_diffusion.visdom_server`` in a subprocess and wait until it answers.
+    """Start ``python -m guided_diffusion.util.visdom_server`` in a subprocess and wait until it answers.
 
     :param port: port to use; None picks a free one (retrying if another process takes
         it first).
@@ -200,7 +200,7 @@ def _launch(port: int, env_path: str | os.PathLike | None) -> subprocess.Popen:
     # Output goes to an unnamed file, not a pipe: nobody reads a pipe while the server runs.
     log = tempfile.TemporaryFile()
     command = [
-        sys.executable, "-m", "guided_diffusion.visdom_server",
+        sys.executable, "-m", "guided_diffusion.util.visdom_server",
         "--port", str(port), "--env_path", os.fspath(env_path),
     ]  # fmt: skip
     process = subprocess.Popen(

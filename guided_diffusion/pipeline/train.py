@@ -23,9 +23,9 @@ import torch as th
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint as ckpt
-from . import dist_util, logger
-from .resample import LossAwareSampler, UniformSampler
+from ..resample import LossAwareSampler, UniformSampler
+from ..util import checkpoint as ckpt
+from ..util import dist_util, logger
 
 PRECISIONS = {"fp32": None, "bf16": th.bfloat16, "fp16": th.float16}
 

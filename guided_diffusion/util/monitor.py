@@ -21,8 +21,8 @@ build in ``main()`` from the ``--visdom*`` flags:
 - Wrong shapes raise ``ValueError`` whether or not monitoring is on, so a bad call
   fails in the tests rather than only in a monitored run.
 
-Start a server with ``python -m guided_diffusion.visdom_server --port 8850`` (see
-``guided_diffusion/visdom_server.py``), then open http://127.0.0.1:8850.
+Start a server with ``python -m guided_diffusion.util.visdom_server --port 8850`` (see
+``guided_diffusion/util/visdom_server.py``), then open http://127.0.0.1:8850.
 """
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ class Monitor:
         # stacklevel 4: _disable <- _run <- public method <- the caller's line
         warnings.warn(
             f"Visdom monitoring is off: {reason}. Start a server with "
-            f"`python -m guided_diffusion.visdom_server --port {self.port}` and open "
+            f"`python -m guided_diffusion.util.visdom_server --port {self.port}` and open "
             f"{self.address}, or run with --visdom False.",
             MonitorWarning,
             stacklevel=4,

@@ -8,10 +8,10 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .checkpoint import CheckpointError
-from .fileio import ensure_writable_dir
-from .monitor import MONITOR_DEFAULTS
-from .script_util import add_dict_to_argparser
+from ..script_util import add_dict_to_argparser
+from ..util.checkpoint import CheckpointError
+from ..util.fileio import ensure_writable_dir
+from ..util.monitor import MONITOR_DEFAULTS
 
 # Errors caused by flags or files: shown as one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError,

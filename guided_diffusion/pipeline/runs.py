@@ -7,19 +7,19 @@ import os
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
-from . import dist_util, logger
-from .image_datasets import ShardedBatchSampler, collate_training_batch, create_dataset
-from .monitor import Monitor
-from .prepare import split_patients
-from .resample import create_named_schedule_sampler
-from .script_util import (
+from ..datasets.images import ShardedBatchSampler, collate_training_batch, create_dataset
+from ..datasets.prepare import split_patients
+from ..resample import create_named_schedule_sampler
+from ..script_util import (
     args_to_dict,
     classifier_and_diffusion_defaults,
     create_classifier_and_diffusion,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from .train_util import ClassifierTrainLoop, TrainConfig, TrainLoop
+from ..util import dist_util, logger
+from ..util.monitor import Monitor
+from .train import ClassifierTrainLoop, TrainConfig, TrainLoop
 
 
 def train_defaults() -> dict:
@@ -72,7 +72,7 @@ def _config(args, total_steps: int, anneal: bool) -> TrainConfig:
 
 def _write_flags(args, name: str) -> None:
     if dist_util.is_main_process():
-        from .fileio import atomic_write
+        from ..util.fileio import atomic_write
         with atomic_write(os.path.join(args.log_dir, name), "w") as f:
             json.dump(vars(args), f, indent=2, sort_keys=True, default=str)
 

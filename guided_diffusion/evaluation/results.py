@@ -63,7 +63,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .anomaly import (
+from ..anomaly import (
     IMAGE_SCORE_PERCENTILE,
     Array,
     dice,
@@ -73,7 +73,7 @@ from .anomaly import (
     pixel_auroc,
     to_numpy,
 )
-from .fileio import atomic_write
+from ..util.fileio import atomic_write
 
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"

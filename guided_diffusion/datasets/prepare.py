@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .bratsloader import MODALITIES, SEG
-from .fileio import atomic_write
+from ..util.fileio import atomic_write
+from .brats import MODALITIES, SEG
 from .nifti import read_nifti, read_nifti_shape, write_nifti_gz
 
 DEFAULT_SLICE_RANGE = (80, 128)

@@ -1,0 +1,1 @@
+"""Comparison methods: the networks and losses of the baselines (VAE/cAAE, FixedPoint-GAN, ...)."""
