@@ -26,6 +26,7 @@ import torch as th
 
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
+from .util.errors import UserError
 
 # --------------------------------------------------------------------------- schedules
 
@@ -38,7 +39,7 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     """
     if schedule_name == "linear":
         if num_diffusion_timesteps <= 20:
-            raise ValueError(f"--diffusion_steps {num_diffusion_timesteps}: the linear schedule needs more than "
+            raise UserError(f"--diffusion_steps {num_diffusion_timesteps}: the linear schedule needs more than "
                              "20 steps (its last beta, 0.02 * 1000 / T, must stay below 1)")
         scale = 1000 / num_diffusion_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
@@ -46,7 +47,7 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
         return betas_for_alpha_bar(
             num_diffusion_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         )
-    raise ValueError(f"--noise_schedule {schedule_name!r}: expected 'linear' or 'cosine'")
+    raise UserError(f"--noise_schedule {schedule_name!r}: expected 'linear' or 'cosine'")
 
 
 def betas_for_alpha_bar(num_diffusion_timesteps: int, alpha_bar: Callable[[float], float],
@@ -88,7 +89,7 @@ class LossType(enum.Enum):
 
 def _check_noise_level(noise_level: int, num_timesteps: int) -> int:
     if isinstance(noise_level, bool) or int(noise_level) != noise_level or not 1 <= noise_level <= num_timesteps:
-        raise ValueError(
+        raise UserError(
             f"--noise_level {noise_level}: expected an integer in 1..{num_timesteps} "
             f"(steps of the {'respaced ' if num_timesteps != 1000 else ''}process)"
         )

@@ -7,6 +7,8 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
+from .util.errors import UserError
+
 
 def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
     """"uniform" or "loss-second-moment" (importance sampling by the recent loss's second moment)."""
@@ -14,7 +16,7 @@ def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
         return UniformSampler(diffusion)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    raise ValueError(f"--schedule_sampler {name!r}: expected 'uniform' or 'loss-second-moment'")
+    raise UserError(f"--schedule_sampler {name!r}: expected 'uniform' or 'loss-second-moment'")
 
 
 class ScheduleSampler(ABC):

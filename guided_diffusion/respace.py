@@ -12,6 +12,7 @@ import numpy as np
 import torch as th
 
 from .gaussian_diffusion import GaussianDiffusion
+from .util.errors import UserError
 
 
 def space_timesteps(num_timesteps: int, section_counts) -> set[int]:
@@ -26,16 +27,16 @@ def space_timesteps(num_timesteps: int, section_counts) -> set[int]:
             try:
                 desired = int(section_counts[len("ddim"):])
             except ValueError:
-                raise ValueError(f"--timestep_respacing {section_counts!r}: expected ddimN, e.g. ddim100") from None
+                raise UserError(f"--timestep_respacing {section_counts!r}: expected ddimN, e.g. ddim100") from None
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
-            raise ValueError(f"--timestep_respacing {section_counts!r}: no integer stride gives exactly "
+            raise UserError(f"--timestep_respacing {section_counts!r}: no integer stride gives exactly "
                              f"{desired} of {num_timesteps} steps")
         try:
             section_counts = [int(x) for x in section_counts.split(",")]
         except ValueError:
-            raise ValueError(f"--timestep_respacing {section_counts!r}: expected ddimN or comma-separated "
+            raise UserError(f"--timestep_respacing {section_counts!r}: expected ddimN or comma-separated "
                              "step counts") from None
     n_sections = len(section_counts)
     size_per, extra = divmod(num_timesteps, n_sections)
@@ -43,7 +44,7 @@ def space_timesteps(num_timesteps: int, section_counts) -> set[int]:
     for i, count in enumerate(section_counts):
         size = size_per + (1 if i < extra else 0)
         if not 0 < count <= size:
-            raise ValueError(f"--timestep_respacing: cannot take {count} steps from a section of {size}")
+            raise UserError(f"--timestep_respacing: cannot take {count} steps from a section of {size}")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
         position = 0.0
         for _ in range(count):  # accumulate (not j * stride): the original's rounding

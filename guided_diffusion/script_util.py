@@ -10,6 +10,7 @@ import argparse
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, UNetModel
+from .util.errors import UserError
 
 NUM_CLASSES = 2  # 0 = healthy, 1 = diseased, for both data sets
 DATASET_CHANNELS = {"brats": 4, "chexpert": 1}
@@ -87,21 +88,21 @@ def classifier_and_diffusion_defaults() -> dict:
 def in_channels_for(dataset: str) -> int:
     """Image channels of a data set: 4 for BRATS (t1, t1ce, t2, flair), 1 for CheXpert."""
     if dataset not in DATASET_CHANNELS:
-        raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHANNELS)}")
+        raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHANNELS)}")
     return DATASET_CHANNELS[dataset]
 
 
 def _channel_mult(channel_mult, image_size: int, flag: str) -> tuple:
     if channel_mult in ("", None):
         if image_size not in _CHANNEL_MULT:
-            raise ValueError(f"--image_size {image_size}: no default channel multipliers; pass {flag} "
+            raise UserError(f"--image_size {image_size}: no default channel multipliers; pass {flag} "
                              f"(defaults exist for {sorted(_CHANNEL_MULT)})")
         return _CHANNEL_MULT[image_size]
     if isinstance(channel_mult, str):
         try:
             return tuple(float(m) if "." in m else int(m) for m in channel_mult.split(","))
         except ValueError:
-            raise ValueError(f"{flag} {channel_mult!r}: expected comma-separated numbers, e.g. 1,2,2") from None
+            raise UserError(f"{flag} {channel_mult!r}: expected comma-separated numbers, e.g. 1,2,2") from None
     return tuple(channel_mult)
 
 
@@ -112,7 +113,7 @@ def _attention_ds(resolutions: str, image_size: int, flag: str) -> tuple:
     try:
         res = [int(r) for r in str(resolutions).split(",")]
     except ValueError:
-        raise ValueError(f"{flag} {resolutions!r}: expected comma-separated resolutions, e.g. 32,16,8") from None
+        raise UserError(f"{flag} {resolutions!r}: expected comma-separated resolutions, e.g. 32,16,8") from None
     return tuple(image_size // r for r in res)
 
 
@@ -212,7 +213,7 @@ def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=Fals
                               rescale_learned_sigmas=False, timestep_respacing="") -> SpacedDiffusion:
     """A (possibly respaced) diffusion process; see :func:`space_timesteps` for ``timestep_respacing``."""
     if steps < 1:
-        raise ValueError(f"--diffusion_steps {steps}: expected a positive number of steps")
+        raise UserError(f"--diffusion_steps {steps}: expected a positive number of steps")
     betas = gd.get_named_beta_schedule(noise_schedule, steps)
     if use_kl:
         loss_type = gd.LossType.RESCALED_KL

@@ -28,6 +28,7 @@ from .nn import (
     timestep_embedding,
     zero_module,
 )
+from .util.errors import UserError
 
 
 def _maybe_checkpoint(fn, args: tuple, enabled: bool):
@@ -519,7 +520,7 @@ class EncoderUNetModel(nn.Module):
             self.out = nn.Sequential(nn.Linear(self._feature_size, 2048), normalization(2048), nn.SiLU(),
                                      nn.Linear(2048, out_channels))
         else:
-            raise ValueError(f"--classifier_pool {pool!r}: expected adaptive, attention, spatial or spatial_v2")
+            raise UserError(f"--classifier_pool {pool!r}: expected adaptive, attention, spatial or spatial_v2")
 
     def forward(self, x: th.Tensor, timesteps: th.Tensor) -> th.Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..util.errors import MissingInputError, UserError
 from .nifti import read_nifti
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -70,12 +71,12 @@ class BRATSDataset(Dataset):
         if label_dir is not None:
             label_dir = os.fspath(label_dir)
             if not os.path.isdir(label_dir):
-                raise FileNotFoundError(f"--label_dir {label_dir}: no such directory")
+                raise MissingInputError(f"--label_dir {label_dir}: no such directory")
         self.directory = directory
         self.label_dir = label_dir
         self.image_size = image_size
         if not any(not name.startswith(".") for name in os.listdir(directory)):
-            raise ValueError(f"--data_dir {directory}: empty directory (expected leaf folders of *_w.nii.gz files)")
+            raise UserError(f"--data_dir {directory}: empty directory (expected leaf folders of *_w.nii.gz files)")
         self._leaves = [_list_leaf(folder, label_dir) for folder in _leaf_folders(directory)]
         _check_unique_ids(self._leaves)
 
@@ -98,14 +99,14 @@ class BRATSDataset(Dataset):
         shape = channels[0].shape
         for path, channel in zip(leaf.modalities, channels):
             if channel.shape != shape:
-                raise ValueError(
+                raise UserError(
                     f"{path}: slice shape {channel.shape} differs from {shape} "
                     f"of {os.path.basename(leaf.modalities[0])}"
                 )
             _check_unit_range(path, channel)
         ground_truth = _read_slice(leaf.ground_truth)
         if ground_truth.shape != shape:
-            raise ValueError(
+            raise UserError(
                 f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}"
             )
         check_fits(leaf.modalities[0], shape, self.image_size)
@@ -127,16 +128,16 @@ def check_dataset_args(directory: str | os.PathLike, image_size: int) -> str:
     """``directory`` as a string once it is a folder and ``image_size`` is positive; else a flag-naming error."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"--data_dir {directory}: no such directory")
+        raise MissingInputError(f"--data_dir {directory}: no such directory")
     if image_size < 1:
-        raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+        raise UserError(f"--image_size {image_size}: expected a positive number of pixels")
     return directory
 
 
 def check_fits(path: str, shape: tuple[int, ...], image_size: int, what: str = "slice") -> None:
     """Images are only padded: one larger than ``image_size`` is an error naming the file."""
     if shape[0] > image_size or shape[1] > image_size:
-        raise ValueError(
+        raise UserError(
             f"{path}: {what} of {shape[0]}x{shape[1]} is larger than --image_size {image_size} (only padding is done)"
         )
 
@@ -173,29 +174,29 @@ def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
             continue
         seq = match["seq"]
         if seq in found:
-            raise ValueError(
+            raise UserError(
                 f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf"
             )
         found[seq] = os.path.join(folder, name)
         if patient and match["patient"] != patient:
-            raise ValueError(f"{folder}: files of two patients ({patient} and {match['patient']}); expected one slice")
+            raise UserError(f"{folder}: files of two patients ({patient} and {match['patient']}); expected one slice")
         patient = match["patient"]
     missing = [seq for seq in MODALITIES if seq not in found]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{folder}: no *_{missing[0]}_*_w.nii.gz file (expected brats_train_<patient>_<seq>_<slice>_w.nii.gz "
             f"for seq in {', '.join(MODALITIES)}; found {', '.join(sorted(os.listdir(folder))) or 'nothing'})"
         )
     if SEG in found:
         ground_truth = found[SEG]
     elif label_dir is None:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{folder}: leaf {leaf_id} has no seg file; pass --label_dir with {leaf_id}-label.nii.gz"
         )
     else:
         ground_truth = os.path.join(label_dir, f"{leaf_id}-label.nii.gz")
         if not os.path.isfile(ground_truth):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{ground_truth}: no such file (leaf {folder} has no seg file, so --label_dir must hold its label)"
             )
     return _Leaf(leaf_id, folder, patient, tuple(found[seq] for seq in MODALITIES), ground_truth)
@@ -205,7 +206,7 @@ def _check_unique_ids(leaves: list[_Leaf]) -> None:
     first: dict[str, str] = {}
     for leaf in leaves:
         if leaf.id in first:
-            raise ValueError(
+            raise UserError(
                 f"{leaf.folder}: leaf name {leaf.id} repeats {first[leaf.id]}; slice identifiers must be unique"
             )
         first[leaf.id] = leaf.folder
@@ -217,13 +218,13 @@ def _read_slice(path: str) -> np.ndarray:
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D slice, found an array of shape {array.shape}")
+        raise UserError(f"{path}: expected a 2-D slice, found an array of shape {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
+        raise UserError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
     return array
 
 
 def _check_unit_range(path: str, array: np.ndarray) -> None:
     low, high = float(array.min()), float(array.max())
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
-        raise ValueError(f"{path}: expected values in [0, 1], found [{low:g}, {high:g}]")
+        raise UserError(f"{path}: expected values in [0, 1], found [{low:g}, {high:g}]")

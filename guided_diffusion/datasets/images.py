@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..util.errors import MissingInputError, UserError
 from .brats import BRATSDataset, check_dataset_args, check_fits, pad_to_size
 
 DATASETS = ("brats", "chexpert")
@@ -55,14 +56,14 @@ class CheXpertDataset(Dataset):
         for class_name, label in CLASSES.items():
             folder = os.path.join(directory, class_name)
             if not os.path.isdir(folder):
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"--data_dir {directory}: no {class_name}/ folder (expected healthy/ and diseased/ subfolders)"
                 )
             for name in os.listdir(folder):
                 if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
                     pairs.append((os.path.join(folder, name), label))
         if not pairs:
-            raise ValueError(
+            raise UserError(
                 f"--data_dir {directory}: no images in healthy/ or diseased/ "
                 f"(expected {', '.join(IMAGE_SUFFIXES)} files)"
             )
@@ -114,11 +115,11 @@ def create_dataset(
         return BRATSDataset(data_dir, label_dir=label_dir, image_size=image_size)
     if dataset == "chexpert":
         if label_dir is not None:
-            raise ValueError(
+            raise UserError(
                 f"--label_dir {label_dir}: only used with --dataset brats (CheXpert labels are folder names)"
             )
         return CheXpertDataset(data_dir, image_size=image_size)
-    raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -149,7 +150,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if num_items < 1:
             raise ValueError(f"num_items {num_items}: expected at least one item")
         if batch_size < 1:
-            raise ValueError(f"--batch_size {batch_size}: expected at least 1")
+            raise UserError(f"--batch_size {batch_size}: expected at least 1")
         if num_shards < 1:
             raise ValueError(f"num_shards {num_shards}: expected at least 1")
         if not 0 <= shard < num_shards:
@@ -270,7 +271,7 @@ def _check_unique_stems(paths: list[str]) -> None:
     for path in paths:
         stem = _stem(path)
         if stem in first:
-            raise ValueError(f"{path}: file name {stem} repeats {first[stem]}; image identifiers must be unique")
+            raise UserError(f"{path}: file name {stem} repeats {first[stem]}; image identifiers must be unique")
         first[stem] = path
 
 
@@ -280,27 +281,27 @@ def _read_image(path: str) -> np.ndarray:
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable .npy array ({e})") from e
+            raise UserError(f"{path}: not a readable .npy array ({e})") from e
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim != 2:
-            raise ValueError(f"{path}: expected an H x W x 1 or H x W array, found shape {array.shape}")
+            raise UserError(f"{path}: expected an H x W x 1 or H x W array, found shape {array.shape}")
         if array.dtype == np.uint8:
             return array / 255.0
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
-                raise ValueError(f"{path}: NaN or infinite values")
+                raise UserError(f"{path}: NaN or infinite values")
             if array.min() < 0.0 or array.max() > 1.0:
-                raise ValueError(
+                raise UserError(
                     f"{path}: expected float values in [0, 1], found [{array.min():g}, {array.max():g}]"
                 )
             return array.astype(np.float64)
-        raise ValueError(f"{path}: expected uint8 (or float in [0, 1]) values, found {array.dtype}")
+        raise UserError(f"{path}: expected uint8 (or float in [0, 1]) values, found {array.dtype}")
     try:
         with Image.open(path) as picture:
             if picture.mode in ("I", "I;16", "I;16B", "F"):
-                raise ValueError(f"{path}: expected an 8-bit image, found Pillow mode {picture.mode}")
+                raise UserError(f"{path}: expected an 8-bit image, found Pillow mode {picture.mode}")
             array = np.asarray(picture.convert("L"))  # (H, W) uint8
     except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+        raise UserError(f"{path}: not a readable image ({e})") from e
     return array / 255.0

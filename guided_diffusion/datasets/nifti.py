@@ -17,6 +17,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 
 # gzip level 6 is zlib's default trade-off; the files stay byte-identical for a
@@ -61,14 +62,14 @@ def read_nifti(path: str | os.PathLike) -> np.ndarray:
     try:
         return np.asarray(image.dataobj).astype(np.float64, copy=False)
     except _READ_ERRORS as e:
-        raise ValueError(f"{os.fspath(path)}: cannot read the NIfTI data ({type(e).__name__}: {e})") from e
+        raise UserError(f"{os.fspath(path)}: cannot read the NIfTI data ({type(e).__name__}: {e})") from e
 
 
 def _load(path: str | os.PathLike) -> nib.Nifti1Image:
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     try:
         return nib.load(path)
     except _READ_ERRORS as e:
-        raise ValueError(f"{path}: not a readable NIfTI image ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: not a readable NIfTI image ({type(e).__name__}: {e})") from e

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 from .brats import MODALITIES, SEG
 from .nifti import read_nifti, read_nifti_shape, write_nifti_gz
@@ -103,7 +104,7 @@ def check_no_stray_files(out: str, planned: Iterable[str], roots: Iterable[str] 
                     continue
                 relative = os.path.normpath(os.path.relpath(os.path.join(folder, name), out))
                 if relative not in planned:
-                    raise ValueError(
+                    raise UserError(
                         f"--out {out}: already holds {relative}, which this run would not write "
                         "(an earlier run with other settings?); use an empty folder or remove the old files"
                     )
@@ -187,7 +188,7 @@ def split_patients(patients: list[str], test_fraction: float, seed: int) -> tupl
     with ``numpy.random.default_rng(seed)``.
     """
     if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"--test_fraction {test_fraction}: expected a value in [0, 1]")
+        raise UserError(f"--test_fraction {test_fraction}: expected a value in [0, 1]")
     n = len(patients)
     n_test = int(np.floor(test_fraction * n + 0.5))
     if 0.0 < test_fraction < 1.0 and n >= 2:
@@ -218,7 +219,7 @@ def normalise_volume(volume: np.ndarray, path: str = "volume") -> np.ndarray:
     """
     brain = volume[volume > 0]
     if brain.size == 0:
-        raise ValueError(f"{path}: no positive voxels; expected a brain volume to normalise")
+        raise UserError(f"{path}: no positive voxels; expected a brain volume to normalise")
     top = float(np.percentile(brain, CLIP_PERCENTILE))
     return np.clip(volume, 0.0, top) / top
 
@@ -231,10 +232,10 @@ def find_brats_patients(src: str, slice_range: tuple[int, int] = DEFAULT_SLICE_R
     depth holds ``slice_range``.
     """
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"--src {src}: no such directory")
+        raise MissingInputError(f"--src {src}: no such directory")
     names = sorted(n for n in os.listdir(src) if not n.startswith(".") and os.path.isdir(os.path.join(src, n)))
     if not names:
-        raise ValueError(f"--src {src}: no patient folders (expected BraTS20_Training_XXX/ folders)")
+        raise UserError(f"--src {src}: no patient folders (expected BraTS20_Training_XXX/ folders)")
     patients = []
     for name in names:
         folder = os.path.join(src, name)
@@ -249,13 +250,13 @@ def find_brats_patients(src: str, slice_range: tuple[int, int] = DEFAULT_SLICE_R
         reference = MODALITIES[0]
         for seq, shape in shapes.items():
             if shape != shapes[reference]:
-                raise ValueError(
+                raise UserError(
                     f"{files[seq]}: volume shape {shape} differs from {shapes[reference]} "
                     f"of {os.path.basename(files[reference])}"
                 )
         depth = shapes[reference][2]
         if slice_range[1] >= depth:
-            raise ValueError(
+            raise UserError(
                 f"--slice_range {slice_range[0]},{slice_range[1]}: slice {slice_range[1]} is outside "
                 f"{files[reference]}, which has {depth} axial slices"
             )
@@ -290,7 +291,7 @@ def prepare_brats(
     """
     first, last = slice_range
     if not 0 <= first <= last:
-        raise ValueError(f"--slice_range {first},{last}: expected 0 <= FIRST <= LAST")
+        raise UserError(f"--slice_range {first},{last}: expected 0 <= FIRST <= LAST")
     patients = find_brats_patients(src, slice_range)
     train, test = split_patients([p.name for p in patients], test_fraction, seed)
     test_set = set(test)
@@ -352,7 +353,7 @@ def _volume_shape(path: str) -> tuple[int, int, int]:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, found shape {shape}")
+        raise UserError(f"{path}: expected a 3-D volume, found shape {shape}")
     return shape
 
 
@@ -362,10 +363,10 @@ def _load_patient(patient: BratsPatient, first: int, last: int) -> dict[str, np.
     for seq, path in patient.files.items():
         volume = read_nifti(path).reshape(patient.shape)
         if not np.isfinite(volume).all():
-            raise ValueError(f"{path}: {int((~np.isfinite(volume)).sum())} NaN or infinite voxels")
+            raise UserError(f"{path}: {int((~np.isfinite(volume)).sum())} NaN or infinite voxels")
         if seq == SEG:
             if volume.min() < 0 or not np.array_equal(volume, np.round(volume)):
-                raise ValueError(f"{path}: expected non-negative integer labels (0, 1, 2, 4)")
+                raise UserError(f"{path}: expected non-negative integer labels (0, 1, 2, 4)")
         else:
             volume = normalise_volume(volume, path)
         volumes[seq] = np.ascontiguousarray(volume[:, :, first : last + 1], dtype=np.float64)
@@ -398,9 +399,9 @@ def select_chexpert_rows(csv_path: str, image_root: str, keep_uncertain: bool = 
     Returns the images sorted by (patient, study) and counts of skipped rows.
     """
     if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"--csv {csv_path}: no such file")
+        raise MissingInputError(f"--csv {csv_path}: no such file")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"--image_root {image_root}: no such directory")
+        raise MissingInputError(f"--image_root {image_root}: no such directory")
     skipped = {"lateral": 0, "uncertain": 0, "both": 0, "neither": 0, "extra_view": 0}
     chosen: dict[tuple[str, str], ChestImage] = {}
     with open(csv_path, newline="") as f:
@@ -408,7 +409,7 @@ def select_chexpert_rows(csv_path: str, image_root: str, keep_uncertain: bool = 
         columns = reader.fieldnames or []
         missing = [c for c in CHEXPERT_COLUMNS if c not in columns]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})"
             )
         for row in reader:
@@ -431,7 +432,7 @@ def select_chexpert_rows(csv_path: str, image_root: str, keep_uncertain: bool = 
             relative = row["Path"].strip().replace("\\", "/")
             match = _STUDY_PATH.search(relative)
             if match is None:
-                raise ValueError(
+                raise UserError(
                     f"{csv_path} line {line}: Path {relative!r}: expected .../patientNNNNN/studyK/<view>.jpg"
                 )
             key = (match.group(1), match.group(2))
@@ -443,12 +444,12 @@ def select_chexpert_rows(csv_path: str, image_root: str, keep_uncertain: bool = 
             chosen[key] = image
     images = [chosen[key] for key in sorted(chosen)]
     if not images:
-        raise ValueError(
+        raise UserError(
             f"{csv_path}: no frontal rows labelled healthy (No Finding = 1) or diseased (Pleural Effusion = 1)"
         )
     for image in images:
         if not os.path.isfile(image.path):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{image.path}: no such image (Path of {csv_path} line {image.line}, resolved against --image_root)"
             )
     return images, skipped
@@ -475,7 +476,7 @@ def prepare_chexpert(
     Returns counts per split and class and of skipped rows.
     """
     if image_size < 1:
-        raise ValueError(f"--image_size {image_size}: expected a positive number of pixels")
+        raise UserError(f"--image_size {image_size}: expected a positive number of pixels")
     images, skipped = select_chexpert_rows(csv_path, image_root, keep_uncertain)
     train, test = split_patients(sorted({image.patient for image in images}), test_fraction, seed)
     test_set = set(test)
@@ -516,7 +517,7 @@ def _csv_label(row: dict, column: str, csv_path: str, line: int) -> float | None
     try:
         return float(text)
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"{csv_path} line {line}: column {column}: expected 1, 0, -1 or empty, found {text!r}"
         ) from None
 
@@ -526,5 +527,5 @@ def _read_chest_image(path: str, image_size: int) -> np.ndarray:
         with Image.open(path) as picture:
             gray = picture.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
     except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+        raise UserError(f"{path}: not a readable image ({e})") from e
     return np.asarray(gray, dtype=np.uint8)[:, :, None]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..util.errors import UserError
 from .brats import MODALITIES
 from .nifti import write_nifti_gz
 from .prepare import (
@@ -83,14 +84,14 @@ def generate(
     a tumour or an effusion. Returns the number of items written per data set.
     """
     if dataset not in DATASET_CHOICES:
-        raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHOICES)}")
+        raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHOICES)}")
     if size < MIN_SIZE:
-        raise ValueError(f"--size {size}: expected at least {MIN_SIZE} pixels")
+        raise UserError(f"--size {size}: expected at least {MIN_SIZE} pixels")
     for flag, value in (("--n_train", n_train), ("--n_test", n_test)):
         if value < 0:
-            raise ValueError(f"{flag} {value}: expected 0 or more")
+            raise UserError(f"{flag} {value}: expected 0 or more")
     if not 0.0 <= tumour_fraction <= 1.0:
-        raise ValueError(f"--tumour_fraction {tumour_fraction}: expected a value in [0, 1]")
+        raise UserError(f"--tumour_fraction {tumour_fraction}: expected a value in [0, 1]")
     use_brats = dataset in ("brats", "both")
     use_chexpert = dataset in ("chexpert", "both")
 

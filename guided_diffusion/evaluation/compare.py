@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary
 
@@ -96,16 +97,16 @@ def load_runs(folders: Sequence[str | os.PathLike], names: Sequence[str] | None 
     :raises ValueError: a wrong number of names.
     """
     if not folders:
-        raise ValueError("RUN_DIR: expected at least one output folder")
+        raise UserError("RUN_DIR: expected at least one output folder")
     if names and len(names) != len(folders):
-        raise ValueError(f"--names: expected {len(folders)} names (one per RUN_DIR), got {len(names)}")
+        raise UserError(f"--names: expected {len(folders)} names (one per RUN_DIR), got {len(names)}")
     runs = []
     for i, folder in enumerate(folders):
         path = Path(folder)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such folder (expected a translation output folder)")
+            raise MissingInputError(f"{path}: no such folder (expected a translation output folder)")
         if not (path / SUMMARY_JSON).is_file():
-            raise FileNotFoundError(f"{path}: no {SUMMARY_JSON} (run a translation script or "
+            raise MissingInputError(f"{path}: no {SUMMARY_JSON} (run a translation script or "
                                     "scripts/evaluate.py on it first)")
         summary = read_summary(path)
         name = names[i] if names else method_name(summary, path)
@@ -306,12 +307,12 @@ def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: 
     :return: ``{"table": the Markdown text, "files": [paths written], "examples": ids shown}``.
     """
     if examples < 0:
-        raise ValueError(f"--examples {examples}: expected 0 or more")
+        raise UserError(f"--examples {examples}: expected 0 or more")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot create it ({e.strerror})") from None
+        raise UserError(f"--out {out}: cannot create it ({e.strerror})") from None
     table = format_comparison(runs)
     files = []
     with atomic_write(out / COMPARISON_MD, "w") as f:

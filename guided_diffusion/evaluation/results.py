@@ -73,6 +73,7 @@ from ..anomaly import (
     pixel_auroc,
     to_numpy,
 )
+from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 
 METRICS_CSV = "metrics.csv"
@@ -119,7 +120,7 @@ _HEAT_ANCHORS = np.array(
 )
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UserError):
     """A result file that cannot be read or does not follow the pinned format."""
 
 
@@ -380,15 +381,15 @@ def render_panel(
 def _existing_folder(output_dir: str | os.PathLike) -> Path:
     folder = Path(output_dir)
     if not folder.exists():
-        raise FileNotFoundError(f"{folder}: no such folder")
+        raise MissingInputError(f"{folder}: no such folder")
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: expected a folder of result files, found a file")
+        raise UserError(f"{folder}: expected a folder of result files, found a file")
     return folder
 
 
 def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        raise UserError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
 def _scores_dice(protocol: str, label: int) -> bool:
@@ -428,7 +429,7 @@ def compute_metrics(
     folder = _existing_folder(output_dir)
     paths = sorted((p for p in folder.glob("*.npz") if p.is_file()), key=lambda p: p.stem)
     if not paths:
-        raise FileNotFoundError(f"{folder}: no *.npz result files")
+        raise MissingInputError(f"{folder}: no *.npz result files")
 
     rows: list[dict[str, Any]] = []
     labels, scores = [], []

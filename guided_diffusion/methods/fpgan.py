@@ -59,6 +59,8 @@ import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..util.errors import UserError
+
 NUM_DOMAINS = 2  # 0 = healthy, 1 = diseased (script_util.NUM_CLASSES)
 HEALTHY = 0
 
@@ -96,9 +98,9 @@ class Generator(nn.Module):
                  num_domains: int = NUM_DOMAINS):
         super().__init__()
         if width < 1:
-            raise ValueError(f"--fpgan_width {width}: expected a positive number of channels")
+            raise UserError(f"--fpgan_width {width}: expected a positive number of channels")
         if res_blocks < 0:
-            raise ValueError(f"--fpgan_res_blocks {res_blocks}: expected 0 or more")
+            raise UserError(f"--fpgan_res_blocks {res_blocks}: expected 0 or more")
         self.num_domains = num_domains
         w = width
         layers: list[nn.Module] = [
@@ -138,11 +140,11 @@ class Discriminator(nn.Module):
                  num_domains: int = NUM_DOMAINS):
         super().__init__()
         if width < 1:
-            raise ValueError(f"--fpgan_d_width {width}: expected a positive number of channels")
+            raise UserError(f"--fpgan_d_width {width}: expected a positive number of channels")
         if depth < 1:
-            raise ValueError(f"--fpgan_d_depth {depth}: expected at least 1 downsampling")
+            raise UserError(f"--fpgan_d_depth {depth}: expected at least 1 downsampling")
         if image_size % (2**depth):
-            raise ValueError(f"--fpgan_d_depth {depth}: --image_size {image_size} must be divisible "
+            raise UserError(f"--fpgan_d_depth {depth}: --image_size {image_size} must be divisible "
                              f"by 2^{depth} = {2**depth}")
         layers: list[nn.Module] = []
         c_in, c_out = in_channels, width
@@ -186,7 +188,7 @@ class FPGANStep:
                  lambda_gp: float = 10.0, lambda_rec: float = 10.0, lambda_id: float = 10.0,
                  n_critic: int = 5, betas: tuple[float, float] = (0.5, 0.999)):
         if n_critic < 1:
-            raise ValueError(f"--n_critic {n_critic}: expected 1 or more")
+            raise UserError(f"--n_critic {n_critic}: expected 1 or more")
         self.gen, self.disc = gen, disc
         self.lambda_cls, self.lambda_gp = lambda_cls, lambda_gp
         self.lambda_rec, self.lambda_id = lambda_rec, lambda_id

@@ -52,6 +52,8 @@ import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..util.errors import UserError
+
 LATENT_PRIORS = ("adversarial", "kl")
 MAX_WIDTH_MULT = 8
 
@@ -71,9 +73,9 @@ def _norm_act(channels: int) -> list[nn.Module]:
 def check_depth(image_size: int, depth: int, flag: str) -> int:
     """Side of the bottleneck, S / 2^depth; a size the network cannot halve is an error."""
     if depth < 1:
-        raise ValueError(f"{flag} {depth}: expected at least 1 downsampling")
+        raise UserError(f"{flag} {depth}: expected at least 1 downsampling")
     if image_size < 1 or image_size % (2**depth):
-        raise ValueError(
+        raise UserError(
             f"{flag} {depth}: --image_size {image_size} must be divisible by 2^{depth} = {2**depth}"
         )
     return image_size // 2**depth
@@ -94,9 +96,9 @@ class VAE(nn.Module):
                  latent_dim: int = 128, variational: bool = False):
         super().__init__()
         if width < 1:
-            raise ValueError(f"--vae_width {width}: expected a positive number of channels")
+            raise UserError(f"--vae_width {width}: expected a positive number of channels")
         if latent_dim < 1:
-            raise ValueError(f"--latent_dim {latent_dim}: expected a positive size")
+            raise UserError(f"--latent_dim {latent_dim}: expected a positive size")
         self.in_channels = in_channels
         self.image_size = image_size
         self.latent_dim = latent_dim
@@ -148,7 +150,7 @@ class LatentDiscriminator(nn.Module):
     def __init__(self, latent_dim: int, width: int = 256):
         super().__init__()
         if width < 1:
-            raise ValueError(f"--latent_disc_width {width}: expected a positive number of units")
+            raise UserError(f"--latent_disc_width {width}: expected a positive number of units")
         self.net = nn.Sequential(
             nn.Linear(latent_dim, width), nn.LeakyReLU(0.2),
             nn.Linear(width, width), nn.LeakyReLU(0.2),
@@ -277,7 +279,7 @@ def count_parameters(module: nn.Module) -> int:
 def latent_prior_check(prior: str) -> bool:
     """True for the KL prior; an unknown name is an error naming ``--latent_prior``."""
     if prior not in LATENT_PRIORS:
-        raise ValueError(f"--latent_prior {prior!r}: expected one of {', '.join(LATENT_PRIORS)}")
+        raise UserError(f"--latent_prior {prior!r}: expected one of {', '.join(LATENT_PRIORS)}")
     return prior == "kl"
 
 

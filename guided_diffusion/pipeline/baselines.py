@@ -53,6 +53,7 @@ from ..methods.vae import VAE, CAAEStep, LatentDiscriminator, latent_prior_check
 from ..script_util import args_to_dict, in_channels_for
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
+from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write, ensure_writable_dir
 
 METHODS = ("vae", "fpgan")
@@ -160,7 +161,7 @@ def create_fpgan(*, image_size: int, dataset: str, fpgan_width: int, fpgan_res_b
                  fpgan_d_width: int, fpgan_d_depth: int) -> tuple[Generator, Discriminator]:
     """FixedPoint-GAN's generator and discriminator."""
     if image_size < 4 or image_size % 4:
-        raise ValueError(f"--image_size {image_size}: the FixedPoint-GAN generator needs a multiple of 4")
+        raise UserError(f"--image_size {image_size}: the FixedPoint-GAN generator needs a multiple of 4")
     channels = in_channels_for(dataset)
     gen = Generator(channels, width=fpgan_width, res_blocks=fpgan_res_blocks)
     disc = Discriminator(channels, image_size, width=fpgan_d_width, depth=fpgan_d_depth)
@@ -248,12 +249,12 @@ def _resume(parts: _Parts, spec: str, log_dir: str) -> int:
             logger.warn(f"no usable checkpoint in {log_dir}; starting from scratch")
         return 0
     if not os.path.isfile(spec):
-        raise FileNotFoundError(f"--resume_checkpoint {spec}: no such file")
+        raise MissingInputError(f"--resume_checkpoint {spec}: no such file")
     name = os.path.basename(spec)
     prefixes = ["opt"] + list(parts.nets)
     m = re.match(r"^([A-Za-z]+)(\d{6,})\.pt$", name)
     if not m or m.group(1) not in prefixes:
-        raise ValueError(f"--resume_checkpoint {spec}: expected a file named "
+        raise UserError(f"--resume_checkpoint {spec}: expected a file named "
                          f"{' or '.join(p + 'NNNNNN.pt' for p in prefixes)} of a {METHOD_NAMES[parts.method]} run")
     step = int(m.group(2))
     load_checkpoint(parts, os.path.dirname(spec) or ".", step)
@@ -301,7 +302,7 @@ def _step_generator(seed: int, step: int, device: th.device) -> th.Generator:
 
 def _build(args, method: str, device: th.device) -> _Parts:
     if args.lr <= 0:
-        raise ValueError(f"--lr {args.lr}: expected a positive learning rate")
+        raise UserError(f"--lr {args.lr}: expected a positive learning rate")
     th.manual_seed(args.seed)  # initial weights are a function of --seed
     if method == "vae":
         model, disc = create_vae(**args_to_dict(args, vae_defaults().keys()))
@@ -322,11 +323,11 @@ def _build(args, method: str, device: th.device) -> _Parts:
 
 def _total_steps(args, n_images: int) -> int:
     if args.iterations < 0:
-        raise ValueError(f"--iterations {args.iterations}: expected 0 (use --epochs) or more")
+        raise UserError(f"--iterations {args.iterations}: expected 0 (use --epochs) or more")
     if args.iterations > 0:
         return args.iterations
     if args.epochs <= 0:
-        raise ValueError(f"--epochs {args.epochs}: expected a positive number (or set --iterations)")
+        raise UserError(f"--epochs {args.epochs}: expected a positive number (or set --iterations)")
     return math.ceil(args.epochs * n_images / args.batch_size)
 
 
@@ -343,11 +344,11 @@ def train_baseline(args, method: str, monitor=None) -> dict:
     """
     _check_method(method)
     if not args.data_dir:
-        raise ValueError("--data_dir: required (the training folder)")
+        raise UserError("--data_dir: required (the training folder)")
     if args.batch_size < 1:
-        raise ValueError(f"--batch_size {args.batch_size}: expected a positive integer")
+        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     if args.log_interval < 1 or args.save_interval < 1:
-        raise ValueError(f"--log_interval {args.log_interval} / --save_interval {args.save_interval}: "
+        raise UserError(f"--log_interval {args.log_interval} / --save_interval {args.save_interval}: "
                          "expected positive step counts")
     device = dist_util.dev(args.device or None)
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)
@@ -356,7 +357,7 @@ def train_baseline(args, method: str, monitor=None) -> dict:
     if parts.healthy_only:
         indices = [i for i, y in enumerate(labels) if y == 0]
         if not indices:
-            raise ValueError(f"--data_dir {args.data_dir}: no healthy (label 0) images to train the "
+            raise UserError(f"--data_dir {args.data_dir}: no healthy (label 0) images to train the "
                              f"{METHOD_NAMES[method]} on")
     else:
         indices = list(range(len(dataset)))
@@ -447,7 +448,7 @@ def load_translator(args, method: str, device: th.device) -> th.nn.Module:
     """The network that translates to healthy (the VAE, or FPGAN's G) with ``--model_path`` loaded."""
     _check_method(method)
     if not args.model_path:
-        raise ValueError(f"--model_path: required (a {MARKER[method]}NNNNNN.pt checkpoint of "
+        raise UserError(f"--model_path: required (a {MARKER[method]}NNNNNN.pt checkpoint of "
                          f"{method}_train.py)")
     if method == "vae":
         net, _ = create_vae(**args_to_dict(args, vae_defaults().keys()))
@@ -468,11 +469,11 @@ def translate_folder(args, method: str, monitor=None) -> dict:
     """
     _check_method(method)
     if not args.data_dir:
-        raise ValueError("--data_dir: required (the test folder)")
+        raise UserError("--data_dir: required (the test folder)")
     if args.batch_size < 1:
-        raise ValueError(f"--batch_size {args.batch_size}: expected a positive integer")
+        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     if not args.output_dir:
-        raise ValueError("--output_dir: required (the folder for the results)")
+        raise UserError("--output_dir: required (the folder for the results)")
     device = dist_util.dev(args.device or None)
     net = load_translator(args, method, device)
     ensure_writable_dir(args.output_dir, "--output_dir")

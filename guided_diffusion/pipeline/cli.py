@@ -9,13 +9,9 @@ import time
 from typing import Callable, Sequence
 
 from ..script_util import add_dict_to_argparser
-from ..util.checkpoint import CheckpointError
+from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
 from ..util.monitor import MONITOR_DEFAULTS
-
-# Errors caused by flags or files: shown as one line, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError,
-               IsADirectoryError)
 
 
 def common_defaults() -> dict:
@@ -53,11 +49,8 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     """Run a script's main; user errors print ``error: ...`` on one line and return 2."""
     try:
         main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # full disk, read-only file system, ...
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ from ..script_util import (
     model_and_diffusion_defaults,
 )
 from ..util import dist_util, logger
+from ..util.errors import UserError
 from ..util.monitor import Monitor
 from .train import ClassifierTrainLoop, TrainConfig, TrainLoop
 
@@ -60,7 +61,7 @@ def _batches(dataset, args, start_step: int, seed: int, device):
 
 def _config(args, total_steps: int, anneal: bool) -> TrainConfig:
     if args.batch_size < 1:
-        raise ValueError(f"--batch_size {args.batch_size}: expected a positive integer")
+        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     if total_steps < 0:
         raise ValueError(f"total steps {total_steps}: expected 0 (no limit) or more")
     return TrainConfig(batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr,
@@ -84,7 +85,7 @@ def train_diffusion_model(args) -> TrainLoop:
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
     model.to(device)
     if not args.data_dir:
-        raise ValueError("--data_dir: required (the training folder)")
+        raise UserError("--data_dir: required (the training folder)")
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)
     sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
     _write_flags(args, "flags_image_train.json")
@@ -103,7 +104,7 @@ def split_by_patient(patients: list[str], fraction: float, seed: int) -> tuple[l
     ``fraction`` of the patients (at least one), with all their slices, are held out, as
     :func:`prepare.split_patients` splits train from test. Empty val when there is one patient."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"--val_fraction {fraction}: expected 0 <= fraction < 1")
+        raise UserError(f"--val_fraction {fraction}: expected 0 <= fraction < 1")
     train_patients, val_patients = split_patients(sorted(set(patients)), fraction, seed)
     if not train_patients or not val_patients:
         return list(range(len(patients))), []
@@ -120,7 +121,7 @@ def train_noisy_classifier(args) -> ClassifierTrainLoop:
         **args_to_dict(args, classifier_and_diffusion_defaults().keys()))
     classifier.to(device)
     if not args.data_dir:
-        raise ValueError("--data_dir: required (the training folder)")
+        raise UserError("--data_dir: required (the training folder)")
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)
     if args.val_data_dir:
         train_set = dataset

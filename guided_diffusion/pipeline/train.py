@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..resample import LossAwareSampler, UniformSampler
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
+from ..util.errors import UserError
 
 PRECISIONS = {"fp32": None, "bf16": th.bfloat16, "fp16": th.float16}
 
@@ -33,7 +34,7 @@ PRECISIONS = {"fp32": None, "bf16": th.bfloat16, "fp16": th.float16}
 def autocast_for(device: th.device, precision: str):
     """Context-manager factory for the chosen precision (fp32: no autocast)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
@@ -83,7 +84,7 @@ class _Trainer:
         self.world = dist_util.get_world_size()
         self.is_main = self.rank == 0
         if config.microbatch > 0 and config.batch_size % config.microbatch:
-            raise ValueError(f"--microbatch {config.microbatch} must divide --batch_size {config.batch_size}")
+            raise UserError(f"--microbatch {config.microbatch} must divide --batch_size {config.batch_size}")
         self.microbatch = config.microbatch if config.microbatch > 0 else config.batch_size
         self.autocast = autocast_for(self.device, config.precision)
         self.scaler = th.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")

@@ -32,6 +32,7 @@ from ..script_util import (
 )
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
+from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
 from .train import autocast_for
 
@@ -112,7 +113,7 @@ def load_networks(args, device):
     for net, path, flag, what in ((model, args.model_path, "--model_path", "diffusion model"),
                                   (classifier, args.classifier_path, "--classifier_path", "classifier")):
         if not path:
-            raise ValueError(f"{flag}: required (a {what} checkpoint, e.g. model010000.pt)")
+            raise UserError(f"{flag}: required (a {what} checkpoint, e.g. model010000.pt)")
         ckpt.load_state_dict_into(net, path, what)
     for net in (model, classifier):
         net.to(device).eval()
@@ -142,14 +143,14 @@ def translate_batch(model_fn, diffusion, cond_fn, x: th.Tensor, ids, *, seed: in
 def run_translation(args, monitor=None) -> dict | None:
     """Translate ``--data_dir`` into ``--output_dir``; returns the summary on rank 0."""
     if not args.data_dir:
-        raise ValueError("--data_dir: required (the test folder)")
+        raise UserError("--data_dir: required (the test folder)")
     if args.batch_size < 1:
-        raise ValueError(f"--batch_size {args.batch_size}: expected a positive integer")
+        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     device = dist_util.dev(getattr(args, "device", "") or None)
     model, diffusion, classifier = load_networks(args, device)
     # validate the noise level before any work
     if not 1 <= args.noise_level <= diffusion.num_timesteps:
-        raise ValueError(f"--noise_level {args.noise_level}: expected 1..{diffusion.num_timesteps} "
+        raise UserError(f"--noise_level {args.noise_level}: expected 1..{diffusion.num_timesteps} "
                          f"(steps of the process with --timestep_respacing {args.timestep_respacing or 'none'})")
     ensure_writable_dir(args.output_dir, "--output_dir")
     dataset = create_dataset(args.data_dir, args.dataset, args.image_size, label_dir=args.label_dir or None)

@@ -16,10 +16,11 @@ import zipfile
 
 import torch as th
 
+from .errors import UserError
 from .fileio import atomic_save_bytes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

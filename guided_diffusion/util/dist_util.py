@@ -16,6 +16,8 @@ import socket
 import torch as th
 import torch.distributed as dist
 
+from .errors import UserError
+
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _local_rank = 0
 
@@ -87,7 +89,7 @@ def dev(force: str | None = None) -> th.device:
     if force:
         device = th.device(force)
         if device.type == "cuda" and not th.cuda.is_available():
-            raise ValueError(f"--device {force}: CUDA is not available on this machine")
+            raise UserError(f"--device {force}: CUDA is not available on this machine")
         return device
     if th.cuda.is_available():
         return th.device("cuda", _local_rank % th.cuda.device_count())

@@ -6,6 +6,8 @@ import os
 import tempfile
 from typing import IO, Iterator
 
+from .errors import UserError, WriteError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
@@ -30,9 +32,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-            # a failed write (full disk, ...) says which file it was writing
-            raise OSError(e.errno, e.strerror, path) from e
+        if isinstance(e, OSError) and e.errno is not None:
+            # a failed write (full disk, read-only file system) says which file it was writing
+            raise WriteError(f"{path}: {e.strerror}") from e
         raise
 
 
@@ -48,6 +50,6 @@ def ensure_writable_dir(path: str, flag: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot create it ({e.strerror})") from None
+        raise UserError(f"{flag} {path}: cannot create it ({e.strerror})") from None
     if not os.access(path, os.W_OK):
-        raise ValueError(f"{flag} {path}: not writable")
+        raise UserError(f"{flag} {path}: not writable")

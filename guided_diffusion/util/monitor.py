@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .errors import UserError
+
 # Flags every script merges into its defaults dict (SPEC section 6a pins the first three).
 MONITOR_DEFAULTS = dict(
     visdom=False,
@@ -99,7 +101,7 @@ class Monitor:
         env: str = "main",
     ):
         if isinstance(enabled, str):
-            raise ValueError(f"--visdom {enabled!r}: expected a bool (True or False), got a string")
+            raise UserError(f"--visdom {enabled!r}: expected a bool (True or False), got a string")
         self.server = server
         self.port = int(port)
         self.env = env
