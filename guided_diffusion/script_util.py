@@ -1,7 +1,8 @@
-"""Flags and factories: the one place where command-line flags become networks and diffusions.
+"""Factories: the one place where flags become networks and diffusions (guided diffusion's API).
 
-Every flag lives in a defaults dict; ``add_dict_to_argparser`` turns such dicts
-into argparse flags and ``args_to_dict`` picks them back out, as in guided diffusion.
+The defaults dicts are those of the flag registry's model, diffusion and classifier groups
+(:mod:`guided_diffusion.util.flags`, where each flag is declared with its meaning);
+``add_dict_to_argparser`` and ``args_to_dict`` are kept for code written for guided diffusion.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, UNetModel
 from .util.errors import UserError
+from .util.flags import ClassifierFlags, DataFlags, DiffusionFlags, ModelFlags
+from .util.flagspec import str2bool
 
 NUM_CLASSES = 2  # 0 = healthy, 1 = diseased, for both data sets
 DATASET_CHANNELS = {"brats": 4, "chexpert": 1}
@@ -26,63 +29,22 @@ _CHANNEL_MULT = {
 
 def diffusion_defaults() -> dict:
     """Defaults of the diffusion process (shared by the model and the classifier)."""
-    return dict(
-        learn_sigma=False,
-        diffusion_steps=1000,
-        noise_schedule="linear",
-        timestep_respacing="",
-        use_kl=False,
-        predict_xstart=False,
-        rescale_timesteps=False,
-        rescale_learned_sigmas=False,
-    )
+    return DiffusionFlags.defaults()
 
 
 def classifier_defaults() -> dict:
     """Defaults of the noise-aware classifier."""
-    return dict(
-        image_size=64,
-        classifier_use_fp16=False,
-        classifier_width=128,
-        classifier_depth=2,
-        classifier_attention_resolutions="32,16,8",
-        classifier_use_scale_shift_norm=True,
-        classifier_resblock_updown=True,
-        classifier_pool="attention",
-        classifier_channel_mult="",
-        classifier_num_head_channels=64,
-        dataset="brats",
-    )
+    return {"image_size": DataFlags.image_size, **ClassifierFlags.defaults(), "dataset": DataFlags.dataset}
 
 
 def model_and_diffusion_defaults() -> dict:
     """Defaults of the diffusion UNet and its process."""
-    res = dict(
-        image_size=64,
-        num_channels=128,
-        num_res_blocks=2,
-        num_heads=4,
-        num_heads_upsample=-1,
-        num_head_channels=-1,
-        attention_resolutions="16,8",
-        channel_mult="",
-        dropout=0.0,
-        class_cond=False,
-        use_checkpoint=False,
-        use_scale_shift_norm=True,
-        resblock_updown=False,
-        use_fp16=False,
-        use_new_attention_order=False,
-        dataset="brats",
-    )
-    res.update(diffusion_defaults())
-    return res
+    return {"image_size": DataFlags.image_size, **ModelFlags.defaults(), "dataset": DataFlags.dataset,
+            **diffusion_defaults()}
 
 
 def classifier_and_diffusion_defaults() -> dict:
-    res = classifier_defaults()
-    res.update(diffusion_defaults())
-    return res
+    return {**classifier_defaults(), **diffusion_defaults()}
 
 
 def in_channels_for(dataset: str) -> int:
@@ -233,18 +195,6 @@ def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=Fals
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
     )
-
-
-def str2bool(v) -> bool:
-    """argparse type for booleans written as True/False (also yes/no, 1/0)."""
-    if isinstance(v, bool):
-        return v
-    low = str(v).lower()
-    if low in ("yes", "true", "t", "y", "1"):
-        return True
-    if low in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
 
 
 def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict) -> None:

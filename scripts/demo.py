@@ -77,7 +77,11 @@ def chance_dice(folder: str, ids: list) -> float:
 
 
 def write_report(out: str, log: list) -> None:
-    from guided_diffusion.evaluation.results import format_table, read_metrics, read_summary
+    from guided_diffusion.evaluation.results import (
+        format_table,
+        read_metrics,
+        read_summary,
+    )
     from guided_diffusion.util.fileio import atomic_write
 
     summary = read_summary(f"{out}/samples")

@@ -7,42 +7,18 @@ Rewrites ``metrics.csv`` and ``summary.json`` (keeping the ``flags`` and
 ``table.md`` and prints it. The protocols are described in
 :mod:`guided_diffusion.evaluation.results`. Needs no GPU and no Visdom.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-from guided_diffusion.evaluation import results
+from guided_diffusion.pipeline.cli import run_main, run_tool
+from guided_diffusion.pipeline.evaluate import EvaluateConfig, evaluate_folder
 
 
-def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Recompute metrics.csv, summary.json and table.md from the .npz files "
-        "of a results folder."
-    )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder holding <id>.npz files")
-    parser.add_argument(
-        "--protocol",
-        choices=results.PROTOCOLS,
-        default="paper",
-        help="paper: Dice over diseased images, AUROC/AUPRC over images with more than "
-        f"{results.MIN_TUMOUR_PIXELS} ground-truth pixels; all: every image with ground "
-        "truth (default: paper)",
-    )
-    return parser
+def evaluate(argv=None):
+    print(run_tool(EvaluateConfig, evaluate_folder, argv, __doc__), end="")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = create_argparser().parse_args(argv)
-    try:
-        summary = results.write_metrics(args.output_dir, protocol=args.protocol)
-        table = results.write_table(args.output_dir, summary)
-    except (OSError, ValueError) as e:
-        message = " ".join(str(e).split())  # one line
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(table, end="")
-    return 0
+def main(argv=None) -> int:
+    return run_main(evaluate, argv)
 
 
 if __name__ == "__main__":

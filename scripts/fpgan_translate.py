@@ -1,4 +1,4 @@
-"""Translate a test folder to healthy with the trained FixedPoint-GAN and score the anomaly maps.
+r"""Translate a test folder to healthy with the trained FixedPoint-GAN and score the anomaly maps.
 
 Example (the flags of fpgan_train.py again, so the generator is rebuilt the same way):
     python scripts/fpgan_translate.py --data_dir data/brats/testing --label_dir data/brats/test_labels \
@@ -6,31 +6,15 @@ Example (the flags of fpgan_train.py again, so the generator is rebuilt the same
 Writes <id>.npz, <id>.png, metrics.csv and summary.json (method "FixedPoint-GAN") into
 --output_dir, the files classifier_sample_known.py writes; finished images are skipped.
 """
-import os
 import sys
 
-from guided_diffusion.evaluation.results import format_table
-from guided_diffusion.pipeline import cli
-from guided_diffusion.pipeline.baselines import baseline_translate_defaults, fpgan_defaults, translate_folder
-from guided_diffusion.util import logger
-from guided_diffusion.util.monitor import Monitor
-
-
-def create_argparser():
-    return cli.build_parser(__doc__.splitlines()[0], cli.common_defaults(), fpgan_defaults(),
-                            baseline_translate_defaults())
+from guided_diffusion.pipeline.cli import run_main, run_script
+from guided_diffusion.pipeline.runs import FPGANTranslateConfig, translate_fpgan
 
 
 def main(argv=None):
-    args = create_argparser().parse_args(argv)
-    cli.resolve_log_dir(args, "fpgan_translate")
-    if not args.output_dir:
-        args.output_dir = os.path.join(args.log_dir, "samples")
-    logger.configure(args.log_dir)
-    summary = translate_folder(args, "fpgan", monitor=Monitor.from_args(args, env="fpgan_translate"))
-    logger.log(format_table(summary))
-    return summary
+    return run_script(FPGANTranslateConfig, translate_fpgan, argv, __doc__)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

@@ -13,58 +13,22 @@ the topmost 26 as in the paper. The train/test split is by patient. Leaves are
 numbered 000001, ... in sorted patient and slice order. Running twice with the same
 flags rewrites identical files; nothing is written when an input is bad.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-from guided_diffusion.datasets.prepare import DEFAULT_SLICE_RANGE, parse_slice_range, prepare_brats, str2bool
+from guided_diffusion.pipeline.cli import run_main, run_tool
+from guided_diffusion.pipeline.prepare import PrepareBratsConfig, run_prepare_brats
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help="folder of BraTS20_Training_XXX/ patient folders")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--slice_range",
-        type=parse_slice_range,
-        default=DEFAULT_SLICE_RANGE,
-        metavar="FIRST,LAST",
-        help="axial slices kept, 0-based, both ends included (default: 80,128 = 49 slices)",
-    )
-    parser.add_argument("--test_fraction", type=float, default=0.2, help="fraction of patients in testing/")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
-    parser.add_argument(
-        "--write_label_dir",
-        type=str2bool,
-        default=False,
-        metavar="True|False",
-        help="also write OUT/test_labels/<leaf>-label.nii.gz, the original's test label layout",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = prepare_brats(
-            args.src,
-            args.out,
-            slice_range=args.slice_range,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            write_label_dir=args.write_label_dir,
-        )
-    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def prepare(argv=None):
+    summary = run_tool(PrepareBratsConfig, run_prepare_brats, argv, __doc__)
     patients, slices = summary["patients"], summary["slices"]
-    print(
-        f"{patients['training']} training and {patients['testing']} test patients: "
-        f"{slices['training']} training and {slices['testing']} test slices "
-        f"({slices['with_tumour']} with tumour) in {args.out}"
-    )
-    return 0
+    print(f"{patients['training']} training and {patients['testing']} test patients: "
+          f"{slices['training']} training and {slices['testing']} test slices "
+          f"({slices['with_tumour']} with tumour)")
+
+
+def main(argv=None) -> int:
+    return run_main(prepare, argv)
 
 
 if __name__ == "__main__":

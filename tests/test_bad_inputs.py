@@ -3,7 +3,6 @@ names the file or flag, exit status 2, and no half-written file left behind."""
 import glob
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 

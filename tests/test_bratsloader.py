@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.datasets.brats import MODALITIES, BRATSDataset, pad_to_size
+from guided_diffusion.datasets.brats import BRATSDataset
+from guided_diffusion.datasets.common import pad_to_size
+from guided_diffusion.datasets.layout import MODALITIES
 from guided_diffusion.datasets.nifti import nifti_gz_bytes, read_nifti, write_nifti_gz
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data" / "brats"

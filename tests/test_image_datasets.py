@@ -1,4 +1,4 @@
-"""CheXpertDataset, create_dataset and the order contract of load_data."""
+"""CheXpertDataset, create_dataset and the order contract of the training batch stream."""
 from __future__ import annotations
 
 import itertools
@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion.datasets import images as image_datasets
+from guided_diffusion.datasets import chexpert as image_datasets
 from guided_diffusion.datasets.brats import BRATSDataset
-from guided_diffusion.datasets.images import CheXpertDataset, ShardedBatchSampler, create_dataset, load_data
+from guided_diffusion.datasets.chexpert import CheXpertDataset
+from guided_diffusion.datasets.loaders import ShardedBatchSampler, create_dataset, training_batches
+from guided_diffusion.datasets.splits import split_by_patient
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
 
@@ -203,7 +205,7 @@ def test_label_dir_with_chexpert_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# load_data order contract
+# training_batches order contract
 
 
 @pytest.fixture
@@ -216,7 +218,7 @@ def counting(tmp_path):
 
 def _load(root, **kwargs):
     kwargs.setdefault("batch_size", 3)
-    return load_data(data_dir=root, dataset="chexpert", image_size=8, **kwargs)
+    return training_batches(create_dataset(root, "chexpert", 8), **kwargs)
 
 
 def test_order_follows_the_documented_stream(counting):
@@ -283,7 +285,7 @@ def test_workers_give_the_same_batches(counting):
 
 
 def test_brats_batches(tmp_path):
-    stream = load_data(data_dir=_reference("brats") / "training", dataset="brats", batch_size=2, image_size=256)
+    stream = training_batches(create_dataset(_reference("brats") / "training", "brats", 256), batch_size=2)
     images, cond = next(stream)
     assert images.shape == (2, 4, 256, 256) and cond["y"].shape == (2,)
 
@@ -303,14 +305,12 @@ def test_sampler_rejects_bad_arguments(kwargs, message):
         ShardedBatchSampler(10, **arguments)
 
 
-def test_load_data_checks_the_data_before_the_first_batch(tmp_path):
+def test_the_data_is_checked_before_the_first_batch(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir"):
-        load_data(data_dir=tmp_path / "nope", dataset="chexpert", batch_size=2, image_size=8)
+        training_batches(create_dataset(tmp_path / "nope", "chexpert", 8), batch_size=2)
 
 
 def test_held_out_split_keeps_each_patient_on_one_side():
-    from guided_diffusion.pipeline.runs import split_by_patient
-
     data = BRATSDataset(Path(__file__).resolve().parents[1] / "data" / "brats" / "training", image_size=64)
     patients = data.patients
     assert len(set(patients)) == 12 and len(patients) == 48  # 4 slices of each of 12 patients

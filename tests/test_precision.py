@@ -28,17 +28,14 @@ import torch as th
 from cpu_helpers import have_cxx_compiler, one_thread  # noqa: F401  (one_thread is autouse)
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
-from guided_diffusion.datasets.images import create_dataset
+from guided_diffusion.datasets.loaders import create_dataset
 from guided_diffusion.guidance import make_cond_fn
-from guided_diffusion.pipeline import cli
-from guided_diffusion.pipeline.train import TrainConfig, TrainLoop, autocast_for
-from guided_diffusion.pipeline.translate import (
-    compile_network,
-    run_translation,
-    sampling_defaults,
-    translate_batch,
-    wrap_network,
-)
+from guided_diffusion.pipeline.devices import autocast_for, compile_network, wrap_network
+from guided_diffusion.pipeline.methods import translate_batch
+from guided_diffusion.pipeline.pieces import TrainLoop
+from guided_diffusion.pipeline.runs import SampleConfig
+from guided_diffusion.pipeline.train import TrainConfig
+from guided_diffusion.util.flagspec import parse_flags
 from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,
@@ -188,16 +185,13 @@ def test_precision_flag_rejects_unknown_values(cpu_nets, tmp_path):
     # the translation script's flag, with real checkpoint files
     th.save(model.state_dict(), tmp_path / "model.pt")
     th.save(classifier.state_dict(), tmp_path / "classifier.pt")
-    parser = cli.build_parser("translate", cli.common_defaults(),
-                              model_and_diffusion_defaults(), classifier_defaults(), sampling_defaults())
     argv = [f"--{k}={v}" for k, v in {**MODEL_FLAGS, **CLASSIFIER_FLAGS}.items()]
-    args = parser.parse_args(argv + [
-        "--data_dir", os.path.join(DATA, "testing"), "--label_dir", os.path.join(DATA, "test_labels"),
-        "--model_path", str(tmp_path / "model.pt"), "--classifier_path", str(tmp_path / "classifier.pt"),
-        "--output_dir", str(tmp_path / "out"), "--noise_level", "2", "--precision", "bf8", "--progress", "False",
-        "--device", "cpu"])
     with pytest.raises(ValueError, match="--precision 'bf8'"):
-        run_translation(args)
+        parse_flags(SampleConfig, argv + [
+            "--data_dir", os.path.join(DATA, "testing"), "--label_dir", os.path.join(DATA, "test_labels"),
+            "--model_path", str(tmp_path / "model.pt"), "--classifier_path", str(tmp_path / "classifier.pt"),
+            "--output_dir", str(tmp_path / "out"), "--noise_level", "2", "--precision", "bf8", "--progress", "False",
+            "--device", "cpu"])
 
 
 def test_compiled_unet_translation_equals_eager(nets, slices):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.datasets.brats import MODALITIES, BRATSDataset
-from guided_diffusion.datasets.images import CheXpertDataset
+from guided_diffusion.datasets.brats import BRATSDataset
+from guided_diffusion.datasets.chexpert import CheXpertDataset
+from guided_diffusion.datasets.layout import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 20, 155)  # small in-plane size, the real depth

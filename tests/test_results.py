@@ -51,7 +51,7 @@ def _square_gt(n_pixels: int) -> np.ndarray:
 
 
 def _case(rng, gt, channels=4, perfect=True):
-    """An input, a healthy reconstruction and the resulting anomaly map and mask.
+    """An input, a healthy reconstruction and the resulting anomaly map.
 
     With ``perfect`` the reconstruction differs from the input exactly on ``gt``.
     """
@@ -61,7 +61,7 @@ def _case(rng, gt, channels=4, perfect=True):
     x[:, region] += 0.15
     x[:, ~region] += rng.uniform(0.0, 0.01, size=(channels, int((~region).sum())))
     amap = anomaly_map(x, healthy)
-    return dict(input=x, healthy=healthy, anomaly=amap, mask=otsu_mask(amap))
+    return dict(input=x, healthy=healthy, anomaly=amap)
 
 
 def _save(folder, image_id, rng, gt=None, label=None, extra=None, **kwargs):
@@ -107,7 +107,7 @@ def test_save_result_writes_the_pinned_npz(tmp_path):
         assert z["mask"].dtype == bool
         assert z["ground_truth"].dtype == np.uint8 and set(np.unique(z["ground_truth"])) == {0, 1}
         assert int(z["label"]) == 1
-        np.testing.assert_array_equal(z["mask"], case["mask"])
+        np.testing.assert_array_equal(z["mask"], otsu_mask(case["anomaly"]))
     loaded = load_result(tmp_path / "a.npz")
     np.testing.assert_array_equal(loaded["ground_truth"], gt != 0)
     assert loaded["label"] == 1
@@ -137,7 +137,7 @@ def test_panel_layout_for_one_channel_with_ground_truth():
     rng = np.random.default_rng(4)
     case = _case(rng, _square_gt(30), channels=1)
     panel = render_panel(
-        case["input"], case["healthy"], case["anomaly"], case["mask"], _square_gt(30)
+        case["input"], case["healthy"], case["anomaly"], otsu_mask(case["anomaly"]), _square_gt(30)
     )
     # Row 3 holds heat map, mask and ground truth: 3 columns.
     assert panel.shape == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4, 3) and panel.dtype == np.uint8
@@ -149,8 +149,6 @@ def test_panel_layout_for_one_channel_with_ground_truth():
 def test_save_result_rejects_bad_arguments(tmp_path):
     rng = np.random.default_rng(5)
     case = _case(rng, _square_gt(30))
-    with pytest.raises(ValueError, match="mask: expected otsu_mask"):
-        save_result(tmp_path, "a", **{**case, "mask": ~case["mask"]}, label=1)
     with pytest.raises(ValueError, match="id 'x/y'"):
         save_result(tmp_path, "x/y", **case, label=1)
     with pytest.raises(ValueError, match="label"):
@@ -231,7 +229,7 @@ def test_all_protocol_scores_every_image_with_ground_truth(tmp_path):
 def test_dice_of_empty_mask_and_empty_ground_truth_is_one(tmp_path):
     x = np.full((1, SIZE, SIZE), 0.5, dtype=np.float32)
     amap = anomaly_map(x, x)  # constant: empty Otsu mask
-    save_result(tmp_path, "h", input=x, healthy=x, anomaly=amap, mask=otsu_mask(amap), label=0,
+    save_result(tmp_path, "h", input=x, healthy=x, anomaly=amap, label=0,
                 ground_truth=np.zeros((SIZE, SIZE)))
     rows, summary = compute_metrics(tmp_path, "all")
     assert rows[0]["dice"] == 1.0

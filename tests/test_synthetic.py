@@ -10,8 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from guided_diffusion.datasets.brats import MODALITIES, BRATSDataset
-from guided_diffusion.datasets.images import CheXpertDataset
+from guided_diffusion.datasets.brats import BRATSDataset
+from guided_diffusion.datasets.chexpert import CheXpertDataset
+from guided_diffusion.datasets.layout import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--size", "32", "--n_train", "8", "--n_test", "4", "--tumour_fraction", "0.5", "--seed", "3"]

@@ -6,7 +6,8 @@ import pytest
 import torch as th
 from cpu_helpers import have_cxx_compiler
 
-from guided_diffusion.pipeline.train import ClassifierTrainLoop, TrainConfig, TrainLoop
+from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
+from guided_diffusion.pipeline.train import TrainConfig
 from guided_diffusion.script_util import (
     create_classifier_and_diffusion,
     create_model_and_diffusion,

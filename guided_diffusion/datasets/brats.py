@@ -11,7 +11,6 @@ it from a hard-coded relative path, SPEC section 10).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,17 +18,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..util.errors import MissingInputError, UserError
+from .common import check_dataset_args, check_fits, pad_to_size
+from .layout import MODALITIES, SEG, parse_brats_slice_filename
 from .nifti import read_nifti
-
-MODALITIES = ("t1", "t1ce", "t2", "flair")
-"""Channel order of the image tensor."""
-
-SEG = "seg"
 
 # Values may exceed [0, 1] by this much (float round-off of the normalisation).
 RANGE_TOLERANCE = 1e-6
-
-_SLICE_FILE = re.compile(r"^(?P<patient>.+)_(?P<seq>t1|t1ce|t2|flair|seg)_(?P<slice>\d+)_w\.nii\.gz$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +31,7 @@ class _Leaf:
     id: str
     folder: str
     patient: str  # the <patient> part of the file names
+    slice: int  # the <slice> part: the axial slice number
     modalities: tuple[str, ...]  # paths in MODALITIES order
     ground_truth: str  # seg file of the leaf or <label_dir>/<leaf>-label.nii.gz
 
@@ -51,7 +46,8 @@ class BRATSDataset(Dataset):
       pixels per side; an odd difference puts the extra pixel after).
     - ``info``: ``{"y": 1 if the ground truth has any tumour pixel else 0 (healthy),
       "id": leaf folder name, "gt": float32 (S, S) tumour mask of 0/1 padded like the
-      image, "has_gt": True}``.
+      image, "has_gt": True, "patient": the <patient> of the file names, "slice": their
+      <slice> number}``.
 
     The constructor only lists files, so memory stays flat for any number of slices;
     each item is read and checked when it is loaded (2-D, same shape in every file,
@@ -120,38 +116,10 @@ class BRATSDataset(Dataset):
             "id": leaf.id,
             "gt": torch.from_numpy(mask),
             "has_gt": True,
+            "patient": leaf.patient,
+            "slice": leaf.slice,
         }
         return torch.from_numpy(image.astype(np.float32)), info
-
-
-def check_dataset_args(directory: str | os.PathLike, image_size: int) -> str:
-    """``directory`` as a string once it is a folder and ``image_size`` is positive; else a flag-naming error."""
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise MissingInputError(f"--data_dir {directory}: no such directory")
-    if image_size < 1:
-        raise UserError(f"--image_size {image_size}: expected a positive number of pixels")
-    return directory
-
-
-def check_fits(path: str, shape: tuple[int, ...], image_size: int, what: str = "slice") -> None:
-    """Images are only padded: one larger than ``image_size`` is an error naming the file."""
-    if shape[0] > image_size or shape[1] > image_size:
-        raise UserError(
-            f"{path}: {what} of {shape[0]}x{shape[1]} is larger than --image_size {image_size} (only padding is done)"
-        )
-
-
-def pad_to_size(array: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad the last two axes of ``array`` evenly to ``size`` x ``size``.
-
-    An odd difference puts the extra pixel after (bottom/right). The caller checks
-    that the array is not larger than ``size``.
-    """
-    height, width = array.shape[-2:]
-    top, left = (size - height) // 2, (size - width) // 2
-    pad = [(0, 0)] * (array.ndim - 2) + [(top, size - height - top), (left, size - width - left)]
-    return np.pad(array, pad)
 
 
 def _leaf_folders(directory: str) -> list[str]:
@@ -167,20 +135,21 @@ def _leaf_folders(directory: str) -> list[str]:
 def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
     leaf_id = os.path.basename(os.path.normpath(folder))
     found: dict[str, str] = {}
-    patient = ""
+    patient, slice_index = "", -1
     for name in sorted(os.listdir(folder)):
-        match = _SLICE_FILE.match(name)
-        if match is None:
+        parsed = parse_brats_slice_filename(name)
+        if parsed is None:
             continue
-        seq = match["seq"]
+        seq = parsed.seq
         if seq in found:
             raise UserError(
                 f"{folder}: two {seq} files ({os.path.basename(found[seq])} and {name}); expected one per leaf"
             )
         found[seq] = os.path.join(folder, name)
-        if patient and match["patient"] != patient:
-            raise UserError(f"{folder}: files of two patients ({patient} and {match['patient']}); expected one slice")
-        patient = match["patient"]
+        if patient and (parsed.patient, parsed.slice) != (patient, slice_index):
+            raise UserError(f"{folder}: files of two slices ({patient} slice {slice_index} and {parsed.patient} "
+                            f"slice {parsed.slice}); expected one slice")
+        patient, slice_index = parsed.patient, parsed.slice
     missing = [seq for seq in MODALITIES if seq not in found]
     if missing:
         raise MissingInputError(
@@ -199,7 +168,7 @@ def _list_leaf(folder: str, label_dir: str | None) -> _Leaf:
             raise MissingInputError(
                 f"{ground_truth}: no such file (leaf {folder} has no seg file, so --label_dir must hold its label)"
             )
-    return _Leaf(leaf_id, folder, patient, tuple(found[seq] for seq in MODALITIES), ground_truth)
+    return _Leaf(leaf_id, folder, patient, slice_index, tuple(found[seq] for seq in MODALITIES), ground_truth)
 
 
 def _check_unique_ids(leaves: list[_Leaf]) -> None:

@@ -11,191 +11,35 @@ split), because mixing two runs would silently leak test patients into training.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
-import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from ..util.errors import MissingInputError, UserError
-from ..util.fileio import atomic_write
-from .brats import MODALITIES, SEG
+from ..util.flags import DEFAULT_SLICE_RANGE
+from .layout import (
+    MODALITIES,
+    SEG,
+    SPLIT_FILE,
+    brats_slice_filename,
+    check_no_stray_files,
+    label_filename,
+    leaf_name,
+    save_json,
+    save_npy,
+    staged_output,
+    write_brats_leaf,
+)
 from .nifti import read_nifti, read_nifti_shape, write_nifti_gz
-
-DEFAULT_SLICE_RANGE = (80, 128)
-"""First and last axial slice kept (inclusive): 49 of 155, the lowest 80 and the
-topmost 26 removed as in Wolleb et al. 2022."""
+from .splits import split_patients
 
 CLIP_PERCENTILE = 99.5
 """Each volume is clipped at this percentile of its positive (brain) voxels."""
-
-SPLIT_FILE = "split.json"
-
-# ---------------------------------------------------------------------------
-# Layout names shared by the preparation scripts and the synthetic generator.
-
-
-def brats_slice_filename(patient: str, seq: str, slice_index: int) -> str:
-    """``brats_train_<patient>_<seq>_<slice>_w.nii.gz``, the slice is zero-padded to 3 digits."""
-    return f"brats_train_{patient}_{seq}_{slice_index:03d}_w.nii.gz"
-
-
-def leaf_name(number: int) -> str:
-    """The 6-digit leaf folder name of running number ``number`` (1-based)."""
-    return f"{number:06d}"
-
-
-def label_filename(leaf: str) -> str:
-    """File name of a leaf's ground truth in a label folder (``test_labels``)."""
-    return f"{leaf}-label.nii.gz"
-
-
-def write_brats_leaf(
-    folder: str, patient: str, slice_index: int, channels: dict[str, np.ndarray], seg: np.ndarray | None
-) -> None:
-    """Write one slice as a leaf folder: the four modalities and, if given, ``seg``."""
-    os.makedirs(folder, exist_ok=True)
-    for seq in MODALITIES:
-        write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, seq, slice_index)), channels[seq])
-    if seg is not None:
-        write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, SEG, slice_index)), seg)
-
-
-def save_npy(path: str, array: np.ndarray) -> None:
-    """``np.save`` through an atomic write."""
-    with atomic_write(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-
-
-def save_json(path: str, value: dict) -> None:
-    """Deterministic JSON (sorted keys, fixed indentation), written atomically."""
-    with atomic_write(path, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.write("\n")
-
-
-# ---------------------------------------------------------------------------
-# Output folders: refuse stray files, stage, then commit.
-
-
-def check_no_stray_files(out: str, planned: Iterable[str], roots: Iterable[str] = ("",)) -> None:
-    """Raise if ``out/<root>`` holds a file that is not in ``planned`` (paths relative to ``out``).
-
-    Hidden files and folders (names starting with '.') are ignored.
-    """
-    planned = set(os.path.normpath(p) for p in planned)
-    for root in roots:
-        top = os.path.join(out, root)
-        if not os.path.isdir(top):
-            continue
-        for folder, subfolders, files in os.walk(top):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue
-                relative = os.path.normpath(os.path.relpath(os.path.join(folder, name), out))
-                if relative not in planned:
-                    raise UserError(
-                        f"--out {out}: already holds {relative}, which this run would not write "
-                        "(an earlier run with other settings?); use an empty folder or remove the old files"
-                    )
-
-
-@contextlib.contextmanager
-def staged_output(out: str) -> Iterator[str]:
-    """Yield a hidden staging folder inside ``out``; move its contents into ``out`` on success.
-
-    On an exception the staging folder is removed, and so are the folders this
-    call created for ``out`` itself, so a failed run leaves no trace.
-    """
-    created = _missing_folders(out)
-    os.makedirs(out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=out)
-    try:
-        yield staging
-        _move_tree(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # innermost first
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _missing_folders(path: str) -> list[str]:
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
-
-
-def _move_tree(source: str, target: str) -> None:
-    for folder, subfolders, files in os.walk(source):
-        subfolders.sort()
-        destination = os.path.join(target, os.path.relpath(folder, source))
-        os.makedirs(destination, exist_ok=True)
-        for name in sorted(files):
-            os.replace(os.path.join(folder, name), os.path.join(destination, name))
-
-
-# ---------------------------------------------------------------------------
-# Shared argument helpers.
-
-
-def str2bool(text: str) -> bool:
-    """Parse the ``True``/``False`` flag values of guided diffusion's scripts."""
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1", "y", "t"):
-        return True
-    if lowered in ("false", "no", "0", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, found {text!r}")
-
-
-def parse_slice_range(text: str) -> tuple[int, int]:
-    """Parse ``FIRST,LAST`` (inclusive, 0-based axial slice indices)."""
-    parts = text.split(",")
-    try:
-        first, last = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FIRST,LAST (two integers), found {text!r}") from None
-    if not 0 <= first <= last:
-        raise argparse.ArgumentTypeError(f"expected 0 <= FIRST <= LAST, found {text!r}")
-    return first, last
-
-
-def split_patients(patients: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Patient-level train/test split, each list sorted.
-
-    The number of test patients is ``test_fraction * len(patients)`` rounded half
-    up, but at least one on each side when there are two or more patients and
-    0 < test_fraction < 1. The test patients are the first of a permutation drawn
-    with ``numpy.random.default_rng(seed)``.
-    """
-    if not 0.0 <= test_fraction <= 1.0:
-        raise UserError(f"--test_fraction {test_fraction}: expected a value in [0, 1]")
-    n = len(patients)
-    n_test = int(np.floor(test_fraction * n + 0.5))
-    if 0.0 < test_fraction < 1.0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    test = {patients[i] for i in order[:n_test]}
-    return sorted(p for p in patients if p not in test), sorted(test)
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +88,7 @@ def find_brats_patients(src: str, slice_range: tuple[int, int] = DEFAULT_SLICE_R
             candidates = [os.path.join(folder, f"{name}_{seq}{ext}") for ext in (".nii.gz", ".nii")]
             found = [c for c in candidates if os.path.isfile(c)]
             if not found:
-                raise FileNotFoundError(f"{candidates[0]}: missing the {seq} volume of patient {name}")
+                raise MissingInputError(f"{candidates[0]}: missing the {seq} volume of patient {name}")
             files[seq] = found[0]
         shapes = {seq: _volume_shape(path) for seq, path in files.items()}
         reference = MODALITIES[0]

@@ -23,9 +23,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..util.errors import UserError
-from .brats import MODALITIES
-from .nifti import write_nifti_gz
-from .prepare import (
+from .layout import (
+    MODALITIES,
     brats_slice_filename,
     check_no_stray_files,
     label_filename,
@@ -34,6 +33,7 @@ from .prepare import (
     staged_output,
     write_brats_leaf,
 )
+from .nifti import write_nifti_gz
 
 DATASET_CHOICES = ("brats", "chexpert", "both")
 MIN_SIZE = 16

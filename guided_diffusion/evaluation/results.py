@@ -4,10 +4,11 @@ Files in an output folder (names pinned by SPEC 6a):
 
 ``<id>.npz``
     ``input`` (C, H, W) float32 and ``healthy`` (C, H, W) float32, images in [0, 1];
-    ``anomaly`` (H, W) float32, |input - healthy| summed over channels; ``mask``
-    (H, W) bool, the Otsu mask of ``anomaly``; ``label`` int (0 = healthy,
-    1 = diseased); ``ground_truth`` (H, W) uint8 0/1, only where it is known; plus any
-    ``extra`` arrays the caller adds (ignored by the metrics).
+    ``anomaly`` (H, W) float32, |input - healthy| summed over channels (an ensemble stores
+    the mean of its members' maps); ``mask`` (H, W) bool, the Otsu mask of ``anomaly``;
+    ``label`` int (0 = healthy, 1 = diseased); ``ground_truth`` (H, W) uint8 0/1, only where
+    it is known; ``patient`` (str) and ``slice`` (int), where the loader knows them (BRATS:
+    from the file names); plus any ``extra`` arrays the caller adds (ignored by the metrics).
 ``<id>.png``
     A panel: row 1 the input channels, row 2 the healthy reconstruction's channels,
     row 3 the anomaly heat map (scaled to its maximum), the Otsu mask and, when known,
@@ -66,6 +67,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ..anomaly import (
     IMAGE_SCORE_PERCENTILE,
     Array,
+    anomaly_map,
     dice,
     image_score,
     otsu_mask,
@@ -81,8 +83,8 @@ SUMMARY_JSON = "summary.json"
 TABLE_MD = "table.md"
 METRICS_COLUMNS = ("id", "label", "dice", "auroc", "auprc")
 REQUIRED_KEYS = ("input", "healthy", "anomaly", "mask", "label")
-PINNED_KEYS = REQUIRED_KEYS + ("ground_truth",)
-_SCORED_KEYS = ("anomaly", "mask", "label", "ground_truth")  # what the metrics read
+PINNED_KEYS = REQUIRED_KEYS + ("ground_truth", "patient", "slice")
+_SCORED_KEYS = ("anomaly", "mask", "label", "ground_truth", "patient", "slice")  # what the metrics read
 PROTOCOLS = ("paper", "all")
 # Paper protocol: AUROC/AUPRC only for slices with more than this many tumour pixels.
 MIN_TUMOUR_PIXELS = 20
@@ -161,23 +163,27 @@ def save_result(
     *,
     input: Array,
     healthy: Array,
-    anomaly: Array,
-    mask: Array,
     label: int,
     ground_truth: Array | None = None,
+    anomaly: Array | None = None,
+    patient: str | None = None,
+    slice: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<id>.npz`` and ``<id>.png`` into ``output_dir`` (created if missing).
 
+    The anomaly map is derived here (|input - healthy| summed over channels) unless a method
+    defines its own (an ensemble's mean map); the mask is always its Otsu mask.
+
     :param id: the image's name (BRATS leaf folder, CheXpert file stem); a plain stem.
     :param input: the input image, (C, H, W), values in [0, 1]; stored as float32.
     :param healthy: its healthy translation, (C, H, W); stored as float32.
-    :param anomaly: the anomaly map, (H, W) (see :func:`anomaly.anomaly_map`); float32.
-    :param mask: (H, W), the Otsu mask of ``anomaly`` (:func:`anomaly.otsu_mask`);
-        a different mask is an error, because evaluation re-derives it.
     :param label: 0 (healthy) or 1 (diseased).
     :param ground_truth: optional (H, W) segmentation; nonzero = anomalous; stored as
         uint8 0/1.
+    :param anomaly: optional (H, W) map that replaces the derived one.
+    :param patient: the patient the image belongs to, where the loader knows it.
+    :param slice: the axial slice number, where the loader knows it (BRATS).
     :param extra: optional further arrays to store in the npz (e.g. the noised image);
         their names must differ from the pinned keys.
     :return: the paths of the npz and png files. Both are written atomically, npz first,
@@ -193,19 +199,12 @@ def save_result(
             f"{id}: healthy: expected shape {x.shape} like input, got {x_healthy.shape}"
         )
     hw = x.shape[1:]
-    amap = _array(anomaly, "anomaly").astype(np.float32)
+    amap = (anomaly_map(x, x_healthy) if anomaly is None else _array(anomaly, "anomaly")).astype(np.float32)
     if amap.shape != hw:
         raise ValueError(f"{id}: anomaly: expected shape (H, W) = {hw}, got {amap.shape}")
     if not np.isfinite(amap).all():
         raise ValueError(f"{id}: anomaly: expected finite values, found NaN or inf")
-    mask_np = _array(mask, "mask") != 0
-    if mask_np.shape != hw:
-        raise ValueError(f"{id}: mask: expected shape (H, W) = {hw}, got {mask_np.shape}")
-    differ = int((mask_np != otsu_mask(amap)).sum())
-    if differ:
-        raise ValueError(
-            f"{id}: mask: expected otsu_mask(anomaly), but {differ} of {mask_np.size} pixels differ"
-        )
+    mask_np = otsu_mask(amap)
     arrays: dict[str, np.ndarray] = {
         "input": x,
         "healthy": x_healthy,
@@ -219,6 +218,10 @@ def save_result(
         if gt.shape != hw:
             raise ValueError(f"{id}: ground_truth: expected shape (H, W) = {hw}, got {gt.shape}")
         arrays["ground_truth"] = gt
+    if patient is not None:
+        arrays["patient"] = np.asarray(str(patient))
+    if slice is not None:
+        arrays["slice"] = np.asarray(int(slice), dtype=np.int64)
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not key or key in PINNED_KEYS:
             raise ValueError(
@@ -245,7 +248,7 @@ def load_result(path: str | os.PathLike, *, images: bool = True) -> dict[str, An
         only the arrays the metrics need are decompressed (faster on large folders).
     :return: a dict with ``input``/``healthy`` (C, H, W) float32, ``anomaly`` (H, W)
         float32, ``mask`` (H, W) bool, ``label`` int, ``ground_truth`` (H, W) bool or
-        None, plus any extra arrays.
+        None, ``patient`` str or None, ``slice`` int or None, plus any extra arrays.
     :raises ResultFileError: naming the file, when it cannot be read or breaks the format.
     """
     path = Path(path)
@@ -292,6 +295,8 @@ def load_result(path: str | os.PathLike, *, images: bool = True) -> dict[str, An
     data["mask"] = data["mask"] != 0
     data["label"] = label
     data["ground_truth"] = data["ground_truth"] != 0 if "ground_truth" in data else None
+    data["patient"] = str(data["patient"]) if "patient" in data else None
+    data["slice"] = int(data["slice"]) if "slice" in data else None
     return data
 
 

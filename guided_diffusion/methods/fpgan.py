@@ -44,13 +44,14 @@ each half of the time):
   lambda_gp = lambda_rec = lambda_id = 10.
 
 L1 norms are means over pixels and channels (as StarGAN). D is updated every step and
-G every ``n_critic`` steps (5, as StarGAN); both with Adam (beta1 = 0.5, beta2 = 0.999).
+G every ``n_critic`` steps (5, as StarGAN); both with Adam (beta1 = 0.5, beta2 = 0.999). The
+training recipe is :class:`guided_diffusion.pipeline.pieces.FPGANPiece`.
 
 Translation to healthy (disease localisation as in Siddiquee et al. 2019):
 x_healthy = G(x, c = healthy), and the anomaly map is |x - x_healthy| summed over
 channels (:func:`anomaly.anomaly_map`).
 
-Randomness (targets, interpolation weights) comes from a ``generator`` argument.
+Randomness (targets, interpolation weights) comes in as arguments.
 Shapes: images (B, C, S, S) in [0, 1].
 """
 from __future__ import annotations
@@ -165,9 +166,10 @@ class Discriminator(nn.Module):
 # Loss terms
 
 
-def gradient_penalty(disc: Discriminator, real: th.Tensor, fake: th.Tensor, generator: th.Generator) -> th.Tensor:
-    """WGAN-GP E[(||grad D_src(x^)||_2 - 1)^2] on x^ = a real + (1 - a) fake, a ~ U(0, 1)."""
-    a = th.rand((real.shape[0], 1, 1, 1), generator=generator, device=real.device, dtype=real.dtype)
+def gradient_penalty(disc: Discriminator, real: th.Tensor, fake: th.Tensor, alpha: th.Tensor) -> th.Tensor:
+    """WGAN-GP E[(||grad D_src(x^)||_2 - 1)^2] on x^ = a real + (1 - a) fake, with the per-image
+    weights a = ``alpha`` (B,) drawn from U(0, 1) by the caller."""
+    a = alpha.reshape(-1, 1, 1, 1).to(real.dtype)
     x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
     critic, _ = disc(x_hat)
     (grad,) = th.autograd.grad(critic.sum(), x_hat, create_graph=True)
@@ -179,68 +181,36 @@ def l1_per_image(a: th.Tensor, b: th.Tensor) -> th.Tensor:
     return (a - b).abs().flatten(1).mean(1)
 
 
-class FPGANStep:
-    """One training iteration of FixedPoint-GAN: a critic step, and every ``n_critic``-th
-    iteration a generator step. :meth:`__call__` returns the loss terms as floats.
-    """
+def critic_loss(gen: Generator, disc: Discriminator, x: th.Tensor, c_x: th.Tensor, c_trg: th.Tensor,
+                alpha: th.Tensor, *, lambda_cls: float, lambda_gp: float) -> tuple[th.Tensor, dict]:
+    """L_D = -L_adv + lambda_cls L_cls^r for real images x (B, C, S, S) of domains c_x (B,),
+    translated to c_trg (B,); ``alpha`` (B,) are the gradient penalty's interpolation weights.
+    Returns the loss and its terms."""
+    with th.no_grad():
+        fake = gen(x, c_trg)
+    critic_real, logits_real = disc(x)
+    critic_fake, _ = disc(fake)
+    wasserstein = critic_real.mean() - critic_fake.mean()
+    cls_real = F.cross_entropy(logits_real.float(), c_x)
+    gp = gradient_penalty(disc, x, fake, alpha)
+    loss = -wasserstein + lambda_cls * cls_real + lambda_gp * gp
+    acc = (logits_real.argmax(1) == c_x).float().mean()
+    return loss, {"d_loss": loss, "d_wasserstein": wasserstein, "d_cls": cls_real, "d_gp": gp, "d_acc": acc}
 
-    def __init__(self, gen: Generator, disc: Discriminator, *, lr: float, lambda_cls: float = 1.0,
-                 lambda_gp: float = 10.0, lambda_rec: float = 10.0, lambda_id: float = 10.0,
-                 n_critic: int = 5, betas: tuple[float, float] = (0.5, 0.999)):
-        if n_critic < 1:
-            raise UserError(f"--n_critic {n_critic}: expected 1 or more")
-        self.gen, self.disc = gen, disc
-        self.lambda_cls, self.lambda_gp = lambda_cls, lambda_gp
-        self.lambda_rec, self.lambda_id = lambda_rec, lambda_id
-        self.n_critic = n_critic
-        self.opt_g = th.optim.Adam(gen.parameters(), lr=lr, betas=betas)
-        self.opt_d = th.optim.Adam(disc.parameters(), lr=lr, betas=betas)
 
-    def optimizers(self) -> dict[str, th.optim.Optimizer]:
-        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def __call__(self, x: th.Tensor, c_x: th.Tensor, step: int, generator: th.Generator) -> dict[str, float]:
-        """Train on real images x (B, C, S, S) with domains c_x (B,) at iteration ``step``."""
-        c_trg = th.randint(0, self.gen.num_domains, c_x.shape, generator=generator, device=x.device)
-        terms = self._critic_step(x, c_x, c_trg, generator)
-        if (step + 1) % self.n_critic == 0:
-            terms.update(self._generator_step(x, c_x, c_trg))
-        return terms
-
-    def _critic_step(self, x, c_x, c_trg, generator):
-        with th.no_grad():
-            fake = self.gen(x, c_trg)
-        critic_real, logits_real = self.disc(x)
-        critic_fake, _ = self.disc(fake)
-        wasserstein = critic_real.mean() - critic_fake.mean()
-        cls_real = F.cross_entropy(logits_real, c_x)
-        gp = gradient_penalty(self.disc, x, fake, generator)
-        loss = -wasserstein + self.lambda_cls * cls_real + self.lambda_gp * gp
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
-        acc = (logits_real.argmax(1) == c_x).float().mean()
-        return {"d_loss": loss.item(), "d_wasserstein": wasserstein.item(), "d_cls": cls_real.item(),
-                "d_gp": gp.item(), "d_acc": acc.item()}
-
-    def _generator_step(self, x, c_x, c_trg):
-        self.disc.requires_grad_(False)  # no critic gradients from the generator's loss
-        try:
-            fake = self.gen(x, c_trg)
-            critic_fake, logits_fake = self.disc(fake)
-            adv = -critic_fake.mean()
-            cls_fake = F.cross_entropy(logits_fake, c_trg)
-            cyc = l1_per_image(self.gen(fake, c_x), x).mean()
-            same = (c_trg == c_x).float()
-            ident = (l1_per_image(fake, x) * same).mean()  # fixed-point loss: only for c = c_x
-            loss = adv + self.lambda_cls * cls_fake + self.lambda_rec * cyc + self.lambda_id * ident
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g.step()
-        finally:
-            self.disc.requires_grad_(True)
-        return {"g_loss": loss.item(), "g_adv": adv.item(), "g_cls": cls_fake.item(), "g_cyc": cyc.item(),
-                "g_id": ident.item()}
+def generator_loss(gen: Generator, disc: Discriminator, x: th.Tensor, c_x: th.Tensor, c_trg: th.Tensor, *,
+                   lambda_cls: float, lambda_rec: float, lambda_id: float) -> tuple[th.Tensor, dict]:
+    """L_G = L_adv + lambda_cls L_cls^f + lambda_rec L_cyc + lambda_id L_id (the critic's own
+    parameters must be frozen by the caller). Returns the loss and its terms."""
+    fake = gen(x, c_trg)
+    critic_fake, logits_fake = disc(fake)
+    adv = -critic_fake.mean()
+    cls_fake = F.cross_entropy(logits_fake.float(), c_trg)
+    cyc = l1_per_image(gen(fake, c_x), x).mean()
+    same = (c_trg == c_x).float()
+    ident = (l1_per_image(fake, x) * same).mean()  # fixed-point loss: only for c = c_x
+    loss = adv + lambda_cls * cls_fake + lambda_rec * cyc + lambda_id * ident
+    return loss, {"g_loss": loss, "g_adv": adv, "g_cls": cls_fake, "g_cyc": cyc, "g_id": ident}
 
 
 def translate_to_healthy(gen: Generator, x: th.Tensor) -> th.Tensor:

@@ -37,14 +37,14 @@ the batch:
   non-saturating L_adv = -log D_z(E(x)). As in the AAE, one training step has a
   reconstruction phase (encoder and decoder minimise L_rec + lambda_cons * L_cons)
   and a regularisation phase (a D_z step, then an encoder step on lambda_adv * L_adv),
-  each with its own Adam optimiser, so the loss scales of the phases do not compete;
+  each with its own Adam optimiser, so the loss scales of the phases do not compete
+  (the training recipe is :class:`guided_diffusion.pipeline.pieces.VAEPiece`);
 - KL prior (Kingma & Welling 2014): the encoder also gives log sigma^2, z = mu + sigma
   * eps, x_rec = D(z) during training, and one step minimises L_rec + kl_weight * KL +
   lambda_cons * L_cons with KL = 1/2 sum (mu^2 + sigma^2 - log sigma^2 - 1) (the ELBO
   for kl_weight = 1).
 
-Randomness (eps, prior samples) comes from a ``generator`` argument, so a training
-step is a function of its inputs. Shapes: images (B, C, S, S) in [0, 1].
+Randomness (eps, prior samples) comes in as arguments, so a loss is a function of its inputs. Shapes: images (B, C, S, S) in [0, 1].
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..util.errors import UserError
+from ..util.flags import LATENT_PRIORS
 
-LATENT_PRIORS = ("adversarial", "kl")
 MAX_WIDTH_MULT = 8
 
 
@@ -194,86 +194,33 @@ def encoder_adversarial_loss(disc: LatentDiscriminator, z_code: th.Tensor) -> th
     return F.binary_cross_entropy_with_logits(logits, th.ones_like(logits))
 
 
-class CAAEStep:
-    """One optimisation step of the VAE baseline, for either latent prior.
-
-    Holds the networks and their optimisers; :meth:`__call__` takes a batch of healthy
-    images and a generator and returns the loss terms as floats.
-
-    :param model: the :class:`VAE`.
-    :param disc: the :class:`LatentDiscriminator` (adversarial prior only, else None).
-    :param lr: Adam learning rate of every optimiser.
-    """
-
-    def __init__(self, model: VAE, disc: LatentDiscriminator | None, *, lr: float, kl_weight: float = 1.0,
-                 lambda_adv: float = 1.0, lambda_consistency: float = 1.0):
-        if (disc is None) != model.variational:
-            raise ValueError("the adversarial prior needs a latent discriminator; the KL prior none")
-        self.model, self.disc = model, disc
-        self.kl_weight, self.lambda_adv, self.lambda_consistency = kl_weight, lambda_adv, lambda_consistency
-        self.opt_ae = th.optim.Adam(model.parameters(), lr=lr)
-        self.opt_disc = self.opt_enc = None
-        if disc is not None:
-            # GAN convention for the adversarial players (Radford et al. 2016): beta1 = 0.5
-            self.opt_disc = th.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-            enc_params = list(model.encoder.parameters()) + list(model.to_latent.parameters())
-            self.opt_enc = th.optim.Adam(enc_params, lr=lr, betas=(0.5, 0.999))
-
-    def optimizers(self) -> dict[str, th.optim.Optimizer]:
-        opts = {"opt_ae": self.opt_ae}
-        if self.disc is not None:
-            opts.update(opt_disc=self.opt_disc, opt_enc=self.opt_enc)
-        return opts
-
-    def __call__(self, x: th.Tensor, generator: th.Generator) -> dict[str, float]:
-        return self._kl_step(x, generator) if self.model.variational else self._adversarial_step(x, generator)
-
-    def _kl_step(self, x, generator):
-        mu, logvar = self.model.encode(x)
-        eps = th.randn(mu.shape, generator=generator, device=mu.device)
-        z = mu + (0.5 * logvar).exp() * eps  # reparameterisation
-        x_rec = self.model.decode(z)
-        rec = reconstruction_loss(x, x_rec)
-        kl = kl_divergence(mu, logvar)
-        cons = consistency_loss(self.model, mu, x_rec) if self.lambda_consistency else th.zeros(())
-        loss = rec + self.kl_weight * kl + self.lambda_consistency * cons
-        self.opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_ae.step()
-        return {"loss": loss.item(), "rec": rec.item(), "kl": kl.item(), "cons": cons.item()}
-
-    def _adversarial_step(self, x, generator):
-        # 1. reconstruction phase: encoder + decoder on L_rec + lambda_cons * L_cons
-        mu, _ = self.model.encode(x)
-        x_rec = self.model.decode(mu)
-        rec = reconstruction_loss(x, x_rec)
-        cons = consistency_loss(self.model, mu, x_rec) if self.lambda_consistency else th.zeros(())
-        loss = rec + self.lambda_consistency * cons
-        self.opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_ae.step()
-        # 2. regularisation phase: D_z step, then an encoder step against D_z
-        with th.no_grad():
-            z_code = self.model.encode(x)[0]
-        z_prior = th.randn(z_code.shape, generator=generator, device=z_code.device)
-        d_loss = latent_discriminator_loss(self.disc, z_prior, z_code)
-        self.opt_disc.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_disc.step()
-        self.disc.requires_grad_(False)
-        try:
-            adv = encoder_adversarial_loss(self.disc, self.model.encode(x)[0])
-            self.opt_enc.zero_grad(set_to_none=True)
-            (self.lambda_adv * adv).backward()
-            self.opt_enc.step()
-        finally:
-            self.disc.requires_grad_(True)
-        return {"loss": loss.item(), "rec": rec.item(), "cons": cons.item(), "adv": adv.item(),
-                "disc": d_loss.item()}
+def autoencoder_loss(model: VAE, x: th.Tensor, *, lambda_consistency: float) -> tuple[th.Tensor, dict]:
+    """The cAAE's reconstruction phase: L_rec + lambda_cons * L_cons with x_rec = D(E(x))."""
+    mu, _ = model.encode(x)
+    x_rec = model.decode(mu)
+    rec = reconstruction_loss(x, x_rec)
+    cons = consistency_loss(model, mu, x_rec) if lambda_consistency else th.zeros((), device=x.device)
+    loss = rec + lambda_consistency * cons
+    return loss, {"loss": loss, "rec": rec, "cons": cons}
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def kl_vae_loss(model: VAE, x: th.Tensor, eps: th.Tensor, *, kl_weight: float,
+                lambda_consistency: float) -> tuple[th.Tensor, dict]:
+    """The KL prior's one loss: L_rec + kl_weight * KL + lambda_cons * L_cons, with
+    z = mu + sigma * ``eps`` (reparameterisation; eps (B, d) standard normal from the caller)."""
+    mu, logvar = model.encode(x)
+    z = mu + (0.5 * logvar).exp() * eps
+    x_rec = model.decode(z)
+    rec = reconstruction_loss(x, x_rec)
+    kl = kl_divergence(mu, logvar)
+    cons = consistency_loss(model, mu, x_rec) if lambda_consistency else th.zeros((), device=x.device)
+    loss = rec + kl_weight * kl + lambda_consistency * cons
+    return loss, {"loss": loss, "rec": rec, "kl": kl, "cons": cons}
+
+
+def encoder_parameters(model: VAE) -> list[nn.Parameter]:
+    """The encoder's parameters (what the adversarial regularisation phase trains)."""
+    return list(model.encoder.parameters()) + list(model.to_latent.parameters())
 
 
 def latent_prior_check(prior: str) -> bool:
@@ -284,16 +231,16 @@ def latent_prior_check(prior: str) -> bool:
 
 
 __all__ = [
-    "LATENT_PRIORS",
     "VAE",
     "LatentDiscriminator",
-    "CAAEStep",
+    "autoencoder_loss",
+    "kl_vae_loss",
+    "encoder_parameters",
     "reconstruction_loss",
     "consistency_loss",
     "kl_divergence",
     "latent_discriminator_loss",
     "encoder_adversarial_loss",
     "check_depth",
-    "count_parameters",
     "latent_prior_check",
 ]

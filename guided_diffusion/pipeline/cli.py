@@ -1,56 +1,78 @@
-"""Shared plumbing of the command-line scripts: parsers from defaults dicts, log dirs,
-and one-line errors for user mistakes (no traceback)."""
+"""The scripts' entry point: flags to a typed config, the process group, the log folder, the logger,
+Visdom, and one-line errors.
+
+    def main(argv=None):
+        return run_script(ImageTrainConfig, train_diffusion_model, argv, __doc__)
+
+    if __name__ == "__main__":
+        sys.exit(run_main(main))
+
+:func:`run_main` prints a :class:`~guided_diffusion.util.errors.UserError` (a bad flag or
+file) as the one last line ``error: <message>`` and returns 2; every other exception keeps
+its traceback. Progress bars are closed (``finally``) before the message is printed.
+"""
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from ..script_util import add_dict_to_argparser
+from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
-from ..util.monitor import MONITOR_DEFAULTS
+from ..util.flagspec import parse_flags
+from ..util.monitor import Monitor
 
 
-def common_defaults() -> dict:
-    """Flags every script accepts (SPEC section 6a)."""
-    return dict(
-        data_dir="",
-        dataset="brats",
-        log_dir="",
-        seed=0,
-        device="",
-        progress=True,
-        **MONITOR_DEFAULTS,  # --visdom, --visdom_server, --visdom_port, --visdom_every
-    )
-
-
-def build_parser(description: str, *defaults: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    merged: dict = {}
-    for d in defaults:
-        merged.update(d)
-    add_dict_to_argparser(parser, merged)
-    return parser
-
-
-def resolve_log_dir(args, script: str) -> str:
-    """--log_dir, else $OPENAI_LOGDIR, else results/<script>-<timestamp>."""
-    if not args.log_dir:
-        args.log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
+def resolve_log_dir(log_dir: str, script: str) -> str:
+    """``--log_dir``, else ``$OPENAI_LOGDIR``, else ``results/<script>-<timestamp>``; created and checked."""
+    if not log_dir:
+        log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
             "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ensure_writable_dir(args.log_dir, "--log_dir")
-    return args.log_dir
+    ensure_writable_dir(log_dir, "--log_dir")
+    return log_dir
+
+
+def _description(doc: str | None) -> str:
+    return (doc or "").strip()
+
+
+def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None = None, doc: str | None = None):
+    """Parse ``argv`` into ``config_cls`` and call ``run(cfg, monitor=...)`` inside the launch's
+    process group (torchrun or mpiexec), with the log folder resolved and the logger configured
+    (rank 0 writes). Returns what ``run`` returns."""
+    script = config_cls.SCRIPT
+    cfg = parse_flags(config_cls, argv, _description(doc), prog=f"{script}.py")
+    dist_util.setup_dist()
+    try:
+        main_process = dist_util.is_main_process()
+        log_dir = resolve_log_dir(cfg.run.log_dir, script)
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, log_dir=log_dir))
+        logger.configure(log_dir, enabled=main_process)
+        monitor = None
+        if main_process and hasattr(cfg, "monitoring"):
+            m = cfg.monitoring
+            monitor = Monitor(enabled=m.visdom, server=m.visdom_server, port=m.visdom_port,
+                              env=getattr(config_cls, "VISDOM_ENV", script))
+        return run(cfg, monitor=monitor)
+    finally:
+        dist_util.cleanup()
+
+
+def run_tool(config_cls, run: Callable[[Any], Any], argv: Sequence[str] | None = None, doc: str | None = None):
+    """Parse ``argv`` into ``config_cls`` and call ``run(cfg)``: for the scripts that only read and
+    write files (evaluate.py, compare.py, the data preparations), with no process group or log folder."""
+    return run(parse_flags(config_cls, argv, _description(doc), prog=f"{config_cls.SCRIPT}.py"))
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a script's main; user errors print ``error: ...`` on one line and return 2."""
+    """Run a script's main; a user error prints ``error: ...`` as one line and returns 2."""
     try:
         main(argv)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,377 +1,451 @@
-"""Training loops for the diffusion UNet and the noise-aware classifier.
+"""The training scaffold: one loop for every model.
 
-Shared machinery (``_Trainer``): DistributedDataParallel when a process group is
-up, mixed precision with ``torch.autocast`` (+ ``GradScaler`` for fp16, which
-unscales *every* parameter's gradient: SPEC section 10), AdamW (fused on CUDA),
-atomic checkpoints, exact resume, and per-step seeding so that
+A model is a small *piece* (:class:`Piece`; the diffusion UNet, the classifier, the VAE,
+FixedPoint-GAN and the denoising autoencoder are in :mod:`guided_diffusion.pipeline.pieces`):
+it names its networks and parameter groups and computes its losses. The :class:`Trainer`
+owns everything else:
 
-* a resumed run reaches the same weights as an uninterrupted one, and
-* N processes with batch b reach the same weights as one process with batch N*b:
-  each step draws the timesteps and noise of the *global* batch from a generator
-  seeded by (seed, step), and each rank takes its slice.
+* the step loop, the learning rate (constant, or annealed linearly to 0 at the last step) and
+  the progress bar;
+* randomness: step k draws what it needs for the *global* batch (timesteps, noise, targets)
+  from a generator seeded by (seed, k), and each rank takes its slice, so N processes with
+  batch b see what one process with batch N*b sees and a resumed run what an uninterrupted
+  one saw; dropout masks come from the global RNG seeded by (seed, k, rank), so every rank
+  draws its own;
+* mixed precision: ``torch.autocast`` and one ``GradScaler`` for all optimizers, which unscales
+  *every* parameter's gradient (SPEC section 10: the original unscaled only the first);
+* AdamW per parameter group (fused on CUDA), gradient accumulation over micro-batches;
+* gradient averaging across ranks: DistributedDataParallel for a piece's main network (with
+  ``no_sync`` on all but the last micro-batch), an averaging all-reduce for the others;
+* atomic checkpoints with one naming scheme (:func:`util.checkpoint.checkpoint_name`): the
+  optimizer file first, the piece's files, its marker file last; resume from any file of a
+  checkpoint or ``auto`` (the newest complete one);
+* logging: device-side sums of the loss terms (no host sync inside a step), averaged every
+  ``log_interval`` steps to ``log.txt``, ``progress.csv`` and Visdom.
 
 Rank 0 alone writes checkpoints, logs and Visdom.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch as th
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..resample import LossAwareSampler, UniformSampler
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
-from ..util.errors import UserError
+from ..util.errors import MissingInputError, UserError
+from ..util.flags import DataFlags, RunFlags, SpeedFlags, TrainFlags
+from .devices import autocast_for
 
-PRECISIONS = {"fp32": None, "bf16": th.bfloat16, "fp16": th.float16}
-
-
-def autocast_for(device: th.device, precision: str):
-    """Context-manager factory for the chosen precision (fp32: no autocast)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: th.autocast(device_type=device.type, dtype=dtype)
+OPT = "opt"  # prefix of the optimizer file of a checkpoint
+_GROUP_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters shared by both training loops (flag names of the scripts)."""
+    """What the scaffold needs to know (defaults: the flag registry's)."""
 
-    batch_size: int = 1  # per process
-    microbatch: int = -1  # -1: no gradient accumulation
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    batch_size: int = DataFlags.batch_size  # per process
+    microbatch: int = TrainFlags.microbatch  # -1: no gradient accumulation
+    lr: float = TrainFlags.lr
+    weight_decay: float = TrainFlags.weight_decay
     total_steps: int = 0  # stop after this many steps (0: never)
     anneal_lr: bool = False  # linear decay to 0 at total_steps
-    log_interval: int = 10
-    save_interval: int = 10000
-    precision: str = "fp32"
-    seed: int = 0
-    resume_checkpoint: str = ""  # a modelNNNNNN.pt, "auto" (newest in log_dir) or ""
+    log_interval: int = TrainFlags.log_interval
+    save_interval: int = TrainFlags.save_interval
+    precision: str = SpeedFlags.precision
+    seed: int = RunFlags.seed
+    resume_checkpoint: str = TrainFlags.resume_checkpoint  # a checkpoint file, "auto" or ""
     log_dir: str = "."
     use_compile: bool = False
+    channels_last: bool = False
     progress: bool = True
+    fused: bool | None = None  # AdamW's fused kernels; None: on CUDA
+    epoch_size: int = 0  # training images, for the logged epoch (0: not logged)
 
 
-def _step_generator(seed: int, step: int, device: th.device) -> th.Generator:
+class Piece:
+    """What a model plugs into the :class:`Trainer` (override what applies).
+
+    ``kind`` names the model in logs, the progress bar and Visdom windows.
+    """
+
+    kind = "model"
+
+    def modules(self) -> dict[str, th.nn.Module]:
+        """The networks by checkpoint-file prefix, in the order they are written; the last one's
+        file marks a complete checkpoint (and is what translation loads)."""
+        raise NotImplementedError
+
+    def param_groups(self) -> dict[str, tuple[list[th.nn.Parameter], dict]]:
+        """Optimizer name -> (parameters, extra AdamW options such as betas)."""
+        raise NotImplementedError
+
+    def main_module(self) -> th.nn.Module | None:
+        """The network DDP wraps (called once per micro-batch through ``trainer.net``), or None:
+        the gradients of every optimizer are then averaged across ranks by an all-reduce."""
+        return None
+
+    def step(self, trainer: "Trainer", x: th.Tensor, cond: dict) -> None:
+        """One training step on this rank's batch: call ``trainer.minimise`` per optimizer."""
+        raise NotImplementedError
+
+    def after_step(self, trainer: "Trainer") -> None:
+        """After the optimizer steps (EMA updates)."""
+
+    def periodic(self, trainer: "Trainer") -> None:
+        """After the step counter advanced (held-out evaluation)."""
+
+    def show(self, trainer: "Trainer", x: th.Tensor) -> None:
+        """At each log step, with Visdom on: show what the model makes of ``x``."""
+
+    def state_dicts(self) -> dict[str, dict]:
+        """Checkpoint files by prefix (the marker last); default: one per module."""
+        return {name: net.state_dict() for name, net in self.modules().items()}
+
+    def check_state_dicts(self, states: dict[str, dict], paths: dict[str, str]) -> None:
+        """Raise a :class:`~guided_diffusion.util.checkpoint.CheckpointError` naming the file when a
+        state does not fit; called for every file before anything is loaded."""
+        for name, net in self.modules().items():
+            ckpt.check_state_dict(net, states[name], paths[name], f"{self.kind} {name}")
+
+    def load_state_dicts(self, states: dict[str, dict]) -> None:
+        for name, net in self.modules().items():
+            net.load_state_dict(states[name], strict=True)
+
+
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the global RNG (dropout masks) at ``step`` on ``rank``: each rank its own stream,
+    the same one again after a resume."""
+    digest = hashlib.sha256(f"dropout:{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def step_generator(seed: int, step: int, device: th.device) -> th.Generator:
+    """The generator of step ``step``: the global batch's timesteps, noise and targets."""
     gen = th.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
     return gen
 
 
-class _Trainer:
-    """Optimizer, DDP, precision, checkpoints and the step loop; subclasses define the loss."""
+class Trainer:
+    """The scaffold (see the module docstring).
 
-    kind = "model"
+    :param piece: the model.
+    :param make_data: ``make_data(start_step)`` -> an endless iterator of ``(x, cond)`` batches of
+        this rank, starting at global batch ``start_step``.
+    """
 
-    def __init__(self, model: th.nn.Module, diffusion, make_data: Callable[[int], Iterator], config: TrainConfig,
-                 schedule_sampler=None, monitor=None, device: th.device | None = None):
-        self.model = model
-        self.diffusion = diffusion
+    def __init__(self, piece: Piece, make_data: Callable[[int], Iterator], config: TrainConfig,
+                 monitor=None, device: th.device | None = None):
+        self.piece = piece
         self.cfg = config
-        self.device = device or next(model.parameters()).device
-        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        modules = piece.modules()
+        self.device = device or next(next(iter(modules.values())).parameters()).device
         self.monitor = monitor
         self.rank = dist_util.get_rank()
         self.world = dist_util.get_world_size()
         self.is_main = self.rank == 0
+        if config.batch_size < 1:
+            raise UserError(f"--batch_size {config.batch_size}: expected a positive integer")
         if config.microbatch > 0 and config.batch_size % config.microbatch:
             raise UserError(f"--microbatch {config.microbatch} must divide --batch_size {config.batch_size}")
+        if config.log_interval < 1 or config.save_interval < 1:
+            raise UserError(f"--log_interval {config.log_interval} / --save_interval {config.save_interval}: "
+                            "expected positive step counts")
+        if config.lr <= 0:
+            raise UserError(f"--lr {config.lr}: expected a positive learning rate")
         self.microbatch = config.microbatch if config.microbatch > 0 else config.batch_size
         self.autocast = autocast_for(self.device, config.precision)
         self.scaler = th.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.opt = th.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=self.device.type == "cuda")
+        self.fused = config.fused if config.fused is not None else self.device.type == "cuda"
+        for net in modules.values():
+            net.train()
+            if config.channels_last:
+                net.to(memory_format=th.channels_last)
+        self.optimizers = {
+            name: th.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=self.fused, **options)
+            for name, (params, options) in piece.param_groups().items()}
         self.step = 0
         self._resume()
-        dist_util.sync_params(self.model.parameters())
-        net = self.model
+        self._saved_step = self.step  # the step of the checkpoint on disk (loaded or written)
+        for net in modules.values():
+            dist_util.sync_params(net.parameters())
+        self.net = self._wrap(piece.main_module())
+        self.data = make_data(self.step)
+        self.global_batch = config.batch_size * self.world
+        self.generator: th.Generator | None = None
+        self._sums: dict[str, th.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self.last_logged: dict[str, float] = {}
+
+    @property
+    def opt(self) -> th.optim.Optimizer:
+        """The optimizer of a one-optimizer piece (guided diffusion's ``TrainLoop.opt``)."""
+        if len(self.optimizers) != 1:
+            raise AttributeError(f"the {self.piece.kind} has optimizers {', '.join(self.optimizers)}")
+        return next(iter(self.optimizers.values()))
+
+    def _wrap(self, net: th.nn.Module | None):
+        if net is None:
+            return None
         if self.world > 1:
             net = DDP(net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if config.use_compile:
+        if self.cfg.use_compile:
             # static shapes: the batch shape is fixed; dynamic-shape graphs are slower and, in torch
             # 2.13's inductor, can fail to compile once a process has compiled another input size
             net = th.compile(net, dynamic=False)
-        self.net = net
-        self.data = make_data(self.step)
-        self._sums: dict[str, th.Tensor] = {}
-        self._count = 0
+        return net
 
-    # -- checkpoints -------------------------------------------------------
+    # -- randomness of a step ------------------------------------------------
 
-    def _extra_files(self, step: int) -> list[str]:
-        """Files besides modelNNNNNN.pt that make a checkpoint complete."""
-        return [f"opt{step:06d}.pt"]
+    def mine(self, *global_tensors: th.Tensor):
+        """This rank's slice of tensors drawn for the global batch (first axis)."""
+        sl = slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        out = tuple(t[sl] for t in global_tensors)
+        return out[0] if len(out) == 1 else out
 
-    def _resume(self) -> None:
-        spec = self.cfg.resume_checkpoint
-        if not spec:
+    def randn(self, *item_shape: int) -> th.Tensor:
+        """Standard normal noise for this rank's images, drawn for the global batch: (B, *item_shape)."""
+        return self.mine(th.randn((self.global_batch, *item_shape), generator=self.generator, device=self.device))
+
+    def rand(self, *item_shape: int) -> th.Tensor:
+        """Uniform [0, 1) values for this rank's images, drawn for the global batch."""
+        return self.mine(th.rand((self.global_batch, *item_shape), generator=self.generator, device=self.device))
+
+    def randint(self, high: int, *item_shape: int) -> th.Tensor:
+        """Integers in [0, high) for this rank's images, drawn for the global batch."""
+        return self.mine(th.randint(0, high, (self.global_batch, *item_shape), generator=self.generator,
+                                    device=self.device))
+
+    # -- one optimizer step ----------------------------------------------------
+
+    def minimise(self, name: str, loss_fn: Callable[[slice], tuple[th.Tensor, dict]], batch_size: int) -> None:
+        """Step optimizer ``name`` on ``loss_fn``, summed over the micro-batches of this rank's batch.
+
+        ``loss_fn(sl)`` returns the mean loss of the images ``sl`` of the batch and a dict of loss
+        terms to log (tensors; their means are logged). Gradients are averaged across ranks.
+        """
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        n_micro = max(1, batch_size // self.microbatch)
+        ddp = isinstance(self.net, DDP) or isinstance(getattr(self.net, "_orig_mod", None), DDP)
+        for i in range(0, batch_size, self.microbatch):
+            sl = slice(i, i + self.microbatch)
+            last = i + self.microbatch >= batch_size
+            sync = self._ddp_module().no_sync() if ddp and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    loss, terms = loss_fn(sl)
+                self.scaler.scale(loss / n_micro).backward()
+            self._accumulate(terms)
+        if self.world > 1 and not ddp:
+            self._average_gradients(opt)
+        self.scaler.step(opt)  # unscales all gradients of the optimizer, then steps
+
+    def _ddp_module(self) -> DDP:
+        return self.net if isinstance(self.net, DDP) else self.net._orig_mod
+
+    def _average_gradients(self, opt: th.optim.Optimizer) -> None:
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
             return
-        if spec == "auto":
-            if self.is_main:
-                for name in ckpt.remove_stale_temporaries(self.cfg.log_dir):
-                    logger.log(f"removed {name}, left half-written by an interrupted run")
-            candidates = ckpt.list_model_checkpoints(self.cfg.log_dir)
-            for step, path in candidates:
-                try:
-                    self._load_checkpoint(path, step)
-                    logger.log(f"resumed from {path} (step {step})")
-                    return
-                except ckpt.CheckpointError as e:
-                    logger.warn(f"skipping checkpoint: {e}")
-            if candidates:
-                logger.warn(f"no usable checkpoint in {self.cfg.log_dir}; starting from scratch")
-            return
-        self._load_checkpoint(spec, ckpt.step_of(spec))
-        logger.log(f"resumed from {spec} (step {self.step})")
+        flat = th.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
-    def _load_checkpoint(self, path: str, step: int) -> None:
-        folder = os.path.dirname(path) or "."
-        # load every file first, then apply: a bad file leaves the trainer untouched
-        model_state = ckpt.load(path)
-        extras = {name: ckpt.load(os.path.join(folder, name)) for name in self._extra_files(step)}
-        opt_state = extras[f"opt{step:06d}.pt"]
-        if not isinstance(opt_state, dict) or "param_groups" not in opt_state:
-            raise ckpt.CheckpointError(f"{os.path.join(folder, f'opt{step:06d}.pt')}: not an optimizer state")
-        ckpt.apply_state_dict(self.model, model_state, path, self.kind)  # clear error on a mismatch
-        self.opt.load_state_dict({k: opt_state[k] for k in ("state", "param_groups")})
-        if "grad_scaler" in opt_state and opt_state["grad_scaler"]:
-            self.scaler.load_state_dict(opt_state["grad_scaler"])
-        self._load_extras(extras, step)
-        self.step = int(opt_state.get("step", step))
+    def run_step(self, batch: th.Tensor, cond: dict) -> None:
+        """One training step on this rank's ``batch`` (the step counter is not advanced)."""
+        self.generator = step_generator(self.cfg.seed, self.step, self.device)
+        if self.cfg.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=th.channels_last)
+        self.piece.step(self, batch, cond)
+        self.scaler.update()
+        self.piece.after_step(self)
 
-    def _load_extras(self, extras: dict, step: int) -> None:
-        pass
+    # -- the loop -------------------------------------------------------------
 
-    def save(self) -> None:
-        """Write this step's checkpoint files atomically (rank 0 only)."""
-        if self.is_main:
-            d = self.cfg.log_dir
-            os.makedirs(d, exist_ok=True)
-            s = self.step
-            opt_state = dict(self.opt.state_dict())
-            opt_state["step"] = s
-            opt_state["grad_scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else {}
-            # extras first, the model file last: a model file marks a complete checkpoint
-            ckpt.save(opt_state, os.path.join(d, f"opt{s:06d}.pt"))
-            self._save_extras(s)
-            ckpt.save(self.model.state_dict(), os.path.join(d, f"model{s:06d}.pt"))
-        dist_util.barrier()
-
-    def _save_extras(self, step: int) -> None:
-        pass
-
-    # -- the loop ----------------------------------------------------------
-
-    def _lr_at(self, step: int) -> float:
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step``: constant, or lr * (1 - step / total_steps) when annealed."""
         if not (self.cfg.anneal_lr and self.cfg.total_steps):
             return self.cfg.lr
         return self.cfg.lr * (1 - step / self.cfg.total_steps)
 
-    def _global_draw(self, step: int, shape):
-        """Timesteps and noise for this rank's slice of the global batch at ``step``."""
-        gen = _step_generator(self.cfg.seed, step, self.device)
-        B = self.cfg.batch_size
-        global_b = B * self.world
-        t, w = self.schedule_sampler.sample(global_b, self.device, generator=gen)
-        noise = th.randn((global_b, *shape[1:]), generator=gen, device=self.device)
-        sl = slice(self.rank * B, (self.rank + 1) * B)
-        return t[sl], w[sl], noise[sl]
-
     def run_loop(self) -> None:
         total = self.cfg.total_steps
         bar = None
-        if self.cfg.progress and self.is_main:
+        if self.cfg.progress and self.is_main and (not total or self.step < total):
             from tqdm.auto import tqdm
-            bar = tqdm(total=total or None, initial=self.step, desc=f"train {self.kind}", dynamic_ncols=True)
+            bar = tqdm(total=total or None, initial=self.step, desc=f"train {self.piece.kind}", dynamic_ncols=True)
         try:
+            batch = None
             while not total or self.step < total:
                 batch, cond = next(self.data)
-                for group in self.opt.param_groups:
-                    group["lr"] = self._lr_at(self.step)
-                th.manual_seed(self.cfg.seed * 7919 + self.step)  # dropout: same stream after resume
-                self.run_step(batch.to(self.device, non_blocking=True),
-                              {k: v.to(self.device, non_blocking=True) for k, v in cond.items()
-                               if th.is_tensor(v)})
+                for opt in self.optimizers.values():
+                    for group in opt.param_groups:
+                        group["lr"] = self.lr_at(self.step)
+                th.manual_seed(dropout_seed(self.cfg.seed, self.step, self.rank))
+                batch = batch.to(self.device, non_blocking=True)
+                self.run_step(batch, {k: v.to(self.device, non_blocking=True) for k, v in cond.items()
+                                      if th.is_tensor(v)})
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
                 if self.step % self.cfg.log_interval == 0:
                     self.log_step()
+                    if self.monitor is not None and self.monitor.enabled:
+                        self.piece.show(self, batch)
                 if self.step % self.cfg.save_interval == 0:
                     self.save()
-                self.periodic()
-            if self.step % self.cfg.save_interval != 0:
+                self.piece.periodic(self)
+            if self._saved_step != self.step:
                 self.save()
-            if self._count:
+            if self._counts:
                 self.log_step()
         finally:
             if bar is not None:
                 bar.close()
-
-    def run_step(self, batch: th.Tensor, cond: dict) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        t, weights, noise = self._global_draw(self.step, batch.shape)
-        n_micro = batch.shape[0] // self.microbatch
-        for i in range(0, batch.shape[0], self.microbatch):
-            sl = slice(i, i + self.microbatch)
-            last = i + self.microbatch >= batch.shape[0]
-            sync = contextlib.nullcontext() if last or not isinstance(self.net, DDP) else self.net.no_sync()
-            with sync:
-                with self.autocast():
-                    loss, terms = self.compute_loss(batch[sl], {k: v[sl] for k, v in cond.items()},
-                                                    t[sl], weights[sl], noise[sl])
-                self.scaler.scale(loss / n_micro).backward()
-            self._accumulate(terms)
-        self.scaler.step(self.opt)  # unscales all gradients of the optimizer, then steps
-        self.scaler.update()
-        self.after_step()
-
-    def compute_loss(self, x, cond, t, weights, noise):
-        raise NotImplementedError
-
-    def after_step(self) -> None:
-        """Called after each optimizer step (EMA updates)."""
-
-    def periodic(self) -> None:
-        """Called after the step counter advanced (held-out evaluation)."""
 
     def _accumulate(self, terms: dict) -> None:
         # device-side sums: no host synchronisation inside the step
         for k, v in terms.items():
             v = v.detach().float().mean()
             self._sums[k] = self._sums[k] + v if k in self._sums else v
-        self._count += 1
+            self._counts[k] = self._counts.get(k, 0) + 1
 
     def log_step(self) -> dict:
-        values = {k: (v / self._count).item() for k, v in self._sums.items()}
-        self._sums, self._count = {}, 0
+        """Average the loss terms since the last log step; rank 0 writes them. Returns the means."""
+        values = {k: (v / self._counts[k]).item() for k, v in self._sums.items()}
+        self._sums, self._counts = {}, {}
         if self.is_main:
-            for k, v in values.items():
+            for k, v in sorted(values.items()):
                 logger.logkv(k, v)
             logger.logkv("step", self.step)
-            logger.logkv("lr", self.opt.param_groups[0]["lr"])
+            if self.cfg.epoch_size:
+                logger.logkv("epoch", self.step * self.global_batch / self.cfg.epoch_size)
+            logger.logkv("lr", self.lr_at(max(self.step - 1, 0)))
             logger.dumpkvs()
             if self.monitor is not None:
-                self.monitor.line(f"{self.kind}_loss", self.step,
-                                  {k: v for k, v in values.items() if not k.startswith("acc")},
-                                  title=f"{self.kind} training loss")
+                kind = self.piece.kind
+                self.monitor.line(f"{kind}_loss", self.step, {k: v for k, v in values.items() if not k.startswith("acc")},
+                                  title=f"{kind} training loss")
                 acc = {k: v for k, v in values.items() if k.startswith("acc")}
                 if acc:
-                    self.monitor.line(f"{self.kind}_accuracy", self.step, acc, title=f"{self.kind} accuracy")
+                    self.monitor.line(f"{kind}_accuracy", self.step, acc, title=f"{kind} accuracy")
+        self.last_logged = values
         return values
 
+    # -- checkpoints ------------------------------------------------------------
 
-class TrainLoop(_Trainer):
-    """Diffusion UNet training with the hybrid loss and EMA weights (guided diffusion's TrainLoop)."""
+    def marker_prefix(self) -> str:
+        return list(self.piece.state_dicts())[-1]
 
-    kind = "model"
+    def checkpoint_path(self, prefix: str, step: int) -> str:
+        return os.path.join(self.cfg.log_dir, ckpt.checkpoint_name(prefix, step))
 
-    def __init__(self, model, diffusion, make_data, config: TrainConfig, ema_rate="0.9999", **kwargs):
-        self.ema_rate = [float(r) for r in str(ema_rate).split(",")] if str(ema_rate) else []
-        self.ema_params = [[p.detach().clone() for p in model.parameters()] for _ in self.ema_rate]
-        super().__init__(model, diffusion, make_data, config, **kwargs)
+    def save(self) -> None:
+        """Write this step's checkpoint files atomically (rank 0 only): the optimizer file first,
+        then the piece's files, its marker last, so a marker file means a complete checkpoint."""
+        if self.is_main:
+            os.makedirs(self.cfg.log_dir, exist_ok=True)
+            states = {OPT: self._optimizer_state(), **self.piece.state_dicts()}
+            for prefix, state in states.items():
+                ckpt.save(state, self.checkpoint_path(prefix, self.step))
+        self._saved_step = self.step
+        dist_util.barrier()
 
-    def _ema_name(self, rate: float, step: int) -> str:
-        return f"ema_{rate}_{step:06d}.pt"
+    def _optimizer_state(self) -> dict:
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
+        if len(self.optimizers) == 1:  # the layout of guided diffusion's opt files, plus the step
+            return {**self.opt.state_dict(), "step": self.step, "grad_scaler": scaler}
+        return {"step": self.step, "grad_scaler": scaler,
+                **{name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
-    def _extra_files(self, step):
-        return super()._extra_files(step) + [self._ema_name(r, step) for r in self.ema_rate]
+    def _resume(self) -> None:
+        spec = self.cfg.resume_checkpoint
+        if not spec:
+            return
+        if spec == "auto":
+            self._resume_newest()
+            return
+        if not os.path.isfile(spec):
+            raise MissingInputError(f"--resume_checkpoint {spec}: no such file")
+        prefixes = [OPT, *self.piece.state_dicts()]
+        parsed = ckpt.parse_checkpoint_name(spec)
+        if parsed is None or parsed[0] not in prefixes:
+            raise UserError(f"--resume_checkpoint {spec}: expected a file named "
+                            f"{' or '.join(p + 'NNNNNN.pt' for p in prefixes)} of a {self.piece.kind} run")
+        self.load(os.path.dirname(spec) or ".", parsed[1])
+        logger.log(f"resumed from {spec} (step {self.step})")
 
-    def _load_extras(self, extras, step):
-        names = [n for n, _ in self.model.named_parameters()]
-        for rate, params in zip(self.ema_rate, self.ema_params):
-            state = extras[self._ema_name(rate, step)]
-            for name, p in zip(names, params):
-                if name not in state or state[name].shape != p.shape:
-                    raise ckpt.CheckpointError(f"{self._ema_name(rate, step)}: EMA weights do not fit the model")
-                p.copy_(state[name])
+    def _resume_newest(self) -> None:
+        folder = self.cfg.log_dir
+        if self.is_main:
+            for name in ckpt.remove_stale_temporaries(folder):
+                logger.warn(f"removed the half-written {name} of an interrupted run")
+        dist_util.barrier()
+        candidates = ckpt.list_checkpoints(folder, self.marker_prefix())
+        for step, _ in candidates:
+            try:
+                self.load(folder, step)
+            except ckpt.CheckpointError as e:
+                logger.warn(f"skipping checkpoint: {e}")
+                continue
+            logger.log(f"resumed from step {step} in {folder}")
+            return
+        if candidates:
+            logger.warn(f"no usable checkpoint in {folder}; starting from scratch")
 
-    def _save_extras(self, step):
-        for rate, params in zip(self.ema_rate, self.ema_params):
-            ckpt.save(self.ema_state_dict(params), os.path.join(self.cfg.log_dir, self._ema_name(rate, step)))
+    def load(self, folder: str, step: int) -> None:
+        """Load every file of the checkpoint at ``step``; a bad file leaves everything untouched."""
+        prefixes = list(self.piece.state_dicts())
+        paths = {prefix: os.path.join(folder, ckpt.checkpoint_name(prefix, step)) for prefix in [OPT, *prefixes]}
+        states = {prefix: ckpt.load(paths[prefix]) for prefix in prefixes}
+        self.piece.check_state_dicts(states, paths)
+        opt_state = ckpt.load(paths[OPT])
+        saved = self._optimizer_states(opt_state, paths[OPT])
+        before = {name: copy.deepcopy(opt.state_dict()) for name, opt in self.optimizers.items()}
+        try:
+            for name, opt in self.optimizers.items():
+                _load_optimizer(opt, saved[name])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(before[name])
+            raise ckpt.CheckpointError(f"{paths[OPT]}: the optimizer state does not fit the flags ({e})") from None
+        self.piece.load_state_dicts(states)
+        if self.scaler.is_enabled() and opt_state.get("grad_scaler"):
+            self.scaler.load_state_dict(opt_state["grad_scaler"])
+        self.step = int(opt_state.get("step", step))
 
-    def ema_state_dict(self, params) -> dict:
-        state = self.model.state_dict()
-        for (name, _), p in zip(self.model.named_parameters(), params):
-            state[name] = p.detach().clone()
-        return state
-
-    def compute_loss(self, x, cond, t, weights, noise):
-        losses = self.diffusion.training_losses(self.net, x, t, model_kwargs=cond, noise=noise)
-        if isinstance(self.schedule_sampler, LossAwareSampler):
-            self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
-        return (losses["loss"] * weights).mean(), losses
-
-    def after_step(self) -> None:
-        params = [p.detach() for p in self.model.parameters()]
-        for rate, ema in zip(self.ema_rate, self.ema_params):
-            th._foreach_lerp_(ema, params, 1.0 - rate)  # ema <- rate * ema + (1 - rate) * p
+    def _optimizer_states(self, opt_state, path: str) -> dict[str, dict]:
+        if not isinstance(opt_state, dict):
+            raise ckpt.CheckpointError(f"{path}: expected an optimizer state dict")
+        if len(self.optimizers) == 1 and "param_groups" in opt_state:
+            return {next(iter(self.optimizers)): opt_state}
+        missing = [name for name in self.optimizers if not isinstance(opt_state.get(name), dict)]
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: expected the optimizer states {', '.join(self.optimizers)} "
+                                       f"of a {self.piece.kind} run, found {', '.join(map(str, opt_state)) or 'none'}")
+        return {name: opt_state[name] for name in self.optimizers}
 
 
-class ClassifierTrainLoop(_Trainer):
-    """Noise-aware classifier: cross entropy of classifier(q_sample(x, t), t) against the label."""
-
-    kind = "classifier"
-
-    def __init__(self, classifier, diffusion, make_data, config: TrainConfig, noised: bool = True,
-                 make_val_data: Callable[[], Iterator] | None = None, eval_interval: int = 0, **kwargs):
-        self.noised = noised
-        self.make_val_data = make_val_data
-        self.eval_interval = eval_interval
-        super().__init__(classifier, diffusion, make_data, config, **kwargs)
-
-    def _logits_and_terms(self, net, x, y, t, noise):
-        if self.noised:
-            x = self.diffusion.q_sample(x, t, noise=noise)
-        else:
-            t = th.zeros_like(t)
-        logits = net(x, t)
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        acc = (logits.argmax(dim=-1) == y).float()
-        return loss, {"loss": loss, "acc": acc}
-
-    def compute_loss(self, x, cond, t, weights, noise):
-        loss, terms = self._logits_and_terms(self.net, x, cond["y"], t, noise)
-        return loss.mean(), terms
-
-    def periodic(self) -> None:
-        if self.make_val_data is not None and self.eval_interval and self.step % self.eval_interval == 0:
-            self.evaluate()
-
-    @th.no_grad()
-    def evaluate(self, max_batches: int = 4) -> dict:
-        """Loss and accuracy on held-out data at random noise levels (seeded per step)."""
-        self.model.eval()
-        sums = {}
-        n = 0
-        gen = _step_generator(self.cfg.seed + 1, self.step, self.device)
-        for i, (x, cond) in enumerate(self.make_val_data()):
-            if i >= max_batches:
-                break
-            x = x.to(self.device)
-            y = cond["y"].to(self.device)
-            t = th.randint(0, self.diffusion.num_timesteps, (x.shape[0],), generator=gen, device=self.device)
-            noise = th.randn(x.shape, generator=gen, device=self.device)
-            with self.autocast():
-                _, terms = self._logits_and_terms(self.model, x, y, t, noise)
-            for k, v in terms.items():
-                sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + v.float().sum().item()
-            n += x.shape[0]
-        self.model.train()
-        values = {k: v / max(n, 1) for k, v in sums.items()}
-        if self.is_main and values:
-            for k, v in values.items():
-                logger.logkv(k, v)
-            if self.monitor is not None:
-                self.monitor.line("classifier_accuracy", self.step, {"val_acc": values["val_acc"]},
-                                  title="classifier accuracy")
-        return values
+def _load_optimizer(opt: th.optim.Optimizer, saved: dict) -> None:
+    """``opt.load_state_dict(saved)`` keeping this run's kernel options: a checkpoint written
+    without fused AdamW (on a CPU, or by the original code) would otherwise switch the fused
+    kernel off, and GradScaler would then hand ``grad_scale`` to the foreach path, which refuses
+    it; the step counters are also moved where the fused kernel needs them."""
+    groups = []
+    for group, current in zip(saved.get("param_groups", []), opt.param_groups):
+        groups.append({**group, **{k: current[k] for k in _GROUP_OPTIONS if k in current}})
+    opt.load_state_dict({**saved, "param_groups": groups})

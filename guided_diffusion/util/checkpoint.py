@@ -24,7 +24,7 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-_MODEL_RE = re.compile(r"^model(\d{6,})\.pt$")
+_NAME_RE = re.compile(r"^(?P<prefix>.*?)(?P<step>\d{6,})\.pt$")
 
 
 def save(obj, path: str) -> None:
@@ -107,23 +107,36 @@ def _flag_hint(wrong, missing, unexpected) -> str:
     return "check --num_res_blocks / --classifier_depth / --channel_mult / --image_size"
 
 
+def checkpoint_name(prefix: str, step: int) -> str:
+    """The one naming scheme: ``<prefix><step:06d>.pt`` (``model000100.pt``, ``ema_0.9999_000100.pt``)."""
+    return f"{prefix}{step:06d}.pt"
+
+
+def parse_checkpoint_name(name: str) -> tuple[str, int] | None:
+    """``(prefix, step)`` of a name made by :func:`checkpoint_name` (a path's folder is ignored), else None."""
+    match = _NAME_RE.match(os.path.basename(name))
+    if match is None:
+        return None
+    return match["prefix"], int(match["step"])
+
+
 def step_of(path: str) -> int:
     """Step number in a checkpoint file name (model000100.pt -> 100)."""
-    m = re.search(r"(\d{6,})\.pt$", os.path.basename(path))
-    if not m:
+    parsed = parse_checkpoint_name(path)
+    if parsed is None:
         raise CheckpointError(f"{path}: expected a name ending in NNNNNN.pt (the training step)")
-    return int(m.group(1))
+    return parsed[1]
 
 
-def list_model_checkpoints(log_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every ``modelNNNNNN.pt`` in ``log_dir``, newest first."""
+def list_checkpoints(log_dir: str, prefix: str = "model") -> list[tuple[int, str]]:
+    """(step, path) of every ``<prefix>NNNNNN.pt`` in ``log_dir``, newest first."""
     if not os.path.isdir(log_dir):
         return []
     found = []
     for name in os.listdir(log_dir):
-        m = _MODEL_RE.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(log_dir, name)))
+        parsed = parse_checkpoint_name(name)
+        if parsed is not None and parsed[0] == prefix:
+            found.append((parsed[1], os.path.join(log_dir, name)))
     return sorted(found, reverse=True)
 
 

@@ -1,0 +1,160 @@
+"""The dataset factory and the one training batch stream (SPEC section 5).
+
+:func:`training_batches` feeds every trainer. Its order of samples is a documented
+function of (seed, batch size, shard), so a resumed or multi-process run sees
+exactly the batches an uninterrupted single-process run would have seen.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from ..util.errors import UserError
+from ..util.flags import DATASETS
+from .brats import BRATSDataset
+from .chexpert import CheXpertDataset
+
+
+def create_dataset(
+    data_dir: str | os.PathLike, dataset: str, image_size: int, label_dir: str | os.PathLike | None = None
+) -> Dataset:
+    """The dataset named by ``--dataset``: ``BRATSDataset`` or ``CheXpertDataset``.
+
+    ``label_dir`` (BRATS test labels) is only meaningful for 'brats'; an empty
+    string counts as not given.
+    """
+    label_dir = label_dir or None
+    if dataset == "brats":
+        return BRATSDataset(data_dir, label_dir=label_dir, image_size=image_size)
+    if dataset == "chexpert":
+        if label_dir is not None:
+            raise UserError(
+                f"--label_dir {label_dir}: only used with --dataset brats (CheXpert labels are folder names)"
+            )
+        return CheXpertDataset(data_dir, image_size=image_size)
+    raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Endless batches of indices in a fixed, resumable order.
+
+    The stream of indices is the concatenation over epochs e = 0, 1, 2, ... of a
+    permutation of range(N) drawn with ``torch.Generator().manual_seed(seed + e)``
+    (``torch.randperm``), or of range(N) itself when ``deterministic``. Global
+    batch k is stream[k*G : (k+1)*G] with G = batch_size * num_shards; this shard
+    takes positions [shard*batch_size, (shard+1)*batch_size) of each global batch.
+    Iteration starts at global batch ``start_step``; skipped batches cost nothing
+    since positions are computed arithmetically. N < G is fine: the stream wraps
+    into the next epoch.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        deterministic: bool = False,
+        seed: int = 0,
+        start_step: int = 0,
+        shard: int = 0,
+        num_shards: int = 1,
+    ):
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items {num_items}: expected at least one item")
+        if batch_size < 1:
+            raise UserError(f"--batch_size {batch_size}: expected at least 1")
+        if num_shards < 1:
+            raise ValueError(f"num_shards {num_shards}: expected at least 1")
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard {shard}: expected 0..{num_shards - 1} for {num_shards} shards")
+        if start_step < 0:
+            raise ValueError(f"start_step {start_step}: expected 0 or more")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.deterministic = deterministic
+        self.seed = seed
+        self.start_step = start_step
+        self.shard = shard
+        self.num_shards = num_shards
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The order of the items in ``epoch``."""
+        if self.deterministic:
+            return list(range(self.num_items))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_items, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.num_shards
+        step = self.start_step
+        epoch, order = -1, []
+        while True:
+            first = step * global_batch + self.shard * self.batch_size
+            batch = []
+            # Positions only grow, so each epoch's permutation is drawn once.
+            for position in range(first, first + self.batch_size):
+                position_epoch, offset = divmod(position, self.num_items)
+                if position_epoch != epoch:
+                    epoch, order = position_epoch, self.epoch_order(position_epoch)
+                batch.append(order[offset])
+            yield batch
+            step += 1
+
+
+def training_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    indices: Sequence[int] | None = None,
+    deterministic: bool = False,
+    seed: int = 0,
+    start_step: int = 0,
+    shard: int = 0,
+    num_shards: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, dict]]:
+    """An endless stream of training batches ``(images, {"y": labels})`` from ``dataset``.
+
+    ``images`` is float32 (B, C, S, S) in [0, 1] (C = 4 for brats, 1 for chexpert),
+    ``labels`` a LongTensor (B,) with healthy = 0. ``indices`` restricts the stream to those
+    items (a held-out split, the healthy images). The order is the one of
+    ``ShardedBatchSampler`` (read it there); with ``num_shards`` processes, shard ``r``
+    passes ``shard=r``, and a run resumed at step k passes ``start_step=k``.
+    ``num_workers`` and ``pin_memory`` go to the ``DataLoader``; workers persist between
+    batches.
+    """
+    if num_workers < 0:
+        raise UserError(f"--num_workers {num_workers}: expected 0 or more")
+    items = dataset if indices is None else Subset(dataset, list(indices))
+    sampler = ShardedBatchSampler(len(items), batch_size, deterministic=deterministic, seed=seed,
+                                  start_step=start_step, shard=shard, num_shards=num_shards)
+    loader = DataLoader(items, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                        persistent_workers=num_workers > 0, collate_fn=collate_training_batch)
+    while True:  # the sampler never ends; the loop only restarts if a loader ever stops
+        yield from loader
+
+
+def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:
+    """Label of every item (0 healthy, 1 diseased): the data set's ``labels`` where it lists them
+    (CheXpert: from the folder names), else read from the items (BRATS: from the ground truth)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return [int(y) for y in labels]
+    loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=_labels_of)
+    return [y for batch in loader for y in batch]
+
+
+def _labels_of(items: list[tuple[torch.Tensor, dict]]) -> list[int]:
+    return [int(info["y"]) for _, info in items]
+
+
+def collate_training_batch(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:
+    """Stack dataset items into ``(images (B, C, S, S), {"y": LongTensor (B,)})``."""
+    images = torch.stack([image for image, _ in items])  # (B, C, S, S)
+    labels = torch.tensor([info["y"] for _, info in items], dtype=torch.long)  # (B,)
+    return images, {"y": labels}

@@ -1,0 +1,338 @@
+"""The flag registry: every command-line flag, declared once, with its meaning and default.
+
+Groups are the sections of ``--help`` and the typed configs the library takes (the machinery
+is :mod:`guided_diffusion.util.flagspec`). The model, diffusion and classifier groups are the
+flags of guided diffusion (their defaults are :mod:`guided_diffusion.script_util`'s defaults
+dicts); the others belong to this project's scripts. A script picks the groups it needs.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from .flagspec import REQUIRED, FlagGroup, flag
+
+DATASETS = ("brats", "chexpert")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
+PROTOCOLS = ("paper", "all")
+LATENT_PRIORS = ("adversarial", "kl")
+
+
+@dataclass(frozen=True)
+class RunFlags(FlagGroup):
+    NAME = "run"
+    ABOUT = "where the run writes, how it is seeded, what it runs on"
+    log_dir: str = flag("", "folder for log.txt, progress.csv, saved flags and checkpoints "
+                            "(none: $OPENAI_LOGDIR, else results/<script>-<timestamp>)", metavar="DIR")
+    seed: int = flag(0, "seeds everything random: initial weights, data order, timesteps and noise")
+    device: str = flag("", "cpu, cuda or cuda:N (none: this process's GPU when there is one, else the CPU)")
+    progress: bool = flag(True, "show a progress bar")
+
+
+@dataclass(frozen=True)
+class DataFlags(FlagGroup):
+    NAME = "data"
+    ABOUT = "the images and how they are batched"
+    data_dir: str = flag("", "the data folder (BRATS leaf folders, or CheXpert healthy/ and diseased/)",
+                         metavar="DIR")
+    label_dir: str = flag("", "BRATS ground truths <leaf>-label.nii.gz for leaves without a seg file",
+                          metavar="DIR")
+    dataset: str = flag("brats", "brats: 4 channels t1, t1ce, t2, flair; chexpert: 1 channel", choices=DATASETS)
+    image_size: int = flag(64, "side of the square network input in pixels; smaller images are "
+                               "zero-padded evenly to it, larger ones are an error")
+    batch_size: int = flag(1, "images per batch and process")
+    num_workers: int = flag(0, "data-loading worker processes (0: load in the main process)")
+
+
+@dataclass(frozen=True)
+class MonitorFlags(FlagGroup):
+    NAME = "monitoring"
+    ABOUT = "live curves and images in Visdom (python -m guided_diffusion.util.visdom_server)"
+    visdom: bool = flag(False, "send training curves and translation images to a Visdom server")
+    visdom_server: str = flag("http://127.0.0.1", "the Visdom server's address", metavar="URL")
+    visdom_port: int = flag(8850, "the Visdom server's port (the original used 8850)")
+    visdom_every: int = flag(50, "translation: show the intermediate sample every N steps")
+
+
+@dataclass(frozen=True)
+class ModelFlags(FlagGroup):
+    NAME = "model"
+    ABOUT = "the diffusion UNet (guided diffusion's flags)"
+    num_channels: int = flag(128, "channels of the first UNet level (its width)")
+    num_res_blocks: int = flag(2, "residual blocks per UNet level")
+    num_heads: int = flag(4, "attention heads (when --num_head_channels is -1)")
+    num_heads_upsample: int = flag(-1, "attention heads in the decoder half (-1: --num_heads)")
+    num_head_channels: int = flag(-1, "channels per attention head (-1: use --num_heads)")
+    attention_resolutions: str = flag("16,8", "feature-map sides with self-attention, comma-separated",
+                                      metavar="R1,R2")
+    channel_mult: str = flag("", "width multiplier of each level, comma-separated (none: guided diffusion's "
+                                 "choice for --image_size)", metavar="M1,M2")
+    dropout: float = flag(0.0, "dropout probability in the residual blocks")
+    class_cond: bool = flag(False, "condition on the class label (0 healthy, 1 diseased); the method needs it")
+    use_checkpoint: bool = flag(False, "gradient checkpointing: less memory, more compute")
+    use_scale_shift_norm: bool = flag(True, "FiLM-like timestep conditioning in the residual blocks")
+    resblock_updown: bool = flag(False, "residual blocks for up- and downsampling")
+    use_fp16: bool = flag(False, "run the UNet in float16 (same as --precision fp16 for the UNet)")
+    use_new_attention_order: bool = flag(False, "split q, k, v before the heads (guided diffusion's newer order)")
+
+
+@dataclass(frozen=True)
+class DiffusionFlags(FlagGroup):
+    NAME = "diffusion"
+    ABOUT = "the diffusion process (guided diffusion's flags)"
+    learn_sigma: bool = flag(False, "the UNet also predicts the variance (2 x C output channels, hybrid loss)")
+    diffusion_steps: int = flag(1000, "T, the steps of the diffusion process")
+    noise_schedule: str = flag("linear", "beta schedule", choices=("linear", "cosine"))
+    timestep_respacing: str = flag("", "sample on a subset of the T steps: ddimN or N1,N2,... section counts "
+                                       "(none: all T); --noise_level counts these steps", metavar="SPEC")
+    use_kl: bool = flag(False, "train on the variational bound alone")
+    predict_xstart: bool = flag(False, "the UNet predicts x_0 instead of the noise")
+    rescale_timesteps: bool = flag(False, "hand the networks t * 1000 / T")
+    rescale_learned_sigmas: bool = flag(False, "rescale the variational-bound term to T = 1000")
+
+
+@dataclass(frozen=True)
+class ClassifierFlags(FlagGroup):
+    NAME = "classifier"
+    ABOUT = "the noise-aware healthy/diseased classifier (guided diffusion's flags)"
+    classifier_use_fp16: bool = flag(False, "run the classifier in float16")
+    classifier_width: int = flag(128, "channels of the first classifier level")
+    classifier_depth: int = flag(2, "residual blocks per classifier level")
+    classifier_attention_resolutions: str = flag("32,16,8", "feature-map sides with self-attention",
+                                                 metavar="R1,R2")
+    classifier_use_scale_shift_norm: bool = flag(True, "FiLM-like timestep conditioning")
+    classifier_resblock_updown: bool = flag(True, "residual blocks for downsampling")
+    classifier_pool: str = flag("attention", "how the last feature map becomes two logits",
+                                choices=("adaptive", "attention", "spatial", "spatial_v2"))
+    classifier_channel_mult: str = flag("", "width multiplier of each level (none: the choice for --image_size)",
+                                        metavar="M1,M2")
+    classifier_num_head_channels: int = flag(64, "channels per attention head")
+
+
+@dataclass(frozen=True)
+class SpeedFlags(FlagGroup):
+    NAME = "speed"
+    ABOUT = "how fast the networks run (fp32 eager is exactly the original's numbers)"
+    precision: str = flag("fp32", "autocast precision of the networks", choices=PRECISIONS)
+    compile: bool = flag(False, "torch.compile the networks (static shapes; first steps are slow)")
+    channels_last: bool = flag(False, "channels-last memory layout for the networks")
+
+
+@dataclass(frozen=True)
+class TrainFlags(FlagGroup):
+    NAME = "training"
+    ABOUT = "the optimisation (AdamW), logging and checkpoints"
+    lr: float = flag(1e-4, "learning rate")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    microbatch: int = flag(-1, "accumulate gradients over micro-batches of this size (-1: the whole batch)")
+    log_interval: int = flag(10, "average and log the loss terms every N steps")
+    save_interval: int = flag(10000, "write a checkpoint every N steps (and at the end)")
+    resume_checkpoint: str = flag("", "continue from this checkpoint file (any file of a checkpoint), or "
+                                      "auto: the newest complete checkpoint in --log_dir", metavar="PATH")
+
+
+@dataclass(frozen=True)
+class TimestepFlags(FlagGroup):
+    NAME = "timesteps"
+    ABOUT = "which diffusion timesteps training sees"
+    schedule_sampler: str = flag("uniform", "uniform, or importance sampling by the loss history "
+                                            "(Nichol & Dhariwal 2021)", choices=SCHEDULE_SAMPLERS)
+
+
+@dataclass(frozen=True)
+class DiffusionTrainFlags(FlagGroup):
+    NAME = "diffusion training"
+    ABOUT = "image_train.py: length and weight averaging"
+    lr_anneal_steps: int = flag(0, "stop after N steps, the learning rate decaying linearly to 0 "
+                                   "(0: run until stopped)")
+    ema_rate: str = flag("0.9999", "EMA rates of the weights, comma-separated (one ema_<rate>_NNNNNN.pt each)",
+                         metavar="R1,R2")
+
+
+@dataclass(frozen=True)
+class LengthFlags(FlagGroup):
+    NAME = "length"
+    ABOUT = "how long training runs"
+    iterations: int = flag(0, "stop after N steps (0: use --epochs)")
+    epochs: float = flag(0.0, "with --iterations 0: passes over the training images (global batches)")
+
+
+@dataclass(frozen=True)
+class ClassifierTrainFlags(FlagGroup):
+    NAME = "classifier training"
+    ABOUT = "classifier_train.py: noise, learning rate and held-out accuracy"
+    noised: bool = flag(True, "train on noised images q(x_t | x_0) at random t (the noise-aware classifier)")
+    anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 at the last step")
+    eval_interval: int = flag(50, "held-out loss and accuracy every N steps (0: never)")
+    val_data_dir: str = flag("", "held-out folder for the accuracy (none: --val_fraction of --data_dir)",
+                             metavar="DIR")
+    val_label_dir: str = flag("", "the --label_dir of --val_data_dir", metavar="DIR")
+
+
+@dataclass(frozen=True)
+class TranslateFlags(FlagGroup):
+    NAME = "translation"
+    ABOUT = "which network translates which images, and where the results go"
+    model_path: str = flag("", "the checkpoint of the translating network (model/ema/G file)", metavar="PATH")
+    output_dir: str = flag("", "folder for <id>.npz, <id>.png, metrics.csv and summary.json "
+                               "(none: <log_dir>/samples)", metavar="DIR")
+    num_samples: int = flag(-1, "translate the first N images of --data_dir (-1: all)")
+
+
+@dataclass(frozen=True)
+class SamplingFlags(FlagGroup):
+    NAME = "sampling"
+    ABOUT = "the diffusion translation: encoding depth L, guidance scale s, sampler"
+    classifier_path: str = flag("", "the classifier checkpoint (classifier_train.py's modelNNNNNN.pt)",
+                                metavar="PATH")
+    classifier_scale: float = flag(100.0, "s, the scale of the classifier gradient (paper: 100)")
+    noise_level: int = flag(500, "L, how far the image is encoded, in steps of the (respaced) process "
+                                 "1..T; with ddim1000, 500 is half way")
+    use_ddim: bool = flag(False, "True: DDIM encoding and guided DDIM decoding (the method); "
+                                 "False: noise to L and guided DDPM sampling")
+    clip_denoised: bool = flag(True, "clip the predicted x_0 to [-1, 1] at every step")
+
+
+@dataclass(frozen=True)
+class EvaluationFlags(FlagGroup):
+    NAME = "evaluation"
+    ABOUT = "how the anomaly maps are scored"
+    protocol: str = flag("paper", "paper: Dice over diseased images, AUROC/AUPRC over images with more than 20 "
+                                  "tumour pixels; all: every image with ground truth", choices=PROTOCOLS)
+
+
+@dataclass(frozen=True)
+class VAEFlags(FlagGroup):
+    NAME = "vae"
+    ABOUT = "the VAE baseline (cAAE, Chen & Konukoglu 2018)"
+    vae_width: int = flag(32, "channels of the first encoder layer")
+    vae_depth: int = flag(6, "stride-2 downsamplings (the bottleneck side is --image_size / 2^depth)")
+    latent_dim: int = flag(128, "size of the latent code")
+    latent_prior: str = flag("adversarial", "adversarial (the cAAE) or kl (a Gaussian VAE)",
+                             choices=LATENT_PRIORS)
+    latent_disc_width: int = flag(256, "units of the latent discriminator (adversarial prior)")
+
+
+@dataclass(frozen=True)
+class VAELossFlags(FlagGroup):
+    NAME = "vae losses"
+    ABOUT = "weights of the VAE's loss terms"
+    kl_weight: float = flag(1.0, "weight of the KL term (kl prior)")
+    lambda_adv: float = flag(1.0, "weight of the encoder's adversarial term (adversarial prior)")
+    lambda_consistency: float = flag(1.0, "weight of the latent consistency ||E(x) - E(x_rec)||^2")
+
+
+@dataclass(frozen=True)
+class FPGANFlags(FlagGroup):
+    NAME = "fpgan"
+    ABOUT = "the FixedPoint-GAN baseline (Siddiquee et al. 2019)"
+    fpgan_width: int = flag(64, "channels of the generator's first layer")
+    fpgan_res_blocks: int = flag(6, "residual blocks of the generator")
+    fpgan_d_width: int = flag(64, "channels of the discriminator's first layer")
+    fpgan_d_depth: int = flag(6, "stride-2 layers of the discriminator")
+
+
+@dataclass(frozen=True)
+class FPGANLossFlags(FlagGroup):
+    NAME = "fpgan losses"
+    ABOUT = "FixedPoint-GAN's loss weights and critic steps (paper: 1, 10, 10, 10, 5)"
+    lambda_cls: float = flag(1.0, "weight of the domain classification terms")
+    lambda_gp: float = flag(10.0, "weight of the WGAN gradient penalty")
+    lambda_rec: float = flag(10.0, "weight of the cycle-consistency term")
+    lambda_id: float = flag(10.0, "weight of the fixed-point (identity) term")
+    n_critic: int = flag(5, "critic steps per generator step")
+
+
+@dataclass(frozen=True)
+class ResultsFlags(FlagGroup):
+    NAME = "results"
+    ABOUT = "the translation output folder to score"
+    run_dir: str = flag(REQUIRED, "a translation output folder (<id>.npz files)", metavar="OUTPUT_DIR",
+                        positional=True)
+
+
+@dataclass(frozen=True)
+class CompareFlags(FlagGroup):
+    NAME = "comparison"
+    ABOUT = "the table and figure over several methods' output folders"
+    run_dirs: str = flag(REQUIRED, "translation output folders, one per method", metavar="RUN_DIR",
+                         nargs="+", positional=True)
+    names: str = flag("", "comma-separated method names, one per RUN_DIR (none: each summary's method, or "
+                          "the folder name)")
+    examples: int = flag(4, "example slices in comparison.png (ids common to all runs, diseased first; 0: none)")
+
+
+@dataclass(frozen=True)
+class OutputFlags(FlagGroup):
+    NAME = "output"
+    ABOUT = "where the script writes"
+    out: str = flag(REQUIRED, "output folder", metavar="DIR")
+
+
+@dataclass(frozen=True)
+class SplitFlags(FlagGroup):
+    NAME = "split"
+    ABOUT = "patient-level splits: no patient's slices on two sides"
+    test_fraction: float = flag(0.2, "fraction of the patients written to testing/")
+    val_fraction: float = flag(0.1, "fraction of the patients held out as a validation split (classifier_train.py: "
+                                    "of --data_dir, when there is no --val_data_dir)")
+
+
+def parse_slice_range(text: str) -> tuple[int, int]:
+    """Parse ``FIRST,LAST`` (inclusive, 0-based axial slice indices)."""
+    parts = text.split(",")
+    try:
+        first, last = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST,LAST (two integers), found {text!r}") from None
+    if not 0 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 0 <= FIRST <= LAST, found {text!r}")
+    return first, last
+
+
+DEFAULT_SLICE_RANGE = (80, 128)
+"""First and last axial slice kept (inclusive): 49 of 155, the lowest 80 and the
+topmost 26 removed as in Wolleb et al. 2022."""
+
+
+@dataclass(frozen=True)
+class PrepareBratsFlags(FlagGroup):
+    NAME = "BraTS release"
+    ABOUT = "prepare_brats.py: the release folder and what is kept"
+    src: str = flag(REQUIRED, "folder of the release's patient folders (BraTS20_Training_XXX/ ...)", metavar="DIR")
+    slice_range: tuple = flag(DEFAULT_SLICE_RANGE, "axial slices kept, 0-based, both ends included (80,128 = 49 "
+                                                   "slices)", metavar="FIRST,LAST", parse=parse_slice_range)
+    write_label_dir: bool = flag(False, "also write OUT/test_labels/<leaf>-label.nii.gz, the original's test "
+                                        "label layout")
+
+
+@dataclass(frozen=True)
+class PrepareChexpertFlags(FlagGroup):
+    NAME = "CheXpert release"
+    ABOUT = "prepare_chexpert.py: the CSV and the images it points to"
+    csv: str = flag(REQUIRED, "CheXpert CSV, e.g. CheXpert-v1.0-small/train.csv", metavar="FILE")
+    image_root: str = flag(REQUIRED, "folder the CSV's Path column is relative to (the one holding "
+                                     "CheXpert-v1.0-small/)", metavar="DIR")
+    keep_uncertain: bool = flag(False, "count uncertain (-1) pleural effusion as diseased instead of dropping "
+                                       "the row")
+
+
+@dataclass(frozen=True)
+class SyntheticFlags(FlagGroup):
+    NAME = "synthetic data"
+    ABOUT = "the generator of the example set in data/"
+    size: int = flag(240, "side of the square images in pixels")
+    n_train: int = flag(48, "training slices (BRATS) / images (CheXpert)")
+    n_test: int = flag(8, "test slices (BRATS) / images (CheXpert)")
+    tumour_fraction: float = flag(0.5, "fraction of each split with a tumour (BRATS) or effusion (CheXpert)")
+    datasets: str = flag("brats,chexpert", "which sets to write, comma-separated", metavar="NAMES")
+
+
+REGISTRY: tuple[type[FlagGroup], ...] = (
+    RunFlags, DataFlags, MonitorFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags, TrainFlags,
+    TimestepFlags, DiffusionTrainFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags, SamplingFlags,
+    EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags, ResultsFlags, CompareFlags,
+    OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags, SyntheticFlags,
+)
+"""Every group; a test checks that no flag name is declared twice."""

@@ -1,0 +1,239 @@
+"""Flag declarations and parsers: the machinery of the flag registry (:mod:`guided_diffusion.util.flags`).
+
+A group is a frozen dataclass whose fields are flags (name, type, default, help, choices);
+an instance of it is the typed config that library functions take. A script's config is a
+dataclass whose fields are groups (or parts of groups), for example::
+
+    @dataclass(frozen=True)
+    class TranslateConfig:
+        run: RunFlags
+        data: DataFlags
+        ...
+
+    cfg = parse_flags(TranslateConfig, argv, description=__doc__)   # cfg.data.batch_size: int
+
+``--help`` lists the flags section by section with one line each and the default. Two groups
+that declare one flag differently are an error when the parser is built; a script changes a
+default (not a declaration) with its config's ``DEFAULTS``.
+
+Booleans are written ``True``/``False`` (guided diffusion's convention); comma-separated
+lists stay strings where the pinned ``script_util`` defaults dicts hold strings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from .errors import UserError
+
+__all__ = ["Flag", "FlagGroup", "build_parser", "flag", "flag_dict", "parse_flags", "part", "str2bool"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""Default of a flag that must be given (argparse reports it missing)."""
+
+
+def str2bool(text) -> bool:
+    """argparse type for booleans written True/False (also yes/no, 1/0)."""
+    if isinstance(text, bool):
+        return text
+    low = str(text).lower()
+    if low in ("yes", "true", "t", "y", "1"):
+        return True
+    if low in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def flag(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+         parse: Callable[[str], Any] | None = None, nargs: str | None = None,
+         positional: bool = False) -> Any:
+    """Declare a flag as a field of a :class:`FlagGroup`: its default, one line of help,
+    optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool."""
+    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("flag defaults must be immutable (use a tuple)")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One declared flag, as :func:`build_parser` sees it."""
+
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple | None
+    metavar: str | None
+    nargs: str | None
+    positional: bool
+    group: str
+
+    def declaration(self) -> tuple:
+        """What must agree when two groups declare the same name."""
+        return (self.type, self.default, self.help, self.choices, self.nargs, self.positional)
+
+
+class FlagGroup:
+    """Base of the flag groups. Subclasses are frozen dataclasses with :func:`flag` fields and a
+    ``NAME`` (the section of ``--help``) and ``ABOUT`` (its one-line description)."""
+
+    NAME: ClassVar[str] = ""
+    ABOUT: ClassVar[str] = ""
+
+    @classmethod
+    def flags(cls) -> list[Flag]:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if "help" not in meta:
+                raise TypeError(f"{cls.__name__}.{f.name}: declare flags with flag(...)")
+            kind = hints[f.name]
+            parse = meta["parse"] or (str2bool if kind is bool else kind)
+            if parse not in (str2bool, int, float, str) and meta["parse"] is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: type {kind} needs parse=")
+            out.append(Flag(f.name, parse, f.default, meta["help"], meta["choices"], meta["metavar"],
+                            meta["nargs"], meta["positional"], cls.NAME))
+        return out
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{name: default}`` of the group's flags, in declaration order."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def part(*names: str) -> Any:
+    """A config field that takes only ``names`` of its group from the command line; the group's
+    other fields keep their defaults (e.g. ``evaluate.py`` uses ``--seed`` but not ``--log_dir``)."""
+    return field(metadata={"only": names})
+
+
+def _sections(config_cls) -> list[tuple[str, type, tuple[str, ...] | None]]:
+    """(field name, group class, names taken or None for all) of a config dataclass."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        group = hints[f.name]
+        if not (isinstance(group, type) and issubclass(group, FlagGroup)):
+            raise TypeError(f"{config_cls.__name__}.{f.name}: expected a FlagGroup, got {group}")
+        out.append((f.name, group, f.metadata.get("only")))
+    return out
+
+
+def _collect(config_cls) -> dict[str, Flag]:
+    """Every flag of a config, once; a name declared differently by two groups is an error."""
+    seen: dict[str, Flag] = {}
+    for _, group, only in _sections(config_cls):
+        flags = {f.name: f for f in group.flags()}
+        for name in only or flags:
+            if name not in flags:
+                raise TypeError(f"{config_cls.__name__}: group {group.NAME!r} has no flag {name!r}")
+            new = flags[name]
+            old = seen.get(name)
+            if old is not None and old.declaration() != new.declaration():
+                raise TypeError(f"--{name} is declared differently by the groups {old.group!r} and "
+                                f"{new.group!r}: {old.declaration()} vs {new.declaration()}")
+            seen.setdefault(name, new)
+    return seen
+
+
+_METAVARS = {str2bool: "True|False", int: "N", float: "X", str: "TEXT"}
+
+
+def _format_default(value: Any) -> str:
+    if value is REQUIRED:
+        return "required"
+    if value == "":
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_parser(config_cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one section per group of ``config_cls``."""
+    flags = _collect(config_cls)
+    overrides = dict(getattr(config_cls, "DEFAULTS", {}))
+    unknown = sorted(set(overrides) - set(flags))
+    if unknown:
+        raise TypeError(f"{config_cls.__name__}.DEFAULTS: no such flag(s) {', '.join(unknown)}")
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    done: set[str] = set()
+    for _, group, only in _sections(config_cls):
+        for f in group.flags():
+            if f.name in done or (only and f.name not in only):
+                continue
+            done.add(f.name)
+            if f.group not in sections:
+                sections[f.group] = parser.add_argument_group(f.group, group.ABOUT or None)
+            default = overrides.get(f.name, f.default)
+            kwargs: dict[str, Any] = dict(type=f.type, help=f"{f.help} (default: {_format_default(default)})")
+            if f.choices:  # checked after parsing, so the error reads like every other one
+                kwargs["metavar"] = "|".join(map(str, f.choices))
+            if f.nargs:
+                kwargs["nargs"] = f.nargs
+            if f.metavar:
+                kwargs["metavar"] = f.metavar
+            elif not f.choices:
+                kwargs["metavar"] = _METAVARS.get(f.type, "VALUE")
+            if f.positional:
+                sections[f.group].add_argument(f.name, **kwargs)
+                continue
+            if default is REQUIRED:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = default
+            sections[f.group].add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def _build(config_cls, values: dict[str, Any]):
+    """The config instance from parsed values (groups' other fields keep their defaults)."""
+    parts = {}
+    for name, group, only in _sections(config_cls):
+        taken = {k: values[k] for k in (only or [f.name for f in dataclasses.fields(group)])}
+        parts[name] = group(**taken)
+    return config_cls(**parts)
+
+
+def parse_flags(config_cls, argv=None, description: str = "", prog: str | None = None):
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into an instance of ``config_cls``.
+
+    A value outside a flag's choices is a :class:`~guided_diffusion.util.errors.UserError`
+    naming the flag; a value argparse cannot convert exits with argparse's usage message.
+    """
+    values = vars(build_parser(config_cls, description, prog).parse_args(argv))
+    for name, f in _collect(config_cls).items():
+        if f.choices and values[name] not in f.choices:
+            raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
+    return _build(config_cls, values)
+
+
+def config_defaults(config_cls):
+    """``config_cls`` with every flag at its default (the script's ``DEFAULTS`` applied)."""
+    flags = _collect(config_cls)
+    values = {name: f.default for name, f in flags.items()}
+    values.update(getattr(config_cls, "DEFAULTS", {}))
+    return _build(config_cls, values)
+
+
+def flag_dict(config) -> dict[str, Any]:
+    """All flags of a config instance as one flat ``{name: value}`` dict (for saved flags)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, FlagGroup):
+            out.update(dataclasses.asdict(value))
+    return out
