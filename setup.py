@@ -17,7 +17,6 @@ setup(
         "scipy>=1.11,<2",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
-        "blobfile>=2.1,<4",
     ],
     extras_require={
         # visdom 0.2.4 needs setuptools<81 at build time (see constraints.txt)

@@ -78,10 +78,3 @@ def timestep_embedding(timesteps: th.Tensor, dim: int, max_period: float = 10000
     if dim % 2:
         emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
     return emb
-
-
-def update_ema(target_params, source_params, rate: float = 0.99) -> None:
-    """target <- rate * target + (1 - rate) * source, in place."""
-    with th.no_grad():
-        for targ, src in zip(target_params, source_params):
-            targ.mul_(rate).add_(src.detach().to(targ.dtype), alpha=1 - rate)

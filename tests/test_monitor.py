@@ -5,7 +5,6 @@ through the server's HTTP API (POST /win_data). No browser is involved.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import socket
@@ -25,8 +24,13 @@ from PIL import Image
 from visdom_fixture import visdom_server  # noqa: F401  (registers the fixture)
 
 from guided_diffusion.util import monitor as monitor_module
-from guided_diffusion.util.monitor import MONITOR_DEFAULTS, Monitor, MonitorWarning, add_monitor_flags
-from guided_diffusion.util.visdom_server import find_free_port, start_server, stop_server
+from guided_diffusion.util.flags import MonitorFlags
+from guided_diffusion.util.monitor import Monitor, MonitorWarning
+from guided_diffusion.util.visdom_server import (
+    find_free_port,
+    start_server,
+    stop_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -338,13 +342,12 @@ def test_wrong_shapes_raise_even_when_disabled(call, match):
         call(Monitor(enabled=False))
 
 
-def test_flags_and_from_args():
-    merged = add_monitor_flags({"lr": 1e-4, "visdom_port": 9000})
-    assert merged == {**MONITOR_DEFAULTS, "lr": 1e-4, "visdom_port": 9000}
-    assert MONITOR_DEFAULTS == dict(visdom=False, visdom_server="http://127.0.0.1", visdom_port=8850, visdom_every=50)
+def test_flags_and_from_flags():
+    assert MonitorFlags.defaults() == dict(visdom=False, visdom_server="http://127.0.0.1", visdom_port=8850,
+                                           visdom_every=50)
 
-    args = argparse.Namespace(visdom=True, visdom_server="http://localhost", visdom_port=9001)
-    monitor = Monitor.from_args(args, env="classifier_train")
+    flags = MonitorFlags(visdom=True, visdom_server="http://localhost", visdom_port=9001)
+    monitor = Monitor.from_flags(flags, env="classifier_train")
     assert (monitor.enabled, monitor.server, monitor.port, monitor.env) == (
         True,
         "http://localhost",
@@ -352,6 +355,6 @@ def test_flags_and_from_args():
         "classifier_train",
     )
     assert monitor.address == "http://localhost:9001"
-    assert not Monitor.from_args(argparse.Namespace(**MONITOR_DEFAULTS)).enabled
+    assert not Monitor.from_flags(MonitorFlags()).enabled
     with pytest.raises(ValueError, match="--visdom 'False'"):
         Monitor(enabled="False")

@@ -35,13 +35,13 @@ from guided_diffusion.pipeline.methods import translate_batch
 from guided_diffusion.pipeline.pieces import TrainLoop
 from guided_diffusion.pipeline.runs import SampleConfig
 from guided_diffusion.pipeline.train import TrainConfig
-from guided_diffusion.util.flagspec import parse_flags
 from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
+from guided_diffusion.util.flagspec import parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "brats")

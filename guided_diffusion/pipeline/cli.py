@@ -53,9 +53,7 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
         logger.configure(log_dir, enabled=main_process)
         monitor = None
         if main_process and hasattr(cfg, "monitoring"):
-            m = cfg.monitoring
-            monitor = Monitor(enabled=m.visdom, server=m.visdom_server, port=m.visdom_port,
-                              env=getattr(config_cls, "VISDOM_ENV", script))
+            monitor = Monitor.from_flags(cfg.monitoring, env=getattr(config_cls, "VISDOM_ENV", script))
         return run(cfg, monitor=monitor)
     finally:
         dist_util.cleanup()

@@ -4,7 +4,7 @@ The original code opened a Visdom connection at import time and crashed, or prin
 pages of tracebacks, when no server ran. Here monitoring is an object the scripts
 build in ``main()`` from the ``--visdom*`` flags:
 
-    monitor = Monitor.from_args(args, env="classifier_train")
+    monitor = Monitor.from_flags(cfg.monitoring, env="classifier_train")
     monitor.line("loss", step, {"loss": 0.7, "acc": 0.5})
     monitor.images("input", x[0])          # (C, H, W): one grayscale tile per channel
     monitor.heatmap("anomaly", amap)       # (H, W)
@@ -38,14 +38,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import UserError
-
-# Flags every script merges into its defaults dict (SPEC section 6a pins the first three).
-MONITOR_DEFAULTS = dict(
-    visdom=False,
-    visdom_server="http://127.0.0.1",
-    visdom_port=8850,
-    visdom_every=50,
-)
+from .flags import MonitorFlags
 
 # Seconds allowed for the first contact (TCP probe, then each HTTP request while
 # connecting) and for every request afterwards. A server that stops answering costs
@@ -59,25 +52,14 @@ _DEFAULT_TILES_PER_ROW = 8
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
-    "MONITOR_DEFAULTS",
     "REQUEST_TIMEOUT_S",
     "Monitor",
     "MonitorWarning",
-    "add_monitor_flags",
 ]
 
 
 class MonitorWarning(UserWarning):
     """Monitoring was requested but is off (no server, no visdom, or a failed call)."""
-
-
-def add_monitor_flags(defaults: dict) -> dict:
-    """Return a new dict: ``defaults`` plus the ``--visdom*`` flags of ``MONITOR_DEFAULTS``.
-
-    Values already in ``defaults`` win, so a script may choose its own default port.
-    Pass the result to ``script_util.add_dict_to_argparser``.
-    """
-    return {**MONITOR_DEFAULTS, **defaults}
 
 
 class _Unavailable(Exception):
@@ -110,9 +92,9 @@ class Monitor:
         self._created: set[str] = set()  # line/text windows this monitor has opened
 
     @classmethod
-    def from_args(cls, args: Any, env: str = "main") -> "Monitor":
-        """Build from parsed flags ``args.visdom``, ``args.visdom_server``, ``args.visdom_port``."""
-        return cls(enabled=args.visdom, server=args.visdom_server, port=args.visdom_port, env=env)
+    def from_flags(cls, flags: MonitorFlags, env: str = "main") -> "Monitor":
+        """Build from the ``--visdom``, ``--visdom_server`` and ``--visdom_port`` flags."""
+        return cls(enabled=flags.visdom, server=flags.visdom_server, port=flags.visdom_port, env=env)
 
     @property
     def enabled(self) -> bool:
