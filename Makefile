@@ -1,5 +1,6 @@
 # make test : create .venv if needed, install the package with test extras, run the suite
 # make demo : train tiny networks on data/, translate, evaluate -> results/demo/
+# make compare: the demo plus the comparison methods, scored alike -> results/compare/
 # make bench: CPU/GPU benchmarks (benchmarks/)
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,7 +32,7 @@ bench: venv
 	$(PY) benchmarks/bench_train.py --tiny
 
 compare: venv
-	bash scripts/run_compare.sh $(PY)
+	$(PY) scripts/demo.py --plan compare --out results/compare
 
 # a local Visdom server on 127.0.0.1:8850 (open http://127.0.0.1:8850)
 visdom: venv

@@ -56,6 +56,20 @@ class MonitorFlags(FlagGroup):
 
 
 @dataclass(frozen=True)
+class VisdomServerFlags(FlagGroup):
+    NAME = "Visdom server"
+    ABOUT = "python -m guided_diffusion.util.visdom_server: a local server without visdom's download step"
+    port: int = flag(MonitorFlags.visdom_port, "port to serve on")
+    env_path: str = flag("~/.visdom", "folder where Visdom keeps saved environments", metavar="DIR")
+    bind_all: bool = flag(False, "listen on every network interface instead of 127.0.0.1 only (anyone who "
+                                 "reaches the port can write)")
+    download_assets: bool = flag(False, "first fetch the page's JavaScript/CSS from the internet (once per "
+                                        "visdom install)")
+    logging_level: str = flag("WARNING", "server log level; INFO logs every request",
+                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
 class ModelFlags(FlagGroup):
     NAME = "model"
     ABOUT = "the diffusion UNet (guided diffusion's flags)"
@@ -329,10 +343,25 @@ class SyntheticFlags(FlagGroup):
     datasets: str = flag("brats,chexpert", "which sets to write, comma-separated", metavar="NAMES")
 
 
+@dataclass(frozen=True)
+class DriverFlags(FlagGroup):
+    NAME = "example runs"
+    ABOUT = "demo.py: the plan and the training lengths of its tiny networks"
+    plan: str = flag("demo", "demo: the paper's method; compare: every method, scored alike",
+                     choices=("demo", "compare"))
+    classifier_steps: int = flag(300, "training steps of the classifier")
+    model_steps: int = flag(800, "training steps of the diffusion model")
+    vae_steps: int = flag(600, "training steps of the VAE (compare)")
+    fpgan_steps: int = flag(500, "training steps of FixedPoint-GAN (compare)")
+    jobs: int = flag(0, "stages run side by side, each with an equal share of the cores (0: 1 for demo, "
+                        "2 for compare)")
+
+
 REGISTRY: tuple[type[FlagGroup], ...] = (
-    RunFlags, DataFlags, MonitorFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags, TrainFlags,
+    RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags, TrainFlags,
     TimestepFlags, DiffusionTrainFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags, SamplingFlags,
     EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags, ResultsFlags, CompareFlags,
     OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags, SyntheticFlags,
+    DriverFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""

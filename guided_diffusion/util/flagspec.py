@@ -184,6 +184,8 @@ def build_parser(config_cls, description: str = "", prog: str | None = None) -> 
                 kwargs["metavar"] = "|".join(map(str, f.choices))
             if f.nargs:
                 kwargs["nargs"] = f.nargs
+            elif f.type is str2bool and not f.positional:  # a bare --flag means True
+                kwargs.update(nargs="?", const=True)
             if f.metavar:
                 kwargs["metavar"] = f.metavar
             elif not f.choices:

@@ -13,7 +13,6 @@ on a free port and returns once the server answers; ``stop_server()`` ends it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,42 +24,28 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
-DEFAULT_PORT = 8850
+from .flags import VisdomServerFlags
+from .flagspec import parse_flags
+
+DEFAULT_PORT = VisdomServerFlags.port
 _LOG_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class VisdomServerConfig:
+    """python -m guided_diffusion.util.visdom_server"""
+
+    server: VisdomServerFlags
 
 __all__ = ["DEFAULT_PORT", "find_free_port", "main", "server_answers", "start_server", "stop_server"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and serve until interrupted. Returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m guided_diffusion.util.visdom_server",
-        description="Start a Visdom server for live monitoring, without visdom's internet download step.",
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on (default %(default)s)")
-    parser.add_argument(
-        "--env_path",
-        default=os.path.join("~", ".visdom"),
-        help="folder where Visdom keeps saved environments (default %(default)s)",
-    )
-    parser.add_argument(
-        "--bind_all",
-        action="store_true",
-        help="listen on every network interface instead of 127.0.0.1 only (anyone who reaches the port can write)",
-    )
-    parser.add_argument(
-        "--download_assets",
-        action="store_true",
-        help="first fetch the page's JavaScript/CSS from the internet (once per visdom install)",
-    )
-    parser.add_argument(
-        "--logging_level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="server log level; INFO logs every request (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = parse_flags(VisdomServerConfig, argv, "Start a Visdom server for live monitoring, without visdom's "
+                       "internet download step.", prog="python -m guided_diffusion.util.visdom_server").server
 
     try:
         import visdom

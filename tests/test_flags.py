@@ -1,0 +1,132 @@
+"""The flag registry (util/flags.py): every flag declared once, in groups, and the scripts build on it."""
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from guided_diffusion.pipeline import driver, evaluate, prepare, runs
+from guided_diffusion.util import flags, visdom_server
+from guided_diffusion.util.errors import UserError
+from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, parse_flags, part
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script_configs():
+    """Every script's config class (a dataclass with a SCRIPT name)."""
+    found = []
+    for module in (runs, evaluate, prepare, driver, visdom_server):
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ and (
+                    hasattr(obj, "SCRIPT") or obj is visdom_server.VisdomServerConfig):
+                found.append(obj)
+    return found
+
+
+CONFIGS = script_configs()
+
+
+def test_every_flag_is_declared_once_and_every_group_is_registered():
+    owner = {}
+    for group in flags.REGISTRY:
+        for f in group.flags():
+            assert f.name not in owner, f"--{f.name} declared in {owner.get(f.name)} and {group.NAME}"
+            owner[f.name] = group.NAME
+            assert f.help and not f.help.endswith("."), f"--{f.name}: one line of help"
+    groups = {obj for _, obj in inspect.getmembers(flags, inspect.isclass)
+              if issubclass(obj, FlagGroup) and obj is not FlagGroup}
+    assert groups == set(flags.REGISTRY)
+
+
+def test_every_script_has_a_config_and_no_flags_of_its_own():
+    scripts = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
+    assert {c.SCRIPT for c in CONFIGS if hasattr(c, "SCRIPT")} >= set(scripts)
+    for name in scripts:
+        text = (REPO / "scripts" / f"{name}.py").read_text()
+        assert "add_argument" not in text and "ArgumentParser" not in text, name
+    for config in CONFIGS:
+        build_parser(config)  # no conflicting declarations
+        config_defaults(config)
+
+
+def test_no_library_code_reads_an_argparse_namespace():
+    for path in (REPO / "guided_diffusion").rglob("*.py"):
+        if path.name == "flagspec.py":
+            continue
+        text = path.read_text()
+        assert "parse_args(" not in text and "Namespace" not in text, path
+
+
+def test_help_shows_each_flag_in_its_group_with_meaning_and_default():
+    text = build_parser(runs.SampleConfig).format_help()
+    sections = re.findall(r"^(\w[\w ]*):$", text, flags=re.M)
+    assert sections[:1] == ["options"] and {"run", "data", "model", "diffusion", "classifier", "sampling",
+                                            "monitoring", "translation", "speed", "evaluation"} <= set(sections)
+    noise = re.search(r"--noise_level N\s+(.*?)\(default: 500\)", text, flags=re.S)
+    assert noise and "L, how far the image is encoded" in noise.group(1)
+    assert re.search(r"--dataset brats\|chexpert\s+brats: 4 channels", text)
+    # a script's own default is shown and used
+    vae = build_parser(runs.VAETrainConfig)
+    assert "(default: 256)" in vae.format_help() and vae.parse_args([]).image_size == 256
+    assert build_parser(runs.ImageTrainConfig).parse_args([]).image_size == 64
+
+
+@dataclass(frozen=True)
+class _A(FlagGroup):
+    NAME = "a"
+    lr: float = flag(1e-4, "learning rate")
+    seed: int = flag(0, "the seed")
+
+
+@dataclass(frozen=True)
+class _B(FlagGroup):
+    NAME = "b"
+    lr: float = flag(3e-4, "learning rate")
+
+
+@dataclass(frozen=True)
+class _SameLr(FlagGroup):
+    NAME = "same"
+    lr: float = flag(1e-4, "learning rate")
+    mode: str = flag("x", "a mode", choices=("x", "y"))
+    on: bool = flag(False, "a switch")
+
+
+def test_two_groups_declaring_one_flag_differently_fail_when_the_parser_is_built():
+    @dataclass(frozen=True)
+    class Conflict:
+        a: _A
+        b: _B
+
+    with pytest.raises(TypeError, match=r"--lr is declared differently by the groups 'a' and 'b'"):
+        build_parser(Conflict)
+
+    @dataclass(frozen=True)
+    class Same:
+        a: _A
+        same: _SameLr
+
+    cfg = parse_flags(Same, ["--lr", "0.5"])
+    assert cfg.a.lr == cfg.same.lr == 0.5  # one flag, both groups see it
+
+
+def test_parts_choices_bools_and_overrides():
+    @dataclass(frozen=True)
+    class Partial:
+        same: _SameLr
+        a: _A = part("seed")
+        DEFAULTS: ClassVar[dict] = {"seed": 7}
+
+    cfg = parse_flags(Partial, ["--on"])
+    assert cfg.same.on is True and cfg.a.seed == 7 and cfg.a.lr == 1e-4  # lr: not a flag here, its default
+    assert parse_flags(Partial, ["--on", "False"]).same.on is False
+    with pytest.raises(SystemExit):
+        parse_flags(Partial, ["--lr_typo", "1"])
+    with pytest.raises(UserError, match=r"^--mode 'z': expected one of x, y$"):
+        parse_flags(Partial, ["--mode", "z"])
+    with pytest.raises(SystemExit):
+        parse_flags(Partial, ["--on", "maybe"])
