@@ -44,7 +44,11 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from guided_diffusion.pipeline.train import ClassifierTrainLoop, TrainConfig, TrainLoop  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop  # noqa: E402
+from guided_diffusion.pipeline.train import TrainConfig, dropout_seed  # noqa: E402
+from guided_diffusion.util.flags import ClassifierTrainFlags, TrainFlags  # noqa: E402
 
 ALL_PATHS = ("fp32", "bf16", "fp16", "cl", "compile")
 
@@ -63,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "at least 1, 3 with compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 leaves the default")
+    p.add_argument("--overhead", default="True", help="also measure the scaffold against the bare step (True/False)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the scaffold-overhead measurement")
     p.add_argument("--json_out", default="", help="also write the JSON result to this file")
     return p.parse_args(argv)
 
@@ -126,14 +132,14 @@ def run_path(kind: str, name: str, net0, diffusion, args, device, log_dir: str) 
         batch, cond = next(trainer.data)
         if channels_last:
             batch = batch.contiguous(memory_format=th.channels_last)
-        th.manual_seed(args.seed * 7919 + trainer.step)  # as run_loop does (dropout)
+        th.manual_seed(dropout_seed(args.seed, trainer.step, 0))  # as run_loop does (dropout)
         trainer.run_step(batch, cond)
         trainer.step += 1
 
     warmup = max(args.warmup, 3 if name == "compile" else 1)
     start = now(device)
     step()
-    first_loss = (trainer._sums["loss"] / trainer._count).item()  # the product's device-side sums
+    first_loss = (trainer._sums["loss"] / trainer._counts["loss"]).item()  # the product's device-side sums
     for _ in range(warmup - 1):
         step()
     warmup_s = now(device) - start
@@ -147,6 +153,89 @@ def run_path(kind: str, name: str, net0, diffusion, args, device, log_dir: str) 
             f"{', compiled' if name == 'compile' else ''}", "ms_per_step": ms,
             "images_per_s": args.batch_size * 1000 / ms, "peak_mib": mem.peak_mib, "memory_kind": mem.kind,
             "first_loss": first_loss, "warmup_s": warmup_s}
+
+
+def bare_step_fn(kind: str, net, diffusion, args, device):
+    """The bare training step, written out here without the scaffold: forward, loss, backward and
+    the AdamW step (and the EMA update of the UNet), on the trainer's data and draws."""
+    opt = th.optim.AdamW(net.parameters(), lr=args.lr, fused=device.type == "cuda")
+    params = list(net.parameters())
+    ema = [p.detach().clone() for p in params]
+    gen = th.Generator(device=device).manual_seed(args.seed)
+    make_data = random_batches(net.in_channels, args.image_size, args.batch_size, device, args.seed)(0)
+
+    def step():
+        x, cond = next(make_data)
+        t = th.randint(0, diffusion.num_timesteps, (x.shape[0],), generator=gen, device=device)
+        noise = th.randn(x.shape, generator=gen, device=device)
+        if kind == "model":
+            loss = diffusion.training_losses(net, x, t, model_kwargs=cond, noise=noise)["loss"].mean()
+        else:
+            loss = F.cross_entropy(net(diffusion.q_sample(x, t, noise=noise), t), cond["y"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if kind == "model":
+            th._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.9999)
+
+    return step
+
+
+def scaffold_overhead(kind: str, net0, diffusion, args, device, log_dir: str) -> dict:
+    """ms per step of the bare step and of the scaffold's loop (Trainer.run_loop on the same data),
+    in interleaved rounds, and the share of the periodic work at the flags' default intervals:
+    held-out evaluation (classifier), logging, checkpointing."""
+    bare = bare_step_fn(kind, copy.deepcopy(net0).train().requires_grad_(True), diffusion, args, device)
+    net = copy.deepcopy(net0).train().requires_grad_(True)
+    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, log_dir=log_dir, progress=False,
+                      save_interval=10**9, log_interval=10**9)
+    make_data = random_batches(net0.in_channels, args.image_size, args.batch_size, device, args.seed)
+    if kind == "model":
+        trainer = TrainLoop(net, diffusion, make_data, cfg, ema_rate="0.9999", device=device)
+    else:  # the held-out batches as classifier_train.py gives them: batches of --batch_size
+        trainer = ClassifierTrainLoop(net, diffusion, make_data, cfg, make_val_data=lambda: make_data(10**6),
+                                      eval_interval=0, device=device)
+    for _ in range(args.warmup):
+        bare()
+    trainer.cfg.total_steps = args.warmup
+    trainer.run_loop()
+    bare_ms, loop_ms = [], []
+    for _ in range(args.rounds):
+        start = now(device)
+        for _ in range(args.steps):
+            bare()
+        bare_ms.append(1000 * (now(device) - start) / args.steps)
+        trainer.cfg.total_steps = trainer.step + args.steps
+        start = now(device)
+        trainer.run_loop()  # ends with a checkpoint: timed below and taken off
+        loop_s = now(device) - start
+        start = now(device)
+        trainer.save()
+        save_s = now(device) - start
+        loop_ms.append(1000 * (loop_s - save_s) / args.steps)
+    step_ms = sorted(loop_ms)[len(loop_ms) // 2]
+    row = {"net": kind, "bare_ms": sorted(bare_ms)[len(bare_ms) // 2], "scaffold_ms": step_ms,
+           "bare_rounds": bare_ms, "scaffold_rounds": loop_ms}
+    row["scaffold_vs_bare"] = row["scaffold_ms"] / row["bare_ms"]
+    # periodic work, each timed on its own and spread over its default interval
+    for _ in range(TrainFlags.log_interval):  # what a log step averages
+        trainer.run_step(*next(trainer.data))
+    start = now(device)
+    trainer.log_step()
+    row["log_share"] = 1000 * (now(device) - start) / TrainFlags.log_interval / step_ms
+    start = now(device)
+    trainer.save()
+    row["checkpoint_share"] = 1000 * (now(device) - start) / TrainFlags.save_interval / step_ms
+    row["eval_share"] = 0.0
+    if kind == "classifier":
+        trainer.evaluate()  # the first reads the held-out batches once
+        start = now(device)
+        trainer.evaluate()
+        row["eval_ms"] = 1000 * (now(device) - start)
+        row["eval_share"] = row["eval_ms"] / ClassifierTrainFlags.eval_interval / step_ms
+    row["scaffold_at_defaults_vs_bare"] = (row["scaffold_vs_bare"]
+                                           * (1 + row["log_share"] + row["checkpoint_share"] + row["eval_share"]))
+    return row
 
 
 def main(argv=None) -> dict:
@@ -193,6 +282,22 @@ def main(argv=None) -> dict:
                 rows.append(r)
                 write_json(result, args.json_out)  # after every path: a run cut short keeps what it measured
                 print(f"  {kind} {name}: {r['ms_per_step']:.1f} ms/step, x{r['speedup']:.2f}", flush=True)
+        if args.overhead.lower() in ("true", "1", "yes"):
+            result["overhead"] = []
+            for kind in args.net_list:
+                net0 = model if kind == "model" else classifier
+                r = scaffold_overhead(kind, net0, diffusion, args, device, log_dir)
+                result["overhead"].append(r)
+                write_json(result, args.json_out)
+            print("\nscaffold against the bare step (median of interleaved rounds; shares of a step at the "
+                  f"default intervals: log every {TrainFlags.log_interval}, checkpoint every "
+                  f"{TrainFlags.save_interval}, held-out evaluation every {ClassifierTrainFlags.eval_interval})")
+            print_table(result["overhead"], [("net", "net", "s"), ("bare_ms", "bare ms", ".1f"),
+                                             ("scaffold_ms", "scaffold ms", ".1f"),
+                                             ("scaffold_vs_bare", "scaffold/bare", ".3f"),
+                                             ("eval_share", "eval share", ".2%"), ("log_share", "log share", ".2%"),
+                                             ("checkpoint_share", "ckpt share", ".3%"),
+                                             ("scaffold_at_defaults_vs_bare", "all/bare", ".3f")])
     rows.sort(key=lambda r: args.net_list.index(r["net"]))
     ok = [r for r in rows if "error" not in r]
     print()

@@ -162,6 +162,64 @@ def test_distributed_translation_equals_single_process(data, single, classifier,
                         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+VAE = "--image_size 16 --vae_width 4 --vae_depth 2 --latent_dim 8 --latent_disc_width 8 --progress False".split()
+FPGAN = "--image_size 16 --fpgan_width 4 --fpgan_res_blocks 1 --fpgan_d_width 4 --fpgan_d_depth 2 --progress False".split()
+
+
+def torchrun(*args):
+    from guided_diffusion.util.dist_util import _free_port
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
+            "--master_port", _free_port(), *args]
+
+
+@pytest.fixture(scope="module")
+def baselines(data, tmp_path_factory):
+    """A VAE and a FixedPoint-GAN trained for two steps in one process."""
+    out = tmp_path_factory.mktemp("baselines")
+    for method, flags in (("vae", VAE), ("fpgan", [*FPGAN, "--n_critic", 1])):
+        run([sys.executable, script(f"{method}_train.py"), "--data_dir", data / "training", *flags,
+             "--batch_size", 2, "--iterations", 2, "--log_dir", out / method])
+    return out
+
+
+@pytest.mark.parametrize("method, flags, marker", [("vae", VAE, "model"), ("fpgan", FPGAN, "G")])
+def test_torchrun_baseline_translation_writes_each_image_once(data, baselines, tmp_path, method, flags, marker):
+    def args(out):
+        return [script(f"{method}_translate.py"), "--data_dir", data / "testing", "--label_dir", data / "test_labels",
+                *flags, "--model_path", baselines / method / f"{marker}000002.pt", "--batch_size", 2,
+                "--output_dir", out, "--log_dir", str(out) + "-log"]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, *args(one)])
+    proc = run(torchrun(*args(two)))
+    n = len(os.listdir(data / "testing"))
+    assert f"rank 0: {n - n // 2} of {n} images" in proc.stdout  # its share only (rank 1 logs nothing)
+    assert sorted(os.listdir(one)) == sorted(os.listdir(two))
+    assert (one / "metrics.csv").read_text() == (two / "metrics.csv").read_text()
+    for name in os.listdir(one):
+        if name.endswith(".npz"):
+            with np.load(one / name) as a, np.load(two / name) as b:  # other batches: rounding only
+                for k in a.files:
+                    if a[k].dtype.kind in "fc":
+                        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+                    else:
+                        assert np.array_equal(a[k], b[k]), (name, k)
+
+
+def test_torchrun_vae_training_matches_one_process(data, tmp_path):
+    # width 16: every GroupNorm group has 2 or more channels, so no parameter's true gradient is 0 (Adam would
+    # turn the rounding noise of one into steps of lr); the three phases of each step are averaged across ranks
+    def args(log, batch):
+        return [script("vae_train.py"), "--data_dir", data / "training", *VAE, "--vae_width", 16, "--batch_size",
+                batch, "--iterations", 3, "--log_dir", log, "--lr", 1e-3, "--seed", 3]
+
+    run([sys.executable, *args(tmp_path / "one", 2)])
+    run(torchrun(*args(tmp_path / "two", 1)))
+    for prefix in ("model", "zdisc"):
+        assert_same_weights(tmp_path / "one" / f"{prefix}000003.pt", tmp_path / "two" / f"{prefix}000003.pt",
+                            atol=1e-5)
+
+
 def peak_rss_kib(cmd):
     code = ("import resource, runpy, sys\n"
             f"sys.argv = {[str(c) for c in cmd]!r}\n"
