@@ -34,8 +34,9 @@ def split_train_val_test(
     seed)``, so adding a validation part never moves a patient into or out of the
     test part. The validation patients are the next ``val_fraction * len(patients)``
     (rounded half up) of the same permutation, at least one when 0 < val_fraction
-    and at least one patient stays for training. A requested validation part that
-    would be empty is an error rather than a silently missing folder.
+    and at least one patient stays for training (unless the two fractions sum to 1).
+    A requested validation part that would be empty is an error rather than a
+    silently missing folder.
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise UserError(f"--val_fraction {val_fraction}: expected a value in [0, 1]")
@@ -46,10 +47,9 @@ def split_train_val_test(
         )
     rest, test = split_patients(patients, test_fraction, seed)
     n = len(patients)
-    n_val = int(np.floor(val_fraction * n + 0.5))
-    if 0.0 < val_fraction and test_fraction + val_fraction < 1.0 and len(rest) >= 2:
-        n_val = min(max(n_val, 1), len(rest) - 1)
-    n_val = min(n_val, len(rest))
+    n_val = min(int(np.floor(val_fraction * n + 0.5)), len(rest))
+    if 0.0 < val_fraction and test_fraction + val_fraction < 1.0:
+        n_val = max(min(max(n_val, 1), len(rest) - 1), 0)  # one at least, and one patient left to train on
     if val_fraction > 0.0 and n_val == 0:
         raise UserError(
             f"--val_fraction {val_fraction}: {n} patient(s), {len(test)} of them for testing, leave none for "
