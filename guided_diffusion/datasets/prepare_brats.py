@@ -91,7 +91,7 @@ RELEASES: dict[str, BratsRelease] = {
     ),
     "2021": BratsRelease(
         "2021", re.compile(r"^BraTS2021_(?P<id>\d+)$"), "_", _SAME_NAMES,
-        "BraTS2021_00000", "RSNA_ASNR_MICCAI_BraTS2021_TrainingData",
+        "BraTS2021_00000", "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021",
     ),
     "2023": BratsRelease(
         "2023", re.compile(r"^BraTS-GLI-(?P<id>(?P<subject>\d+)-\d+)$"), "-",
