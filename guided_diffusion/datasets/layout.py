@@ -27,6 +27,16 @@ MODALITIES = ("t1", "t1ce", "t2", "flair")
 SEG = "seg"
 SPLIT_FILE = "split.json"
 
+TRAINING, VALIDATION, TESTING = "training", "validation", "testing"
+PARTS = (TRAINING, VALIDATION, TESTING)
+"""The parts a preparation writes, each a folder usable as --data_dir; a patient is in one part only."""
+
+CHEXPERT_CLASSES = ("healthy", "diseased")
+"""CheXpert class folders inside each part; healthy is class 0 (SPEC section 1)."""
+
+TEST_LABELS = "test_labels"
+"""The label folder of the test leaves (the original's layout, for --label_dir)."""
+
 _SLICE_FILE = re.compile(r"^(?P<patient>.+)_(?P<seq>t1|t1ce|t2|flair|seg)_(?P<slice>\d+)_w\.nii\.gz$")
 
 
@@ -70,6 +80,11 @@ def write_brats_leaf(
         write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, seq, slice_index)), channels[seq])
     if seg is not None:
         write_nifti_gz(os.path.join(folder, brats_slice_filename(patient, SEG, slice_index)), seg)
+
+
+def chexpert_image_filename(patient: str, study: str) -> str:
+    """``<patient>_<study>.npy``, the file of one CheXpert study, e.g. ``patient00001_study1.npy``."""
+    return f"{patient}_{study}.npy"
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..datasets.prepare import prepare_brats, prepare_chexpert
+from ..datasets.prepare_brats import prepare_brats
+from ..datasets.prepare_chexpert import prepare_chexpert
+from ..datasets.layout import VALIDATION
 from ..datasets.synthetic import generate
 from ..util.errors import UserError
 from ..util.flags import (
@@ -26,9 +28,10 @@ class PrepareBratsConfig:
 
     release: PrepareBratsFlags
     output: OutputFlags
-    split: SplitFlags = part("test_fraction")
+    split: SplitFlags = part("test_fraction", "val_fraction")
     run: RunFlags = part("seed", "progress")
     SCRIPT: ClassVar[str] = "prepare_brats"
+    DEFAULTS: ClassVar[dict] = {"val_fraction": 0.0}  # no validation/ unless asked for
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,10 @@ class PrepareChexpertConfig:
     release: PrepareChexpertFlags
     output: OutputFlags
     data: DataFlags = part("image_size")
-    split: SplitFlags = part("test_fraction")
+    split: SplitFlags = part("test_fraction", "val_fraction")
     run: RunFlags = part("seed", "progress")
     SCRIPT: ClassVar[str] = "prepare_chexpert"
-    DEFAULTS: ClassVar[dict] = {"image_size": 256}
+    DEFAULTS: ClassVar[dict] = {"image_size": 256, "val_fraction": 0.0}
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,27 @@ class SyntheticConfig:
 def run_prepare_brats(cfg: PrepareBratsConfig) -> dict:
     r = cfg.release
     return prepare_brats(r.src, cfg.output.out, slice_range=r.slice_range, test_fraction=cfg.split.test_fraction,
-                         seed=cfg.run.seed, write_label_dir=r.write_label_dir, progress=cfg.run.progress)
+                         val_fraction=cfg.split.val_fraction, seed=cfg.run.seed, release=r.release,
+                         normalise=r.normalise, write_label_dir=r.write_label_dir, progress=cfg.run.progress)
 
 
 def run_prepare_chexpert(cfg: PrepareChexpertConfig) -> dict:
     r = cfg.release
     return prepare_chexpert(r.csv, r.image_root, cfg.output.out, image_size=cfg.data.image_size,
-                            test_fraction=cfg.split.test_fraction, seed=cfg.run.seed,
-                            keep_uncertain=r.keep_uncertain, progress=cfg.run.progress)
+                            test_fraction=cfg.split.test_fraction, val_fraction=cfg.split.val_fraction,
+                            seed=cfg.run.seed, keep_uncertain=r.keep_uncertain, progress=cfg.run.progress)
+
+
+def format_part_counts(summary: dict, unit: str) -> list[str]:
+    """One line per written part: its patients and its healthy and diseased ``unit`` (slices, images)."""
+    lines = []
+    for part, n_patients in summary["patients"].items():
+        if part == VALIDATION and not n_patients:
+            continue  # no validation part was asked for
+        c = summary["counts"][part]
+        lines.append(f"{part}: {n_patients} patients, {c['healthy'] + c['diseased']} {unit} "
+                     f"({c['healthy']} healthy, {c['diseased']} diseased)")
+    return lines
 
 
 def run_make_synthetic(cfg: SyntheticConfig) -> dict:

@@ -17,6 +17,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 PROTOCOLS = ("paper", "all")
 LATENT_PRIORS = ("adversarial", "kl")
+BRATS_RELEASES = ("auto", "2020", "2021", "2023")
+NORMALISATIONS = ("percentile", "brainminmax")
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,9 @@ class SplitFlags(FlagGroup):
     NAME = "split"
     ABOUT = "patient-level splits: no patient's slices on two sides"
     test_fraction: float = flag(0.2, "fraction of the patients written to testing/")
-    val_fraction: float = flag(0.1, "fraction of the patients held out as a validation split (classifier_train.py: "
-                                    "of --data_dir, when there is no --val_data_dir)")
+    val_fraction: float = flag(0.1, "fraction of the patients held out as a validation split (prepare_*.py: written "
+                                    "to validation/; classifier_train.py: of --data_dir, when there is no "
+                                    "--val_data_dir)")
 
 
 def parse_slice_range(text: str) -> tuple[int, int]:
@@ -314,7 +317,13 @@ topmost 26 removed as in Wolleb et al. 2022."""
 class PrepareBratsFlags(FlagGroup):
     NAME = "BraTS release"
     ABOUT = "prepare_brats.py: the release folder and what is kept"
-    src: str = flag(REQUIRED, "folder of the release's patient folders (BraTS20_Training_XXX/ ...)", metavar="DIR")
+    src: str = flag(REQUIRED, "folder of the release's patient folders (BraTS20_Training_XXX/, BraTS2021_XXXXX/ or "
+                              "BraTS-GLI-XXXXX-XXX/)", metavar="DIR")
+    release: str = flag("auto", "which release's file names to read (auto: told by the patient folders' names)",
+                        choices=BRATS_RELEASES)
+    normalise: str = flag("percentile", "per volume and modality to [0, 1]: percentile (clip at the 99.5th "
+                                        "percentile of the brain) or brainminmax (min-max of the non-zero voxels)",
+                          choices=NORMALISATIONS)
     slice_range: tuple = flag(DEFAULT_SLICE_RANGE, "axial slices kept, 0-based, both ends included (80,128 = 49 "
                                                    "slices)", metavar="FIRST,LAST", parse=parse_slice_range)
     write_label_dir: bool = flag(False, "also write OUT/test_labels/<leaf>-label.nii.gz, the original's test "
