@@ -24,3 +24,13 @@ def one_thread():
     th.set_num_threads(1)
     yield
     th.set_num_threads(threads)
+
+
+def redraw_zero_layers(net: th.nn.Module) -> th.nn.Module:
+    """Give the layers that guided diffusion initialises to zero (output convolutions, residual branches)
+    random weights, so that outputs and gradients are not trivially zero."""
+    for module in net.modules():
+        params = list(module.parameters(recurse=False))
+        if params and hasattr(module, "reset_parameters") and all(not p.any() for p in params):
+            module.reset_parameters()
+    return net
