@@ -22,7 +22,7 @@ $(VENV)/.installed: setup.py constraints.txt
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 demo: venv
 	$(PY) scripts/demo.py --out results/demo
