@@ -1,16 +1,21 @@
-"""Every bad input of the README's table, through the real translation script: a one-line error that
-names the file or flag, exit status 2, and no half-written file left behind."""
+"""Every bad input of the README's table, through the real scripts' entry points (in-process: the
+same ``main`` and ``run_main`` a shell runs): a one-line error that names the file or flag, exit status 2,
+and no half-written file left behind. The slice errors also through the two training scripts; and, in a
+real process with progress bars on, the error is the last line the user sees."""
 import glob
+import importlib.util
 import os
 import pickle
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch as th
 
 from guided_diffusion.datasets.nifti import write_nifti_gz
+from guided_diffusion.pipeline.cli import run_main
 from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.util import checkpoint as ckpt
@@ -41,17 +46,58 @@ def nets(tmp_path_factory):
 
 @pytest.fixture()
 def testset(tmp_path):
-    generate(str(tmp_path / "syn"), dataset="brats", size=16, n_train=1, n_test=3, seed=2)
+    generate(str(tmp_path / "syn"), dataset="brats", size=16, n_train=3, n_test=3, seed=2)
     return tmp_path / "syn" / "brats"
 
 
-def translate(nets, data, out, *extra, model=None, classifier=None, log_dir=None):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "classifier_sample_known.py"),
-           "--data_dir", data / "testing", "--label_dir", data / "test_labels", *MODEL_FLAGS, *CLASSIFIER_FLAGS,
-           "--model_path", model or nets / "model000000.pt",
-           "--classifier_path", classifier or nets / "classifier000000.pt", "--noise_level", 2, "--use_ddim", True,
-           "--output_dir", out, "--log_dir", log_dir or str(out) + "-log", "--progress", False, *extra]
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+def _main(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+SCRIPTS = {name: _main(name) for name in ("classifier_sample_known", "classifier_train", "image_train")}
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def call(capsys):
+    """call(script, argv): run the script's entry point as the shell does, return what the user saw."""
+    def run(name, argv):
+        capsys.readouterr()
+        code = run_main(SCRIPTS[name], [str(a) for a in argv])
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+    return run
+
+
+def translation_argv(nets, data, out, *extra, model=None, classifier=None, log_dir=None):
+    return ["--data_dir", data / "testing", "--label_dir", data / "test_labels", *MODEL_FLAGS, *CLASSIFIER_FLAGS,
+            "--model_path", model or nets / "model000000.pt",
+            "--classifier_path", classifier or nets / "classifier000000.pt", "--noise_level", 2, "--use_ddim", True,
+            "--output_dir", out, "--log_dir", log_dir or str(out) + "-log", "--progress", False, *extra]
+
+
+@pytest.fixture()
+def translate(call):
+    def run(nets, data, out, *extra, **kwargs):
+        return call("classifier_sample_known", translation_argv(nets, data, out, *extra, **kwargs))
+    return run
+
+
+def training_argv(script, data, log_dir, *extra):
+    flags = MODEL_FLAGS if script == "image_train" else [*CLASSIFIER_FLAGS, "--image_size=16", "--diffusion_steps=50",
+                                                          "--val_fraction=0"]
+    steps = "--lr_anneal_steps" if script == "image_train" else "--iterations"
+    return ["--data_dir", data / "training", *flags, "--batch_size", 3, steps, 1, "--log_dir", log_dir,
+            "--progress", False, *extra]
 
 
 def assert_user_error(proc, pattern, out):
@@ -67,36 +113,89 @@ def assert_user_error(proc, pattern, out):
                 z["healthy"]
 
 
-def second_leaf(data):
-    return sorted((data / "testing").iterdir())[1]
+def second_leaf(data, split="testing"):
+    return sorted((data / split).iterdir())[1]
 
 
-def corrupt(data, seq, array):
-    path = next(second_leaf(data).glob(f"*_{seq}_*"))
+def corrupt(data, seq, array, split="testing"):
+    path = next(second_leaf(data, split).glob(f"*_{seq}_*"))
     write_nifti_gz(path, array)
     return path
 
 
-def test_truncated_nifti(nets, testset, tmp_path):
+SLICE_ERRORS = {  # what is wrong with a slice file -> the error the user sees
+    "uint8": (lambda: np.full((16, 16), 200, dtype=np.uint8), "t1", r"expected values in \[0, 1\]"),
+    "shape": (lambda: np.zeros((16, 12)), "t2", r"slice shape \(16, 12\) differs"),
+    "nan": (lambda: np.where(np.eye(16, dtype=bool), np.nan, 0.0), "t1ce", r"16 NaN or infinite"),
+    "volume": (lambda: np.zeros((16, 16, 155)), "flair", r"expected a 2-D slice"),
+}
+
+
+@pytest.mark.parametrize("script", ["classifier_train", "image_train"])
+@pytest.mark.parametrize("problem", ["truncated", *SLICE_ERRORS])
+def test_bad_training_slices_through_the_training_scripts(call, testset, tmp_path, script, problem):
+    if problem == "truncated":
+        path = next(second_leaf(testset, "training").glob("*_flair_*"))
+        path.write_bytes(path.read_bytes()[:200])
+        pattern = rf"{path.name}: (cannot read|not a readable)"
+    else:
+        make, seq, message = SLICE_ERRORS[problem]
+        path = corrupt(testset, seq, make(), split="training")
+        pattern = rf"{path.name}: {message}"
+    log = tmp_path / "log"
+    assert_user_error(call(script, training_argv(script, testset, log)), pattern, log)
+    assert not glob.glob(str(log / "*.pt")), "a checkpoint of a run that never trained"
+
+
+def test_training_from_a_checkpoint_of_other_flags_or_a_pickle(call, testset, tmp_path):
+    assert call("image_train", training_argv("image_train", testset, tmp_path / "a")).returncode == 0
+    proc = call("image_train", training_argv("image_train", testset, tmp_path / "a", "--learn_sigma", False,
+                                             "--resume_checkpoint", tmp_path / "a" / "model000001.pt"))
+    assert_user_error(proc, r"000001.pt: does not fit the .*diffusion model.*--learn_sigma", tmp_path / "a")
+    evil = tmp_path / "model000001.pt"
+    evil.write_bytes(pickle.dumps(Exception("not a tensor")))
+    proc = call("classifier_train", training_argv("classifier_train", testset, tmp_path / "b",
+                                                  "--resume_checkpoint", evil))
+    assert_user_error(proc, r"model000001.pt: refused to load", tmp_path / "b")
+    proc = call("classifier_train", training_argv("classifier_train", testset, tmp_path / "c", "--lr", 0))
+    assert_user_error(proc, r"--lr 0.0: expected a positive learning rate", tmp_path / "c")
+
+
+def test_error_is_the_last_line_with_progress_bars(nets, testset, tmp_path):
+    # a real process, progress bars on: the bar is closed before the message, so the message comes last
+    bad = {split: corrupt(testset, "t1", np.full((16, 16), 200, dtype=np.uint8), split=split).name
+           for split in ("testing", "training")}
+    for script, argv, path in (
+            ("classifier_sample_known", translation_argv(nets, testset, tmp_path / "o"), bad["testing"]),
+            ("image_train", training_argv("image_train", testset, tmp_path / "log"), bad["training"])):
+        argv[argv.index("--progress") + 1] = True
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{script}.py"), *map(str, argv)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 2
+        last = proc.stderr.rstrip().replace("\r", "\n").splitlines()[-1]
+        assert last.startswith("error: ") and path in last, (script, proc.stderr[-500:])
+
+
+def test_truncated_nifti(translate, nets, testset, tmp_path):
     path = next(second_leaf(testset).glob("*_flair_*"))
     path.write_bytes(path.read_bytes()[:200])
     assert_user_error(translate(nets, testset, tmp_path / "o"), rf"{path.name}: (cannot read|not a readable)",
                       tmp_path / "o")
 
 
-def test_wrong_dtype_uint8_slice(nets, testset, tmp_path):
+def test_wrong_dtype_uint8_slice(translate, nets, testset, tmp_path):
     path = corrupt(testset, "t1", np.full((16, 16), 200, dtype=np.uint8))
     assert_user_error(translate(nets, testset, tmp_path / "o"), rf"{path.name}: expected values in \[0, 1\]",
                       tmp_path / "o")
 
 
-def test_wrong_shape_between_modalities(nets, testset, tmp_path):
+def test_wrong_shape_between_modalities(translate, nets, testset, tmp_path):
     path = corrupt(testset, "t2", np.zeros((16, 12)))
     assert_user_error(translate(nets, testset, tmp_path / "o"), rf"{path.name}: slice shape \(16, 12\) differs",
                       tmp_path / "o")
 
 
-def test_nan_values(nets, testset, tmp_path):
+def test_nan_values(translate, nets, testset, tmp_path):
     array = np.zeros((16, 16))
     array[3, 3] = np.nan
     path = corrupt(testset, "t1ce", array)
@@ -104,13 +203,13 @@ def test_nan_values(nets, testset, tmp_path):
                       tmp_path / "o")
 
 
-def test_volume_where_a_slice_belongs(nets, testset, tmp_path):
+def test_volume_where_a_slice_belongs(translate, nets, testset, tmp_path):
     path = corrupt(testset, "flair", np.zeros((16, 16, 155)))
     assert_user_error(translate(nets, testset, tmp_path / "o"), rf"{path.name}: expected a 2-D slice",
                       tmp_path / "o")
 
 
-def test_label_file_with_the_wrong_name(nets, testset, tmp_path):
+def test_label_file_with_the_wrong_name(translate, nets, testset, tmp_path):
     leaf = second_leaf(testset).name
     labels = testset / "test_labels"
     os.rename(labels / f"{leaf}-label.nii.gz", labels / f"{leaf}_label.nii.gz")
@@ -118,14 +217,14 @@ def test_label_file_with_the_wrong_name(nets, testset, tmp_path):
                       tmp_path / "o")
 
 
-def test_checkpoint_from_other_flags(nets, testset, tmp_path):
+def test_checkpoint_from_other_flags(translate, nets, testset, tmp_path):
     proc = translate(nets, testset, tmp_path / "o", "--learn_sigma", False)
     assert_user_error(proc, r"model000000.pt: does not fit the diffusion model.*--learn_sigma", tmp_path / "o")
     proc = translate(nets, testset, tmp_path / "o", "--classifier_width", 64)
     assert_user_error(proc, r"classifier000000.pt: does not fit the classifier", tmp_path / "o")
 
 
-def test_pickle_with_code_as_checkpoint(nets, testset, tmp_path):
+def test_pickle_with_code_as_checkpoint(translate, nets, testset, tmp_path):
     evil = tmp_path / "evil.pt"
     marker = tmp_path / "pwned"
 
@@ -138,7 +237,7 @@ def test_pickle_with_code_as_checkpoint(nets, testset, tmp_path):
     assert not marker.exists(), "the pickle's code ran"
 
 
-def test_truncated_checkpoint(nets, testset, tmp_path):
+def test_truncated_checkpoint(translate, nets, testset, tmp_path):
     short = tmp_path / "short.pt"
     short.write_bytes((nets / "model000000.pt").read_bytes()[:5000])
     assert_user_error(translate(nets, testset, tmp_path / "o", model=short), r"short.pt: truncated or corrupt",
@@ -152,7 +251,7 @@ def _mount_tmpfs(path, options):
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
 
 
-def test_read_only_output_folder(nets, testset, tmp_path):
+def test_read_only_output_folder(translate, nets, testset, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a read-only file system")
     ro = tmp_path / "ro"
@@ -166,7 +265,7 @@ def test_read_only_output_folder(nets, testset, tmp_path):
                       r"--output_dir /proc/results", "/proc/results")
 
 
-def test_full_output_folder(nets, testset, tmp_path):
+def test_full_output_folder(translate, nets, testset, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small file system")
     full = tmp_path / "full"
