@@ -169,16 +169,20 @@ def classifier(data, tmp_path_factory):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
-def test_distributed_translation_equals_single_process(data, single, classifier, tmp_path):
+@pytest.mark.parametrize("use_ddim", [True, False])
+def test_distributed_translation_equals_single_process(data, single, classifier, tmp_path, use_ddim):
+    # DDIM and stochastic DDPM sampling: per-image noise generators make the files independent of the sharding
     one, two = tmp_path / "one", tmp_path / "two"
-    run([sys.executable, *translate_args(data, single, classifier, one)])
-    run([MPIEXEC, "-n", 2, sys.executable, *translate_args(data, single, classifier, two, "--batch_size", 2)])
+    run([sys.executable, *translate_args(data, single, classifier, one, "--use_ddim", use_ddim)])
+    run([MPIEXEC, "-n", 2, sys.executable, *translate_args(data, single, classifier, two, "--batch_size", 2,
+                                                           "--use_ddim", use_ddim)])
     names = sorted(os.listdir(one))
     assert names == sorted(os.listdir(two))
     assert (one / "metrics.csv").read_text() == (two / "metrics.csv").read_text()
     for n in names:
         if n.endswith(".npz"):
             with np.load(one / n) as a, np.load(two / n) as b:
+                assert not np.array_equal(a["input"], a["healthy"])
                 for k in a.files:
                     if a[k].dtype.kind == "U":  # the patient's name
                         assert a[k] == b[k], k

@@ -63,3 +63,17 @@ def test_training_and_translation_appear_in_visdom(visdom_server, tmp_path):  # 
     with np.load(tmp_path / "out" / f"{sorted(os.listdir(data / 'testing'))[-1]}.npz") as z:
         amap = z["anomaly"]
     np.testing.assert_allclose(np.array(heat["z"], dtype=float)[::-1], amap, rtol=1e-4, atol=1e-5)
+
+
+def test_a_missing_server_gives_one_warning_through_a_script(tmp_path):
+    from guided_diffusion.util.visdom_server import find_free_port
+
+    generate(str(tmp_path / "syn"), dataset="brats", size=16, n_train=4, n_test=1, seed=4)
+    port = find_free_port()  # nothing listens there
+    proc = run("image_train.py", "--data_dir", tmp_path / "syn" / "brats" / "training", *MODEL, "--batch_size", 2,
+               "--lr_anneal_steps", 3, "--log_interval", 1, "--log_dir", tmp_path / "model", "--visdom", True,
+               "--visdom_port", port, "--progress", False)
+    warnings = [line for line in proc.stderr.splitlines() if "Visdom monitoring is off" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert f"127.0.0.1:{port}" in warnings[0] and "--visdom False" in warnings[0]
+    assert (tmp_path / "model" / "model000003.pt").is_file()  # the run went on
