@@ -19,9 +19,9 @@ CLASSIFIER = ("--image_size 16 --classifier_width 32 --classifier_depth 1 --clas
               "--classifier_attention_resolutions 8 --classifier_num_head_channels 32").split()
 
 
-def run(name, *args):
+def run(name, *args, env=None):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -72,7 +72,7 @@ def test_a_missing_server_gives_one_warning_through_a_script(tmp_path):
     port = find_free_port()  # nothing listens there
     proc = run("image_train.py", "--data_dir", tmp_path / "syn" / "brats" / "training", *MODEL, "--batch_size", 2,
                "--lr_anneal_steps", 3, "--log_interval", 1, "--log_dir", tmp_path / "model", "--visdom", True,
-               "--visdom_port", port, "--progress", False)
+               "--visdom_port", port, "--progress", False, env={"PYTHONWARNINGS": "always"})  # no deduplication
     warnings = [line for line in proc.stderr.splitlines() if "Visdom monitoring is off" in line]
     assert len(warnings) == 1, proc.stderr
     assert f"127.0.0.1:{port}" in warnings[0] and "--visdom False" in warnings[0]
