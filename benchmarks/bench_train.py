@@ -51,6 +51,8 @@ from guided_diffusion.pipeline.train import TrainConfig, dropout_seed  # noqa: E
 from guided_diffusion.util.flags import ClassifierTrainFlags, TrainFlags  # noqa: E402
 
 ALL_PATHS = ("fp32", "bf16", "fp16", "cl", "compile")
+# --strict: the most a path's first-step loss may differ from the fp32 one, relative to it
+TOLERANCES = {"cl": 1e-3, "compile": 1e-3, "bf16": 5e-2, "fp16": 1e-2}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 leaves the default")
     p.add_argument("--overhead", default="True", help="also measure the scaffold against the bare step (True/False)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the scaffold-overhead measurement")
+    p.add_argument("--strict", default="False", help="True: exit with status 1 when a path failed, its loss "
+                   "differs beyond its tolerance, or the scaffold costs more than 3 %% over the bare step")
     p.add_argument("--json_out", default="", help="also write the JSON result to this file")
     return p.parse_args(argv)
 
@@ -309,8 +313,23 @@ def main(argv=None) -> dict:
     if ok:
         print(f"peak memory: {ok[0]['memory_kind']}; loss diff: |first-step loss - fp32 first-step loss|; "
               f"load average {info['loadavg_1m']:.2f} at the start, {result['loadavg_1m_end']:.2f} at the end")
+    failures = [f"{r['net']} {r['path']}: {r['error']}" for r in rows if "error" in r]
+    for r in ok:
+        tol = TOLERANCES.get(r["path"])
+        if tol is not None and r["loss_diff"] > tol * abs(base[r["net"]]["first_loss"]):
+            failures.append(f"{r['net']} {r['path']}: first-step loss differs by {r['loss_diff']:.2e} from fp32 "
+                            f"(at most {tol:g} of it)")
+    for r in result.get("overhead", []):
+        if r["scaffold_at_defaults_vs_bare"] > 1.03:
+            failures.append(f"{r['net']}: the scaffold step at the default intervals costs "
+                            f"{r['scaffold_at_defaults_vs_bare']:.3f} x the bare step (at most 1.03)")
+    result["failures"] = failures
     write_json(result, args.json_out)
     print(json.dumps(result))
+    for line in failures:
+        print(f"FAILED {line}")
+    if failures and args.strict.lower() in ("true", "1", "yes"):
+        raise SystemExit(1)
     return result
 
 

@@ -48,11 +48,15 @@ from _common import (  # noqa: E402
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask  # noqa: E402
 from guided_diffusion.guidance import make_cond_fn  # noqa: E402
-from guided_diffusion.pipeline.train import autocast_for  # noqa: E402
-from guided_diffusion.pipeline.translate import translate_batch, wrap_network  # noqa: E402
+from guided_diffusion.pipeline.devices import autocast_for, wrap_network  # noqa: E402
+from guided_diffusion.pipeline.methods import translate_batch  # noqa: E402
 from guided_diffusion.script_util import str2bool  # noqa: E402
 
 ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "compile_cl", "graphs")
+# --strict: the most a path may differ from the base path (max |diff| of the healthy output, fraction of
+# Otsu-mask pixels that differ); fp32 paths allow for TF32 convolutions on CUDA and other kernels
+TOLERANCES = {"batch": (2e-2, 0.01), "cl": (2e-2, 0.01), "compile": (2e-2, 0.01), "compile_cl": (2e-2, 0.01),
+              "graphs": (2e-2, 0.01), "bf16": (0.15, 0.05), "fp16": (0.15, 0.05)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overhead", action="store_true",
                    help="time the diffusion loop alone: trivial networks (eps = 0.1 x, a linear classifier), "
                    "microseconds per step at batch 1 and --batch_size")
+    p.add_argument("--strict", type=str2bool, default=False,
+                   help="exit with status 1 when a path failed or differs from base beyond its tolerance")
+    p.add_argument("--tolerance_scale", type=float, default=1.0, help="multiply every tolerance (tests use 0)")
     p.add_argument("--json_out", default="", help="also write the JSON result to this file")
     args = p.parse_args(argv)
     return args
@@ -357,7 +364,20 @@ def main(argv=None) -> dict:
               f"{ok[0]['memory_kind']}; input ({args.n_images}, {C}, {S}, {S}); differences against path base "
               f"(fp32, batch 1); load average {info['loadavg_1m']:.2f} at the start, "
               f"{result['loadavg_1m_end']:.2f} at the end")
+    failures = [f"path {r['path']}: {r['error']}" for r in rows if "error" in r]
+    for r in ok:
+        if r["path"] in TOLERANCES:
+            max_diff, mask_frac = (t * args.tolerance_scale for t in TOLERANCES[r["path"]])
+            if r["max_abs_diff"] > max_diff or r["mask_diff_frac"] > mask_frac:
+                failures.append(f"path {r['path']}: max|diff| {r['max_abs_diff']:.2e} (at most {max_diff:.2e}), "
+                                f"mask diff {r['mask_diff_frac']:.4f} (at most {mask_frac:.4f})")
+    result["failures"] = failures
+    write_json(result, args.json_out)
     print(json.dumps(result))
+    for line in failures:
+        print(f"FAILED {line}")
+    if failures and args.strict:
+        raise SystemExit(1)
     return result
 
 

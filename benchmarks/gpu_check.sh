@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks and both benchmarks on one CUDA GPU, about 8 minutes on an H100. Installs nothing.
+# GPU checks and both benchmarks on one CUDA GPU. Installs nothing.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # from anywhere; OUT_DIR defaults to $OUT or results/gpu_check
 #
@@ -9,12 +9,20 @@
 #    batch 4 = batch 1, torch.compile = eager (TF32 off)                      <= 100 s
 # 3. benchmarks/bench_translate.py: README presets at 256x256, ddim1000, L = 100,
 #    8 slices: base (fp32, batch 1), batch 8, channels-last, bf16, fp16,
-#    compile, CUDA graphs                                                    <= 210 s
+#    compile, CUDA graphs                                                    <= 150 s
 # 4. the loop's own cost per step (trivial networks), batch 1 and 8           <= 30 s
 # 5. benchmarks/bench_train.py: README presets at 256x256, batch 10: UNet and
-#    classifier, fp32, bf16, fp16, channels-last, compile                     <= 130 s
+#    classifier, fp32, bf16, fp16, channels-last, compile, and the scaffold
+#    against the bare step                                                   <= 120 s
 # Each step has its own time limit, so one hang does not cost the others; logs and JSON
 # results go to OUT_DIR (translate.json and train.json are rewritten after every path).
+# The benchmarks run with --strict True: a path that raises, or whose output differs from the
+# fp32 baseline beyond its tolerance, fails its step, and the script then exits with status 1.
+#
+# Budget: the step limits add up to 445 s (7.4 min), the most this script can take; the device
+# tool gives a session 15 minutes in all, machine start included (a few minutes), which leaves
+# about 4 minutes: enough to rerun the one step that failed (each step can run on its own, e.g.
+# `timeout 150 python3 benchmarks/bench_translate.py ...` with the flags below), not the whole script.
 #
 # guided_diffusion's data loaders import nibabel. Where python3 lacks it (the lent GPU machines
 # do), a pure-Python wheel in results/wheels/ is put on PYTHONPATH as it is (no install). Fetch it
@@ -61,11 +69,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 
 step tests 100 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py -k "not cpu" \
     tests/test_train_util.py::test_cuda_training_step_has_no_host_sync
-step translate 210 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
-    --noise_level 100 --n_images 8 --batch_size 8 --compile_mode default --json_out "$OUT_DIR/translate.json"
+step translate 150 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
+    --noise_level 100 --n_images 8 --batch_size 8 --compile_mode default --strict True \
+    --json_out "$OUT_DIR/translate.json"
 step overhead 30 "$PY" benchmarks/bench_translate.py --device cuda --overhead --timestep_respacing ddim1000 \
     --noise_level 200 --n_images 8 --batch_size 8
-step train 130 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
-    --json_out "$OUT_DIR/train.json"
+step train 120 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
+    --rounds 3 --strict True --json_out "$OUT_DIR/train.json"
 echo "gpu_check: $([ "$status" -eq 0 ] && echo all steps passed || echo some steps FAILED, see the logs above)"
 exit $status
