@@ -44,9 +44,9 @@ class DemoConfig:
     """scripts/demo.py"""
 
     driver: DriverFlags
-    output: OutputFlags
-    data: DataFlags = part("data_dir")
     sampling: SamplingFlags = part("noise_level", "classifier_scale")
+    data: DataFlags = part("data_dir")
+    output: OutputFlags
     run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "demo"
     DEFAULTS: ClassVar[dict] = {"out": "results/demo", "data_dir": "data/brats", "noise_level": 30}

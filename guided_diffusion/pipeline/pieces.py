@@ -31,31 +31,37 @@ from .train import Piece, TrainConfig, Trainer, step_generator
 HEALTHY = 0
 
 
+class OneNetworkPiece(Piece):
+    """A piece with one network ``net`` (file prefix ``model``), one optimizer (``opt``), wrapped in DDP."""
+
+    net: th.nn.Module
+
+    def modules(self):
+        return {"model": self.net}
+
+    def param_groups(self):
+        return {"opt": (list(self.net.parameters()), {})}
+
+    def main_module(self):
+        return self.net
+
+
 def _parse_rates(ema_rate: str) -> list[float]:
     return [float(r) for r in str(ema_rate).split(",")] if str(ema_rate) else []
 
 
-class DiffusionPiece(Piece):
+class DiffusionPiece(OneNetworkPiece):
     """The diffusion UNet (guided diffusion's TrainLoop): loss ``diffusion.training_losses``
     weighted by the schedule sampler's importance weights, EMA of the weights after each step."""
 
     kind = "model"
 
     def __init__(self, model, diffusion, ema_rate: str = "0.9999", schedule_sampler=None):
-        self.model = model
+        self.model = self.net = model
         self.diffusion = diffusion
         self.ema_rate = _parse_rates(ema_rate)
         self.ema_params = [[p.detach().clone() for p in model.parameters()] for _ in self.ema_rate]
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
-
-    def modules(self):
-        return {"model": self.model}
-
-    def param_groups(self):
-        return {"opt": (list(self.model.parameters()), {})}
-
-    def main_module(self):
-        return self.model
 
     def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
         t, weights = self.schedule_sampler.sample(trainer.global_batch, trainer.device, generator=trainer.generator)
@@ -105,7 +111,7 @@ class DiffusionPiece(Piece):
                 p.copy_(state[name])
 
 
-class ClassifierPiece(Piece):
+class ClassifierPiece(OneNetworkPiece):
     """The noise-aware classifier: cross entropy of classifier(q_sample(x, t), t) against the label,
     at timesteps from the schedule sampler (guided diffusion's classifier_train.py)."""
 
@@ -114,7 +120,7 @@ class ClassifierPiece(Piece):
     def __init__(self, classifier, diffusion, noised: bool = True, schedule_sampler=None,
                  make_val_data: Callable[[], Iterator] | None = None, eval_interval: int = 0,
                  val_batches: int = 4):
-        self.classifier = classifier
+        self.classifier = self.net = classifier
         self.diffusion = diffusion
         self.noised = noised
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
@@ -122,15 +128,6 @@ class ClassifierPiece(Piece):
         self.eval_interval = eval_interval
         self.val_batches = val_batches
         self._val_cache: list | None = None
-
-    def modules(self):
-        return {"model": self.classifier}
-
-    def param_groups(self):
-        return {"opt": (list(self.classifier.parameters()), {})}
-
-    def main_module(self):
-        return self.classifier
 
     def logits_and_terms(self, net, x, y, t, noise):
         if self.noised:

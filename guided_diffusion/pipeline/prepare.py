@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..datasets.layout import VALIDATION
 from ..datasets.prepare_brats import prepare_brats
 from ..datasets.prepare_chexpert import prepare_chexpert
-from ..datasets.layout import VALIDATION
 from ..datasets.synthetic import generate
 from ..util.errors import UserError
 from ..util.flags import (
@@ -74,11 +74,11 @@ def run_prepare_chexpert(cfg: PrepareChexpertConfig) -> dict:
 def format_part_counts(summary: dict, unit: str) -> list[str]:
     """One line per written part: its patients and its healthy and diseased ``unit`` (slices, images)."""
     lines = []
-    for part, n_patients in summary["patients"].items():
-        if part == VALIDATION and not n_patients:
+    for name, n_patients in summary["patients"].items():
+        if name == VALIDATION and not n_patients:
             continue  # no validation part was asked for
-        c = summary["counts"][part]
-        lines.append(f"{part}: {n_patients} patients, {c['healthy'] + c['diseased']} {unit} "
+        c = summary["counts"][name]
+        lines.append(f"{name}: {n_patients} patients, {c['healthy'] + c['diseased']} {unit} "
                      f"({c['healthy']} healthy, {c['diseased']} diseased)")
     return lines
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import ClassVar
 
 import torch as th
@@ -78,114 +78,81 @@ from .translate import LoopConfig, Method, translate_folder
 
 
 @dataclass(frozen=True)
-class ImageTrainConfig:
-    """scripts/image_train.py"""
+class _ScriptConfig:
+    """What every script that runs networks takes: how the run goes, its data, Visdom."""
 
     run: RunFlags
     data: DataFlags
+    monitoring: MonitorFlags
+
+
+@dataclass(frozen=True)
+class _TrainingConfig(_ScriptConfig):
+    training: TrainFlags
+
+
+@dataclass(frozen=True)
+class _TranslationConfig(_ScriptConfig):
+    translation: TranslateFlags
+    evaluation: EvaluationFlags
+
+
+@dataclass(frozen=True)
+class ImageTrainConfig(_TrainingConfig):
+    """scripts/image_train.py"""
+
     model: ModelFlags
     diffusion: DiffusionFlags
-    training: TrainFlags
     schedule: DiffusionTrainFlags
     timesteps: TimestepFlags
     speed: SpeedFlags
-    monitoring: MonitorFlags
     SCRIPT: ClassVar[str] = "image_train"
 
 
 @dataclass(frozen=True)
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(_TrainingConfig):
     """scripts/classifier_train.py"""
 
-    run: RunFlags
-    data: DataFlags
     classifier: ClassifierFlags
     diffusion: DiffusionFlags
-    training: TrainFlags
     length: LengthFlags
     classifier_training: ClassifierTrainFlags
     split: SplitFlags = part("val_fraction")
     timesteps: TimestepFlags
     speed: SpeedFlags
-    monitoring: MonitorFlags
     SCRIPT: ClassVar[str] = "classifier_train"
     DEFAULTS: ClassVar[dict] = {"iterations": 150000}
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(_TranslationConfig):
     """scripts/classifier_sample_known.py"""
 
-    run: RunFlags
-    data: DataFlags
     model: ModelFlags
     diffusion: DiffusionFlags
     classifier: ClassifierFlags
-    translation: TranslateFlags
     sampling: SamplingFlags
-    evaluation: EvaluationFlags
     speed: SpeedFlags
-    monitoring: MonitorFlags
     SCRIPT: ClassVar[str] = "classifier_sample_known"
     VISDOM_ENV: ClassVar[str] = "translate"
 
 
-@dataclass(frozen=True)
-class VAETrainConfig:
-    """scripts/vae_train.py (SPEC section 9: 500 epochs, batch 10, lr 1e-4)"""
-
-    run: RunFlags
-    data: DataFlags
-    vae: VAEFlags
-    vae_losses: VAELossFlags
-    training: TrainFlags
-    length: LengthFlags
-    monitoring: MonitorFlags
-    SCRIPT: ClassVar[str] = "vae_train"
-    DEFAULTS: ClassVar[dict] = {"image_size": 256, "batch_size": 10, "epochs": 500, "save_interval": 1000}
+def _baseline_config(script: str, base: type, defaults: dict, **groups: type) -> type:
+    """The config of a baseline's script: ``base``'s groups and the method's own (by field name)."""
+    return make_dataclass(f"{script.title().replace('_', '')}Config", list(groups.items()), bases=(base,),
+                          frozen=True, namespace={"SCRIPT": script, "DEFAULTS": defaults,
+                                                  "__doc__": f"scripts/{script}.py", "__module__": __name__})
 
 
-@dataclass(frozen=True)
-class FPGANTrainConfig:
-    """scripts/fpgan_train.py (SPEC section 9: 150 epochs, batch 10, lr 1e-4)"""
-
-    run: RunFlags
-    data: DataFlags
-    fpgan: FPGANFlags
-    fpgan_losses: FPGANLossFlags
-    training: TrainFlags
-    length: LengthFlags
-    monitoring: MonitorFlags
-    SCRIPT: ClassVar[str] = "fpgan_train"
-    DEFAULTS: ClassVar[dict] = {"image_size": 256, "batch_size": 10, "epochs": 150, "save_interval": 1000}
-
-
-@dataclass(frozen=True)
-class VAETranslateConfig:
-    """scripts/vae_translate.py"""
-
-    run: RunFlags
-    data: DataFlags
-    vae: VAEFlags
-    translation: TranslateFlags
-    evaluation: EvaluationFlags
-    monitoring: MonitorFlags
-    SCRIPT: ClassVar[str] = "vae_translate"
-    DEFAULTS: ClassVar[dict] = {"image_size": 256, "batch_size": 8}
-
-
-@dataclass(frozen=True)
-class FPGANTranslateConfig:
-    """scripts/fpgan_translate.py"""
-
-    run: RunFlags
-    data: DataFlags
-    fpgan: FPGANFlags
-    translation: TranslateFlags
-    evaluation: EvaluationFlags
-    monitoring: MonitorFlags
-    SCRIPT: ClassVar[str] = "fpgan_translate"
-    DEFAULTS: ClassVar[dict] = {"image_size": 256, "batch_size": 8}
+# the baselines at SPEC section 9's settings: 256 x 256, batch 10, 500 (VAE) or 150 (FixedPoint-GAN) epochs
+_TRAINING = {"image_size": 256, "batch_size": 10, "save_interval": 1000}
+_TRANSLATION = {"image_size": 256, "batch_size": 8}
+VAETrainConfig = _baseline_config("vae_train", _TrainingConfig, {**_TRAINING, "epochs": 500}, length=LengthFlags,
+                                  vae=VAEFlags, vae_losses=VAELossFlags)
+FPGANTrainConfig = _baseline_config("fpgan_train", _TrainingConfig, {**_TRAINING, "epochs": 150}, length=LengthFlags,
+                                    fpgan=FPGANFlags, fpgan_losses=FPGANLossFlags)
+VAETranslateConfig = _baseline_config("vae_translate", _TranslationConfig, _TRANSLATION, vae=VAEFlags)
+FPGANTranslateConfig = _baseline_config("fpgan_translate", _TranslationConfig, _TRANSLATION, fpgan=FPGANFlags)
 
 
 # -------------------------------------------------------------------------------- shared steps
