@@ -368,6 +368,17 @@ def test_best_threshold_matches_brute_force():
     assert np.mean([dice(m > result.threshold, g) for m, g, _ in units]) == pytest.approx(brute, abs=1e-12)
 
 
+def test_best_threshold_ties_go_to_the_highest():
+    """One unit: tumour pixels 8 and 6, two other pixels 6, the rest 1 (G = 2).
+    >= 8: 2*1/(1+2) = 2/3; >= 6: 2*2/(4+2) = 2/3; >= 1 (all 16): 2*2/(16+2) = 2/9. The tie goes to
+    the highest threshold, halfway between 8 and the next lower value 6: 7."""
+    amap = _map({(0, 0): 8, (0, 1): 6, (0, 2): 6, (0, 3): 6})[None]
+    gt = np.zeros((1, 4, 4), dtype=bool)
+    gt[0, 0, :2] = True
+    result = best_threshold([(amap, gt, None)])
+    assert result.threshold == 7.0 and result.mean_dice == approx(F(2, 3)) and result.candidates == 2
+
+
 def test_dice_agrees_with_torchmetrics_on_random_masks():
     """anomaly.dice against torchmetrics' dice_score (foreground class of an index mask) on
     random 2-D slices and 3-D volumes."""
