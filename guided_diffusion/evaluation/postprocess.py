@@ -27,6 +27,8 @@ from scipy import ndimage
 
 from ..util.errors import UserError
 
+_ROWS = 32  # image rows per block of the median filter's window buffer
+
 
 @dataclass(frozen=True)
 class PostProcessing:
@@ -73,13 +75,15 @@ def median_filter(maps: np.ndarray, size: int, volumetric: bool) -> np.ndarray:
     # NumPy's "symmetric" padding (d c b a | a b c d | d c b a) is SciPy's "reflect" mode.
     padded = np.pad(maps, ((r, r) if volumetric else (0, 0), (r, r), (r, r)), mode="symmetric")
     n = window[0] * size * size
-    buffer = np.empty((height, width, n), dtype=np.float32)
+    buffer = np.empty((_ROWS, width, n), dtype=np.float32)  # a few MiB: copied and sorted in cache
     out = np.empty_like(maps)
     for z in range(depth):
         windows = sliding_window_view(padded[z : z + window[0]], window)[0]  # (H, W, kz, K, K)
-        np.copyto(buffer.reshape(height, width, *window), windows)
-        buffer.sort(axis=-1)  # in place: no allocation per slice
-        out[z] = buffer[..., n // 2]
+        for y in range(0, height, _ROWS):
+            rows = buffer[: min(_ROWS, height - y)]
+            np.copyto(rows.reshape(len(rows), width, *window), windows[y : y + _ROWS])
+            rows.sort(axis=-1)  # in place: no allocation per block
+            out[z, y : y + len(rows)] = rows[..., n // 2]
     return out
 
 

@@ -336,6 +336,19 @@ def _clusters(units: list[Unit], scoring: Scoring) -> tuple[list[str], str]:
     return [u.name for u in scored], "image"
 
 
+def _gather(units: list[Unit], tumour: bool) -> np.ndarray:
+    """The map values of the units' tumour (or other) pixels in one float32 array, written into
+    place so that the pixels of a whole test split are held once."""
+    picks = [u.gt if tumour else ~u.gt for u in units]
+    out = np.empty(sum(int(p.sum()) for p in picks), dtype=np.float32)
+    start = 0
+    for unit, pick in zip(units, picks):
+        values = unit.maps[pick]
+        out[start : start + values.size] = values
+        start += values.size
+    return out
+
+
 def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -> Scores:
     """Threshold, post-process and score prepared units; ``fit`` is :func:`fit_threshold`'s
     threshold (None for otsu)."""
@@ -363,15 +376,10 @@ def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -
         of_unit = [index[key] for key in cluster_of]
     else:
         keys, of_unit = ["all"], [0] * len(scored)
-    positives: list[list[np.ndarray]] = [[] for _ in keys]
-    negatives: list[list[np.ndarray]] = [[] for _ in keys]
-    for unit, c in zip(scored, of_unit):
-        positives[c].append(unit.maps[unit.gt])
-        negatives[c].append(unit.maps[~unit.gt])
+    by_cluster = [[u for u, cu in zip(scored, of_unit) if cu == c] for c in range(len(keys))]
     weights = resample_weights(len(keys), scoring.bootstrap, scoring.seed) if scoring.bootstrap and keys else None
-    ranking = ranking_scores([np.concatenate(p) if p else np.zeros(0, np.float32) for p in positives],
-                             [np.concatenate(n) if n else np.zeros(0, np.float32) for n in negatives], weights)
-    del positives, negatives
+    ranking = ranking_scores([_gather(us, tumour=True) for us in by_cluster],
+                             [_gather(us, tumour=False) for us in by_cluster], weights)
 
     patients = None
     if scoring.volumetric:

@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-_BLOCK = 1 << 22  # clusters x values per block: bounds the (K x block) and (B x block) arrays
+_BLOCK = 1 << 22  # clusters x values per block: bounds the (K x block) arrays
+_RESAMPLES = 256  # resamples per block: (256 x 16384) float32 arrays, 16 MiB
 
 
 @dataclass
@@ -77,7 +78,11 @@ def ranking_scores(
                 tp[c, -1] = n_pos[c] - np.searchsorted(positives[c], after, side="left")
             less = np.searchsorted(negatives[c], v, side="left")
             fp[c] = n_neg[c] - less
-            below2[c] = less + np.searchsorted(negatives[c], v, side="right")
+            below2[c] = 2 * less
+            # Ties with other pixels are rare in float maps: count them only where they occur.
+            tied = np.flatnonzero(negatives[c][np.minimum(less, n_neg[c] - 1)] == v) if n_neg[c] else []
+            if len(tied):
+                below2[c, tied] += np.searchsorted(negatives[c], v[tied], side="right") - less[tied]
         at = tp[:, :-1] - tp[:, 1:]  # tumour pixels of exactly value v
         hits = tp[:, :-1]
         total_at, total_hits = at.sum(0), hits.sum(0)
@@ -87,14 +92,14 @@ def ranking_scores(
         cluster_ap += (at * (hits / marked)).sum(1)
         cluster_auc2 += (at * below2).sum(1)
         if w is not None:
-            w_hits = w @ hits.astype(np.float32)
-            w_at = w @ at.astype(np.float32)
-            w_marked = w @ fp.astype(np.float32)
-            w_marked += w_hits
-            np.maximum(w_marked, 1, out=w_marked)
-            np.divide(w_hits, w_marked, out=w_marked)
-            w_marked *= w_at
-            resampled += w_marked.sum(1, dtype=np.float64)
+            hits32, at32, fp32 = hits.astype(np.float32), at.astype(np.float32), fp.astype(np.float32)
+            for b in range(0, w.shape[0], _RESAMPLES):  # blocks of resamples whose arrays stay in cache
+                wb = w[b : b + _RESAMPLES]
+                w_hits, w_marked = wb @ hits32, wb @ fp32
+                w_marked += w_hits
+                np.maximum(w_marked, 1, out=w_marked)
+                np.divide(w_hits, w_marked, out=w_marked)  # precision at each value
+                resampled[b : b + _RESAMPLES] += np.einsum("ij,ij->i", wb @ at32, w_marked)
 
     p, n = int(n_pos.sum()), int(n_neg.sum())
     defined = (n_pos > 0) & (n_neg > 0)
