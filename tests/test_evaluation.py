@@ -439,6 +439,20 @@ def test_bootstrap_same_seed_same_interval(tmp_path):
     assert not np.array_equal(resample_weights(6, 200, 7), resample_weights(6, 200, 8))
 
 
+def test_images_without_ground_truth(tmp_path):
+    """CheXpert-like: labels only. Healthy: H1 all 1 (Otsu marks nothing), H2 one pixel 3 (marked);
+    diseased: D1 one pixel 5, D2 one pixel 2. healthy_fp_rate 1/2. image score (99th percentile
+    of 16 values, 1 + 0.85 * (spike - 1)): H1 1, H2 2.7, D1 4.4, D2 1.85 -> image AUROC: 3 of the
+    4 (diseased, healthy) pairs ordered = 3/4. No Dice, no pooled AUPRC, so no interval."""
+    for image_id, spike, label in (("H1", 1, 0), ("H2", 3, 0), ("D1", 5, 1), ("D2", 2, 1)):
+        x = np.full((1, 4, 4), 0.5, dtype=np.float32)
+        save_result(tmp_path, image_id, input=x, healthy=x, anomaly=_map({(1, 1): spike}), label=label)
+    _, s = compute_metrics(tmp_path, "slice", bootstrap=100)
+    assert s["healthy_fp_rate"] == 0.5 and s["image_auroc"] == 0.75
+    assert s["dice"] == {"mean": None, "std": None, "n": 0} and s["auprc_pooled"] is None
+    assert s["auprc_pooled_ci95"] is None and s["bootstrap"]["unit"] == "image"
+
+
 # ------------------------------------------------------------------ scripts
 
 

@@ -145,7 +145,8 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
         for metric in METRICS:
             for key in ("mean", "std", "n"):
                 row[f"{metric}_{key}"] = _stat(s, metric, key)
-        for key, interval in (("dice_ci95", _stat(s, "dice", "ci95")), ("auprc_pooled_ci95", s.get("auprc_pooled_ci95"))):
+        intervals = {"dice_ci95": _stat(s, "dice", "ci95"), "auprc_pooled_ci95": s.get("auprc_pooled_ci95")}
+        for key, interval in intervals.items():
             row[f"{key}_low"], row[f"{key}_high"] = interval if interval else (None, None)
         for key in ("image_auroc", "pixel_auroc_pooled", "auprc_pooled", "auroc_pooled", "healthy_fp_rate",
                     "seconds_per_image"):

@@ -94,7 +94,7 @@ class Scoring:
             raise UserError(f"--fpr {self.fpr}: expected a fraction, 0 <= fpr < 1")
         if self.bootstrap < 0:
             raise UserError(f"--bootstrap {self.bootstrap}: expected 0 (none) or a number of resamples")
-        self.postprocessing  # validates --median and --min_component
+        PostProcessing(self.brain_mask, self.median, self.min_component)  # checks --median, --min_component
         if self.rule in ("val", "fpr") and not self.val_dir:
             raise UserError(f"--threshold {self.rule}: needs --val_dir DIR, a translated, labelled "
                             "validation folder of the same method")
@@ -203,6 +203,10 @@ def _volumes(slices: list[SliceResult], where: str) -> list[Unit]:
     return units
 
 
+def _stack_of_one(plane: np.ndarray | None) -> np.ndarray | None:
+    return None if plane is None else plane[None]  # (H, W) -> (1, H, W), a view
+
+
 def prepare_units(slices: list[SliceResult], scoring: Scoring, where: str) -> list[Unit]:
     """The protocol's units of a folder's slices, their maps post-processed (median, brain mask).
 
@@ -213,8 +217,8 @@ def prepare_units(slices: list[SliceResult], scoring: Scoring, where: str) -> li
     else:
         units = []
         for s in slices:
-            expand = (lambda a: None if a is None else a[None])  # (H, W) -> (1, H, W), a view
-            units.append(Unit(s.id, [s], expand(s.anomaly), expand(s.ground_truth), expand(s.brain)))
+            units.append(Unit(s.id, [s], _stack_of_one(s.anomaly), _stack_of_one(s.ground_truth),
+                              _stack_of_one(s.brain)))
             s.anomaly = s.ground_truth = s.brain = None
     post = scoring.postprocessing
     for unit in units:
