@@ -44,7 +44,7 @@ from ..util.errors import UserError
 from ..util.flags import PROTOCOLS, THRESHOLD_RULES
 from .bootstrap import percentile_interval, resample_weights, resampled_means
 from .postprocess import PostProcessing, process_map, process_mask
-from .ranking import ranking_scores
+from .ranking import Ranking, ranking_scores
 from .thresholds import SearchResult, best_threshold, fpr_threshold, otsu_masks
 
 # Paper protocol: AUROC/AUPRC only for slices with more than this many tumour pixels.
@@ -353,6 +353,69 @@ def _gather(units: list[Unit], tumour: bool) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Pooled:
+    """The pooled ranking of the units with ground truth and how they were grouped into clusters."""
+
+    scored: list[Unit]  # the units with ground truth
+    cluster: list[int]  # each scored unit's cluster
+    n_clusters: int
+    unit_name: str  # "patient" or "image"
+    weights: np.ndarray | None  # (B, K) bootstrap counts
+    ranking: Ranking
+
+
+def _pooled(units: list[Unit], scoring: Scoring) -> _Pooled:
+    """Pooled AUROC/AP over the pixels of the units with ground truth; the pixels are kept apart by
+    patient (or image) when the bootstrap or the per-patient values need it."""
+    scored = [u for u in units if u.gt is not None]
+    names, unit_name = _clusters(units, scoring)
+    if scoring.bootstrap or scoring.volumetric:
+        index = {key: i for i, key in enumerate(sorted(set(names)))}
+        cluster = [index[name] for name in names]
+    else:
+        index, cluster = {"all": 0}, [0] * len(scored)
+    groups: list[list[Unit]] = [[] for _ in index]
+    for unit, c in zip(scored, cluster):
+        groups[c].append(unit)
+    weights = resample_weights(len(index), scoring.bootstrap, scoring.seed) if scoring.bootstrap and scored else None
+    ranking = ranking_scores([_gather(g, tumour=True) for g in groups], [_gather(g, tumour=False) for g in groups],
+                             weights)
+    return _Pooled(scored, cluster, len(index), unit_name, weights, ranking)
+
+
+def _patient_rows(units: list[Unit], pooled: _Pooled, unit_dice: dict[int, float]) -> list[dict[str, Any]]:
+    """metrics_volume.csv: one row per patient (volume protocol; the clusters are the patients)."""
+    cluster_of = {u.name: c for u, c in zip(pooled.scored, pooled.cluster)}
+    rows = []
+    for u in units:
+        c = cluster_of.get(u.name)
+        rows.append({"patient": u.name, "n_slices": len(u.members),
+                     "lesion_voxels": int(u.gt.sum()) if u.gt is not None else math.nan,
+                     "dice": unit_dice.get(id(u), math.nan),
+                     "auroc": math.nan if c is None else float(pooled.ranking.cluster_auroc[c]),
+                     "auprc": math.nan if c is None else float(pooled.ranking.cluster_auprc[c])})
+    return rows
+
+
+def _dice_interval(pooled: _Pooled, unit_dice: dict[int, float]) -> list[float] | None:
+    """95 % interval of the mean Dice over the Dice-scored units of the resampled clusters."""
+    sums, counts = np.zeros(pooled.n_clusters), np.zeros(pooled.n_clusters)
+    for unit, c in zip(pooled.scored, pooled.cluster):
+        if id(unit) in unit_dice:
+            sums[c] += unit_dice[id(unit)]
+            counts[c] += 1
+    return percentile_interval(resampled_means(pooled.weights, sums, counts))
+
+
+def _threshold_fit(fit: SearchResult | None, scoring: Scoring) -> dict[str, Any] | None:
+    if fit is None:
+        return None
+    return {"set": "this test set" if scoring.rule == "best" else scoring.val_dir,
+            **({"fpr": scoring.fpr} if scoring.rule == "fpr" else {}),
+            **{k: v for k, v in vars(fit).items() if k != "threshold" and v is not None}}
+
+
 def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -> Scores:
     """Threshold, post-process and score prepared units; ``fit`` is :func:`fit_threshold`'s
     threshold (None for otsu)."""
@@ -365,54 +428,18 @@ def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -
     image_scores = np.array([image_score(unit.maps[z]) for unit, z, _ in members])
     healthy = [unit.masks[z].any() for unit, z, m in members
                if (unit.gt is not None and not unit.gt[z].any()) or (unit.gt is None and m.label == 0)]
-
     dice_units = _dice_units(units, protocol)
     unit_dice = {id(u): dice(u.masks, u.gt) for u in dice_units}
     with_lesion = [u for u in dice_units if u.gt.any()]
+    pooled = _pooled(units, scoring)
 
-    # Pooled ranking over the pixels of the units with ground truth, kept apart by cluster when
-    # the bootstrap or per-patient values need it.
-    scored = [u for u in units if u.gt is not None]
-    cluster_of, cluster_unit = _clusters(units, scoring)
-    if scoring.bootstrap or scoring.volumetric:
-        keys = sorted(set(cluster_of))
-        index = {key: i for i, key in enumerate(keys)}
-        of_unit = [index[key] for key in cluster_of]
-    else:
-        keys, of_unit = ["all"], [0] * len(scored)
-    by_cluster = [[u for u, cu in zip(scored, of_unit) if cu == c] for c in range(len(keys))]
-    weights = resample_weights(len(keys), scoring.bootstrap, scoring.seed) if scoring.bootstrap and keys else None
-    ranking = ranking_scores([_gather(us, tumour=True) for us in by_cluster],
-                             [_gather(us, tumour=False) for us in by_cluster], weights)
-
-    patients = None
-    if scoring.volumetric:
-        per_patient = {u.name: c for u, c in zip(scored, of_unit)}
-        patients = []
-        for u in units:
-            c = per_patient.get(u.name)
-            patients.append({"patient": u.name, "n_slices": len(u.members),
-                             "lesion_voxels": int(u.gt.sum()) if u.gt is not None else math.nan,
-                             "dice": unit_dice.get(id(u), math.nan),
-                             "auroc": math.nan if c is None else float(ranking.cluster_auroc[c]),
-                             "auprc": math.nan if c is None else float(ranking.cluster_auprc[c])})
-        dice_stats = _stats([p["dice"] for p in patients])
-        metric_stats = {m: _stats([p[m] for p in patients]) for m in ("auroc", "auprc")}
-    else:
-        dice_stats = _stats([row["dice"] for row in rows])
-        metric_stats = {m: _stats([row[m] for row in rows]) for m in ("auroc", "auprc")}
-
-    dice_ci = auprc_ci = None
-    if weights is not None:
-        sums, counts = np.zeros(len(keys)), np.zeros(len(keys))
-        for unit, c in zip(scored, of_unit):
-            if id(unit) in unit_dice:
-                sums[c] += unit_dice[id(unit)]
-                counts[c] += 1
-        dice_ci = percentile_interval(resampled_means(weights, sums, counts))
-        auprc_ci = percentile_interval(ranking.auprc_resampled)
-        dice_stats["ci95"] = dice_ci
-
+    patients = _patient_rows(units, pooled, unit_dice) if scoring.volumetric else None
+    per_item = patients if patients is not None else rows  # what the means are over
+    dice_stats = _stats([item["dice"] for item in per_item])
+    auprc_ci = None
+    if pooled.weights is not None:
+        dice_stats["ci95"] = _dice_interval(pooled, unit_dice)
+        auprc_ci = percentile_interval(pooled.ranking.auprc_resampled)
     patient_names = {m.patient for _, _, m in members}
     summary: dict[str, Any] = {
         "protocol": protocol,
@@ -420,23 +447,20 @@ def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -
         "n_images": len(members),
         "n_healthy": int((labels == 0).sum()),
         "n_diseased": int((labels == 1).sum()),
-        "n_ground_truth": sum(unit.gt is not None for unit in units for _ in unit.members),
+        "n_ground_truth": sum(len(unit.members) for unit in units if unit.gt is not None),
         "dice": dice_stats,
-        **metric_stats,
-        "pixel_auroc_pooled": ranking.auroc,
-        "pixel_auprc_pooled": ranking.auprc,
+        **{m: _stats([item[m] for item in per_item]) for m in ("auroc", "auprc")},
+        "pixel_auroc_pooled": pooled.ranking.auroc,
+        "pixel_auprc_pooled": pooled.ranking.auprc,
         "image_auroc": _two_class_score(roc_auc_score, labels == 1, image_scores),
         "image_score": f"{IMAGE_SCORE_PERCENTILE:g}th percentile of the anomaly map",
         "threshold_rule": scoring.rule,
         "threshold": None if fit is None else fit.threshold,
         "threshold_description": scoring.describe_rule(),
-        "threshold_fit": None if fit is None else {
-            "set": "this test set" if scoring.rule == "best" else scoring.val_dir,
-            **({"fpr": scoring.fpr} if scoring.rule == "fpr" else {}),
-            **{k: v for k, v in vars(fit).items() if k != "threshold" and v is not None}},
+        "threshold_fit": _threshold_fit(fit, scoring),
         "postprocessing": scoring.postprocessing.as_dict(scoring.volumetric),
-        "auroc_pooled": ranking.auroc,
-        "auprc_pooled": ranking.auprc,
+        "auroc_pooled": pooled.ranking.auroc,
+        "auprc_pooled": pooled.ranking.auprc,
         "auprc_pooled_ci95": auprc_ci,
         "dice_by_size": {"unit": "voxels" if scoring.volumetric else "pixels",
                          **dice_by_size([int(u.gt.sum()) for u in with_lesion],
@@ -444,8 +468,7 @@ def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -
         "healthy_fp_rate": float(np.mean(healthy)) if healthy else None,
         "n_healthy_slices": len(healthy),
         "n_patients": None if None in patient_names else len(patient_names),
-        "bootstrap": {"n": scoring.bootstrap, "seed": scoring.seed, "unit": cluster_unit,
-                      "units": len(keys) if weights is not None else None},
+        "bootstrap": {"n": scoring.bootstrap, "seed": scoring.seed, "unit": pooled.unit_name,
+                      "units": pooled.n_clusters if pooled.weights is not None else None},
     }
     return Scores(rows, patients, summary)
-
