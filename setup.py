@@ -28,6 +28,8 @@ setup(
             "tornado>=6.1,<6.5",
             "mpi4py>=4.0,<5",
             "mpich>=4.2,<6",
+            # test-only: an independent Dice (tests/test_evaluation.py); needs no other torch
+            "torchmetrics>=1.4,<2",
         ],
     },
 )

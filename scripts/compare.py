@@ -1,10 +1,14 @@
 """Compare methods: the table (Dice, AUROC, AUPRC, image AUROC) and a figure of examples.
 
     python scripts/compare.py RUN_DIR [RUN_DIR ...] [--names A,B,...] [--out DIR] [--examples N]
+        [evaluation flags of evaluate.py: --protocol, --threshold, --val_dir V1,V2,..., --median, ...]
 
 Each RUN_DIR is the output folder of a translation script (classifier_sample_known.py,
-vae_translate.py, fpgan_translate.py) with its summary.json. Writes comparison.md,
-comparison.csv and comparison.png into --out and prints the table. See
+vae_translate.py, fpgan_translate.py) with its summary.json. Every run is scored again from
+its .npz files under the same evaluation flags, so all methods are scored alike (with
+--threshold val|fpr each run takes its threshold from its own validation folder: --val_dir
+lists one per RUN_DIR). Writes comparison.md, comparison.csv and comparison.png into --out
+and prints the table; the run folders are not changed. See
 guided_diffusion/evaluation/compare.py for the layout.
 """
 import sys

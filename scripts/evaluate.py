@@ -1,11 +1,22 @@
 """Recompute the metrics of a results folder from its ``<id>.npz`` files alone.
 
-    python scripts/evaluate.py OUTPUT_DIR [--protocol paper|all]
+    python scripts/evaluate.py OUTPUT_DIR [--protocol paper|slice|volume]
+        [--threshold otsu|best|val|fpr] [--val_dir DIR] [--fpr 0.01]
+        [--brain_mask True] [--median K] [--min_component N] [--bootstrap N --seed S]
 
 Rewrites ``metrics.csv`` and ``summary.json`` (keeping the ``flags`` and
-``seconds_per_image`` the sampling script stored there), writes the Markdown table to
-``table.md`` and prints it. The protocols are described in
-:mod:`guided_diffusion.evaluation.results`. Needs no GPU and no Visdom.
+``seconds_per_image`` the sampling script stored there; ``metrics_volume.csv`` too for
+``--protocol volume``), writes the Markdown table to ``table.md`` and prints it. With no
+flags it is the paper's evaluation (Dice of per-slice Otsu masks over the diseased slices).
+Held-out thresholds, as reviewers ask for today:
+
+    --protocol volume --threshold val --val_dir VAL_OUT   Dice per patient, threshold from validation
+    --protocol volume --threshold best                    the same with the oracle threshold
+    --protocol slice --threshold fpr --fpr 0.01 --val_dir VAL_OUT
+
+The protocols, rules and post-processing are described in
+:mod:`guided_diffusion.evaluation.protocols`. Reads the result files only: no GPU, no
+network, no Visdom.
 """
 import sys
 

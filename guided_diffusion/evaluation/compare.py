@@ -1,20 +1,27 @@
 """The comparison table and figure of several methods' output folders (SPEC section 9).
 
-Each run folder is what a translation script wrote (SPEC section 6a): ``summary.json``,
-``metrics.csv`` and ``<id>.npz`` files. Nothing is recomputed: the numbers come from
-``summary.json`` (run ``scripts/evaluate.py`` on a folder first to rescore it).
+Each run folder is what a translation script wrote (SPEC section 6a): ``summary.json``
+(the method's name, flags and time per image) and ``<id>.npz`` files. Every run is scored
+again from its ``.npz`` files under one set of evaluation flags
+(:class:`~guided_diffusion.evaluation.protocols.Scoring`: protocol, threshold rule,
+post-processing, bootstrap), so every method in a table is scored alike; nothing is
+written into the run folders. Under ``--threshold val|fpr`` each run takes its threshold
+from its own validation folder.
 
 Outputs of :func:`write_comparison`:
 
 ``comparison.md``
-    One row per method: Dice, pixel AUROC and AUPRC as mean ± std over the images the
-    protocol scores (see :mod:`guided_diffusion.evaluation.results`), the image-level AUROC, the
-    number of images and the network time per image; notes under the table when the
-    runs used different protocols or different images.
+    One row per method: the protocol, the threshold rule and value ("best (oracle)" for the
+    oracle threshold), Dice, pixel AUROC and AUPRC as mean ± std over the images (patients,
+    for the volume protocol) the protocol scores (see
+    :mod:`guided_diffusion.evaluation.protocols`), the pooled AUPRC, the image-level AUROC,
+    the number of images and the network time per image; a note under the table when the
+    runs hold different images.
 ``comparison.csv``
-    The same numbers, one column per value (``method, folder, protocol, n_images,
-    dice_mean, dice_std, dice_n, ..., image_auroc, pixel_auroc_pooled,
-    seconds_per_image``); undefined values are empty.
+    The same numbers, one column per value (``CSV_COLUMNS``: ``method, folder, protocol,
+    threshold_rule, threshold, n_images, dice_mean, dice_std, dice_n, ..., image_auroc,
+    auprc_pooled, auroc_pooled, healthy_fp_rate, seconds_per_image``); undefined values are
+    empty.
 ``comparison.png``
     One row per example slice (ids present in every run; diseased first, then by id),
     columns: the input, each method's anomaly map as a heat map (each scaled from
@@ -40,18 +47,20 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
-from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary
+from .protocols import Scoring
+from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary, score_folder, threshold_text
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"
 FLAIR = 3  # channel of FLAIR in the BRATS order t1, t1ce, t2, flair
 CSV_COLUMNS = (
-    "method", "folder", "protocol", "n_images",
-    "dice_mean", "dice_std", "dice_n",
+    "method", "folder", "protocol", "threshold_rule", "threshold", "n_images",
+    "dice_mean", "dice_std", "dice_n", "dice_ci95_low", "dice_ci95_high",
     "auroc_mean", "auroc_std", "auroc_n",
     "auprc_mean", "auprc_std", "auprc_n",
-    "image_auroc", "pixel_auroc_pooled", "seconds_per_image",
+    "image_auroc", "pixel_auroc_pooled", "auprc_pooled", "auprc_pooled_ci95_low", "auprc_pooled_ci95_high",
+    "auroc_pooled", "healthy_fp_rate", "seconds_per_image",
 )
 
 _MIN_TILE = 128
@@ -130,21 +139,27 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = run.summary
-        row: dict[str, Any] = {"method": run.name, "folder": str(run.folder), "protocol": s.get("protocol"),
-                               "n_images": s.get("n_images")}
+        row: dict[str, Any] = {"method": run.name, "folder": str(run.folder)}
+        for key in ("protocol", "threshold_rule", "threshold", "n_images"):
+            row[key] = s.get(key)
         for metric in METRICS:
             for key in ("mean", "std", "n"):
                 row[f"{metric}_{key}"] = _stat(s, metric, key)
-        for key in ("image_auroc", "pixel_auroc_pooled", "seconds_per_image"):
+        intervals = {"dice_ci95": _stat(s, "dice", "ci95"), "auprc_pooled_ci95": s.get("auprc_pooled_ci95")}
+        for key, interval in intervals.items():
+            row[f"{key}_low"], row[f"{key}_high"] = interval if interval else (None, None)
+        for key in ("image_auroc", "pixel_auroc_pooled", "auprc_pooled", "auroc_pooled", "healthy_fp_rate",
+                    "seconds_per_image"):
             row[key] = s.get(key)
         rows.append(row)
     return rows
 
 
-def _cell(mean: Any, std: Any) -> str:
+def _cell(mean: Any, std: Any = None, interval: Any = None) -> str:
     if mean is None:
         return "n/a"
-    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+    text = f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def _seconds(value: Any) -> str:
@@ -154,46 +169,50 @@ def _seconds(value: Any) -> str:
 
 
 def _notes(runs: Sequence[Run]) -> list[str]:
-    notes = []
-    protocols = {run.summary.get("protocol") for run in runs}
-    if len(protocols) > 1:
-        listed = ", ".join(f"{run.name}: {run.summary.get('protocol')}" for run in runs)
-        notes.append(f"**Warning:** the runs were scored under different protocols ({listed}); "
-                     "rescore them with `scripts/evaluate.py --protocol ...`.")
     id_sets = [set(run.ids()) for run in runs]
     if id_sets and any(ids != id_sets[0] for ids in id_sets[1:]):
         common = set.intersection(*id_sets)
         listed = ", ".join(f"{run.name}: {len(ids)}" for run, ids in zip(runs, id_sets))
-        notes.append(f"**Warning:** the runs hold different images ({listed}; {len(common)} in common), "
-                     "so their numbers are not over the same test set.")
-    return notes
+        return [f"**Warning:** the runs hold different images ({listed}; {len(common)} in common), "
+                "so their numbers are not over the same test set."]
+    return []
 
 
 def format_comparison(runs: Sequence[Run]) -> str:
-    """The Markdown table (one row per method) with the protocol and any warnings below it."""
+    """The Markdown table (one row per method) with the protocol, the threshold rule (the
+    oracle labelled) and any warnings below it."""
+    first = runs[0].summary
+    oracle = first.get("threshold_rule") == "best"
     lines = [
-        "| Method | Dice | AUROC | AUPRC | image AUROC | images | s / image |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| Method | Protocol | Threshold | {'Dice (oracle)' if oracle else 'Dice'} | AUROC | AUPRC | "
+        "pooled AUPRC | image AUROC | images | s / image |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in comparison_rows(runs):
+    for run, row in zip(runs, comparison_rows(runs)):
         cells = [
             row["method"].replace("|", "/"),
-            _cell(row["dice_mean"], row["dice_std"]),
+            str(row["protocol"]),
+            threshold_text(run.summary),
+            _cell(row["dice_mean"], row["dice_std"], _stat(run.summary, "dice", "ci95")),
             _cell(row["auroc_mean"], row["auroc_std"]),
             _cell(row["auprc_mean"], row["auprc_std"]),
+            _cell(row["auprc_pooled"], None, run.summary.get("auprc_pooled_ci95")),
             "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.3f}",
             str(row["n_images"] if row["n_images"] is not None else "n/a"),
             _seconds(row["seconds_per_image"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    first = runs[0].summary
     counts = "; ".join(
         f"{run.name}: " + ", ".join(f"{m} n={_stat(run.summary, m, 'n')}" for m in METRICS) for run in runs
     )
-    lines.append(f"Mean ± std over the images each metric scores (protocol `{first.get('protocol', '?')}`: "
-                 f"{first.get('protocol_description', '')}). Image AUROC: one value over all images. "
-                 f"s / image: network time per image. Images scored: {counts}.")
+    unit = "patients" if first.get("protocol") == "volume" else "images"
+    lines.append(f"Every run scored from its .npz files alike. Mean ± std over the {unit} each metric scores "
+                 f"(protocol `{first.get('protocol', '?')}`: {first.get('protocol_description', '')}); "
+                 "[95 % bootstrap interval] where resampled. "
+                 f"Threshold: {first.get('threshold_description', '')}. "
+                 "Image AUROC: one value over all images. "
+                 f"s / image: network time per image. Scored: {counts}.")
     for note in _notes(runs):
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -300,14 +319,31 @@ def render_comparison(runs: Sequence[Run], ids: Sequence[str]) -> Image.Image:
     return canvas
 
 
-def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: int = 4) -> dict[str, Any]:
-    """Write ``comparison.md``, ``comparison.csv`` and (when ``examples`` > 0 and the runs
-    share images) ``comparison.png`` into ``out_dir``.
+def rescore(runs: Sequence[Run], scorings: Sequence[Scoring]) -> list[Run]:
+    """The runs with their summaries recomputed from their ``.npz`` files, one :class:`Scoring`
+    per run; the stored summary's other keys (method, flags, time per image) are kept."""
+    if len(scorings) != len(runs):
+        raise ValueError(f"expected one scoring per run ({len(runs)}), got {len(scorings)}")
+    out = []
+    for run, scoring in zip(runs, scorings):
+        summary = score_folder(run.folder, scoring).summary
+        for key, value in run.summary.items():
+            summary.setdefault(key, value)
+        out.append(Run(run.name, run.folder, summary))
+    return out
+
+
+def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: int = 4,
+                     scorings: Sequence[Scoring] | None = None) -> dict[str, Any]:
+    """Score every run (``scorings``: one per run; default: the paper's evaluation), then write
+    ``comparison.md``, ``comparison.csv`` and (when ``examples`` > 0 and the runs share images)
+    ``comparison.png`` into ``out_dir``.
 
     :return: ``{"table": the Markdown text, "files": [paths written], "examples": ids shown}``.
     """
     if examples < 0:
         raise UserError(f"--examples {examples}: expected 0 or more")
+    runs = rescore(runs, scorings if scorings is not None else [Scoring()] * len(runs))
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -17,37 +17,30 @@ Files in an output folder (names pinned by SPEC 6a):
     Exactly the columns ``id,label,dice,auroc,auprc``, one row per ``.npz`` file,
     sorted by id. A metric the protocol does not score for an image (no ground truth,
     outside the protocol's selection, or undefined) is an EMPTY field, so every
-    non-empty value of a column enters that column's mean in ``summary.json``;
+    non-empty value of a column enters that column's mean in ``summary.json`` (except under
+    the volume protocol, whose means are over patients: ``metrics_volume.csv``);
     :func:`read_metrics` reads empty fields back as NaN.
 ``summary.json``
-    Valid JSON (undefined values are ``null``): the protocol, counts, mean/std/n of
-    each metric, pooled pixel AUROC/AUPRC, the image-level AUROC, plus the keys the
-    sampling script adds (``flags``, ``seconds_per_image``, ...), which a later
+    Valid JSON (undefined values are ``null``): the protocol, the threshold rule and the
+    threshold used, the post-processing flags, counts, mean/std/n of each metric (with a
+    ``ci95`` interval of the mean Dice when bootstrapped), pooled pixel AUROC/AUPRC, the
+    image-level AUROC, Dice by lesion size, the healthy-slice false-positive rate, plus the
+    keys the sampling script adds (``flags``, ``seconds_per_image``, ...), which a later
     :func:`write_metrics` (and so ``scripts/evaluate.py``) keeps.
+``metrics_volume.csv``
+    Under the volume protocol only: one row per patient, the columns ``PATIENT_COLUMNS``
+    (``patient,n_slices,lesion_voxels,dice,auroc,auprc``); the summary's dice, auroc and auprc
+    are over these rows, while metrics.csv holds each slice's Dice within its patient's
+    3-D mask (and no per-slice AUROC/AUPRC).
 
-Every metric is recomputed from ``anomaly`` and ``ground_truth`` alone: Dice uses
-``otsu_mask(anomaly)``, which must equal the stored ``mask`` (checked; a mismatch is an
-error naming the file).
-
-Protocols (``protocol=``):
-
-``"paper"`` (the authors' evaluation, SPEC 1)
-    Dice of the Otsu mask is averaged over the diseased images (``label`` 1) that
-    have ground truth. Pixel AUROC and AUPRC are averaged over the images whose
-    ground truth has more than 20 anomalous pixels (``MIN_TUMOUR_PIXELS``), whatever
-    their label. The authors' script also restricted Dice to the slices with more
-    than 20 tumour pixels (and did not report AUPRC); we follow SPEC 1 instead.
-``"all"``
-    Every image with ground truth: Dice for all of them (1.0 when ground truth and
-    mask are both empty, 0.0 when exactly one is), AUROC and AUPRC for all of them
-    where defined (they are undefined, and left out, when the ground truth has one
-    class only).
-
-In both protocols the pooled pixel AUROC/AUPRC use all pixels of all images with
-ground truth (one ROC curve over the concatenated pixels; memory grows with the
-number of pixels), and the image-level AUROC scores ``image_score(anomaly)`` against
-``label`` over all images. Means and standard deviations (population std, ddof=0) are
-over the images a metric scores.
+Every metric is recomputed from ``anomaly``, ``ground_truth`` and (for the brain mask)
+``input`` alone; the stored ``mask`` must equal ``otsu_mask(anomaly)`` (checked; a mismatch
+is an error naming the file). The protocols, threshold rules and post-processing are
+described in :mod:`guided_diffusion.evaluation.protocols`; the paper protocol with its
+defaults is the evaluation of Wolleb et al. 2022 (SPEC 1): Dice of the per-slice Otsu mask
+over the diseased slices, pixel AUROC and AUPRC over the slices with more than 20 tumour
+pixels. Means and standard deviations (population std, ddof=0) are over the items a metric
+scores.
 """
 from __future__ import annotations
 
@@ -62,21 +55,30 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ..anomaly import (
-    IMAGE_SCORE_PERCENTILE,
-    Array,
-    anomaly_map,
-    dice,
-    image_score,
-    otsu_mask,
-    pixel_auprc,
-    pixel_auroc,
-    to_numpy,
-)
+from ..anomaly import Array, anomaly_map, otsu_mask, to_numpy
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
+from ..util.flags import PROTOCOLS
+from .postprocess import brain_of
+from .protocols import (
+    METRICS,
+    MIN_TUMOUR_PIXELS,
+    PATIENT_COLUMNS,
+    PROTOCOL_DESCRIPTIONS,
+    Scores,
+    Scoring,
+    SliceResult,
+    fit_threshold,
+    prepare_units,
+    score_units,
+)
+
+__all__ = [
+    "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS", "ResultFileError",
+    "Scoring", "compute_metrics", "format_table", "is_done", "load_result", "load_slices", "read_metrics",
+    "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_table",
+]
 
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
@@ -85,22 +87,8 @@ METRICS_COLUMNS = ("id", "label", "dice", "auroc", "auprc")
 REQUIRED_KEYS = ("input", "healthy", "anomaly", "mask", "label")
 PINNED_KEYS = REQUIRED_KEYS + ("ground_truth", "patient", "slice")
 _SCORED_KEYS = ("anomaly", "mask", "label", "ground_truth", "patient", "slice")  # what the metrics read
-PROTOCOLS = ("paper", "all")
-# Paper protocol: AUROC/AUPRC only for slices with more than this many tumour pixels.
-MIN_TUMOUR_PIXELS = 20
-METRICS = ("dice", "auroc", "auprc")
+METRICS_VOLUME_CSV = "metrics_volume.csv"
 
-PROTOCOL_DESCRIPTIONS = {
-    "paper": (
-        "Dice averaged over diseased images (label 1) with ground truth; pixel AUROC and "
-        f"AUPRC averaged over images with more than {MIN_TUMOUR_PIXELS} ground-truth pixels"
-    ),
-    "all": (
-        "Dice averaged over all images with ground truth (1.0 when mask and ground truth "
-        "are both empty); pixel AUROC and AUPRC over all images with ground truth where "
-        "defined (both classes present)"
-    ),
-}
 
 # Panel layout.
 _MIN_TILE = 128  # smaller images are enlarged to at least this many pixels
@@ -383,46 +371,71 @@ def render_panel(
 # Metrics over a folder
 
 
-def _existing_folder(output_dir: str | os.PathLike) -> Path:
+def _existing_folder(output_dir: str | os.PathLike, what: str = "") -> Path:
     folder = Path(output_dir)
     if not folder.exists():
-        raise MissingInputError(f"{folder}: no such folder")
+        raise MissingInputError(f"{what}{folder}: no such folder")
     if not folder.is_dir():
-        raise UserError(f"{folder}: expected a folder of result files, found a file")
+        raise UserError(f"{what}{folder}: expected a folder of result files, found a file")
     return folder
 
 
-def _check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise UserError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+def load_slices(output_dir: str | os.PathLike, *, brain: bool = False, what: str = "") -> list[SliceResult]:
+    """Read every ``*.npz`` of a folder (sorted by id) for scoring; each file is read once.
+
+    :param brain: also read ``input`` for the brain mask (pixels where some channel is nonzero).
+    :param what: a prefix for error messages (e.g. ``"--val_dir "``).
+    :raises MissingInputError: no such folder, or no ``*.npz`` in it.
+    :raises ResultFileError: a file that cannot be read, or whose mask is not the Otsu mask of
+        its anomaly map.
+    """
+    folder = _existing_folder(output_dir, what)
+    paths = sorted((p for p in folder.glob("*.npz") if p.is_file()), key=lambda p: p.stem)
+    if not paths:
+        raise MissingInputError(f"{what}{folder}: no *.npz result files")
+    slices = []
+    for path in paths:
+        result = load_result(path, images=brain)
+        differ = int((otsu_mask(result["anomaly"]) != result["mask"]).sum())
+        if differ:
+            raise ResultFileError(
+                f"{path}: mask: expected the Otsu mask of anomaly, but {differ} pixels differ"
+            )
+        slices.append(SliceResult(path, path.stem, result["label"], result["anomaly"], result["ground_truth"],
+                                  result["patient"], result["slice"],
+                                  brain_of(result["input"]) if brain else None))
+    return slices
 
 
-def _scores_dice(protocol: str, label: int) -> bool:
-    return protocol == "all" or label == 1
+def score_folder(output_dir: str | os.PathLike, scoring: Scoring | None = None) -> Scores:
+    """Score every ``*.npz`` in ``output_dir`` as ``scoring`` says (default: the paper protocol).
 
+    The validation folder of ``--threshold val|fpr`` is read and scored first and let go before
+    the test folder is read. Reads the result files only.
 
-def _scores_pixels(protocol: str, gt: np.ndarray) -> bool:
-    return protocol == "all" or int(gt.sum()) > MIN_TUMOUR_PIXELS
-
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
-
-
-def _two_class_score(metric, labels: np.ndarray, scores: np.ndarray) -> float | None:
-    if labels.size == 0 or labels.all() or not labels.any():
-        return None
-    return float(metric(labels, scores))
+    :return: metrics.csv rows (a metric the protocol does not score for an image is NaN),
+        per-patient rows (volume protocol, else None) and the JSON-ready summary.
+    """
+    scoring = scoring or Scoring()
+    fit = None
+    if scoring.rule in ("val", "fpr"):
+        val = load_slices(scoring.val_dir, brain=scoring.brain_mask or scoring.rule == "fpr", what="--val_dir ")
+        fit = fit_threshold(prepare_units(val, scoring, scoring.val_dir), scoring)
+        del val
+    units = prepare_units(load_slices(output_dir, brain=scoring.brain_mask), scoring, str(output_dir))
+    if scoring.rule == "best":
+        fit = fit_threshold(units, scoring)
+    return score_units(units, scoring, fit)
 
 
 def compute_metrics(
-    output_dir: str | os.PathLike, protocol: str = "paper"
+    output_dir: str | os.PathLike, protocol: str = "paper", **options: Any
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score every ``*.npz`` in ``output_dir`` (sorted by id) under ``protocol``.
 
+    :param options: the other fields of :class:`~guided_diffusion.evaluation.protocols.Scoring`
+        (``threshold``, ``val_dir``, ``fpr``, ``brain_mask``, ``median``, ``min_component``,
+        ``bootstrap``, ``seed``); the defaults are the paper's evaluation.
     :return: ``(rows, summary)``. ``rows``: one dict per image with the keys of
         ``METRICS_COLUMNS``; a metric the protocol does not score is NaN. ``summary``:
         JSON-ready (None where undefined), see the module docstring.
@@ -430,60 +443,8 @@ def compute_metrics(
     :raises ResultFileError: a file that cannot be read, or whose mask is not the Otsu
         mask of its anomaly map.
     """
-    _check_protocol(protocol)
-    folder = _existing_folder(output_dir)
-    paths = sorted((p for p in folder.glob("*.npz") if p.is_file()), key=lambda p: p.stem)
-    if not paths:
-        raise MissingInputError(f"{folder}: no *.npz result files")
-
-    rows: list[dict[str, Any]] = []
-    labels, scores = [], []
-    pooled_gt, pooled_amap = [], []
-    n_ground_truth = 0
-    for path in paths:
-        result = load_result(path, images=False)
-        amap, label, gt = result["anomaly"], result["label"], result["ground_truth"]
-        mask = otsu_mask(amap)
-        differ = int((mask != result["mask"]).sum())
-        if differ:
-            raise ResultFileError(
-                f"{path}: mask: expected the Otsu mask of anomaly, but {differ} pixels differ"
-            )
-        row = {"id": path.stem, "label": label}
-        row.update({metric: math.nan for metric in METRICS})
-        if gt is not None:
-            n_ground_truth += 1
-            if _scores_dice(protocol, label):
-                row["dice"] = dice(mask, gt)
-            if _scores_pixels(protocol, gt):
-                row["auroc"] = pixel_auroc(amap, gt)
-                row["auprc"] = pixel_auprc(amap, gt)
-            pooled_gt.append(gt.reshape(-1))
-            pooled_amap.append(amap.reshape(-1))
-        rows.append(row)
-        labels.append(label)
-        scores.append(image_score(amap))
-
-    labels_np = np.array(labels)
-    pooled_gt_np = np.concatenate(pooled_gt) if pooled_gt else np.zeros(0, dtype=bool)
-    pooled_amap_np = np.concatenate(pooled_amap) if pooled_amap else np.zeros(0, dtype=np.float32)
-    summary: dict[str, Any] = {
-        "protocol": protocol,
-        "protocol_description": PROTOCOL_DESCRIPTIONS[protocol],
-        "n_images": len(rows),
-        "n_healthy": int((labels_np == 0).sum()),
-        "n_diseased": int((labels_np == 1).sum()),
-        "n_ground_truth": n_ground_truth,
-    }
-    for metric in METRICS:
-        summary[metric] = _stats([row[metric] for row in rows])
-    summary["pixel_auroc_pooled"] = _two_class_score(roc_auc_score, pooled_gt_np, pooled_amap_np)
-    summary["pixel_auprc_pooled"] = _two_class_score(
-        average_precision_score, pooled_gt_np, pooled_amap_np
-    )
-    summary["image_auroc"] = _two_class_score(roc_auc_score, labels_np == 1, np.array(scores))
-    summary["image_score"] = f"{IMAGE_SCORE_PERCENTILE:g}th percentile of the anomaly map"
-    return rows, summary
+    scores = score_folder(output_dir, Scoring(protocol=protocol, **options))
+    return scores.rows, scores.summary
 
 
 def _format_float(value: float) -> str:
@@ -548,22 +509,35 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def _csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format_float(v) if isinstance(v, float) else str(v) for v in (row[c] for c in columns)])
+    return buffer.getvalue()
+
+
 def write_metrics(
     output_dir: str | os.PathLike,
     protocol: str = "paper",
     extra_summary: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Recompute and write ``metrics.csv`` and ``summary.json`` of ``output_dir``.
+    """Recompute and write ``metrics.csv`` and ``summary.json`` of ``output_dir`` (and, under the
+    volume protocol, ``metrics_volume.csv``: one row per patient).
 
     The summary holds the metrics of :func:`compute_metrics`, then every other key of an
     existing ``summary.json`` (so ``flags`` and ``seconds_per_image`` written by the
     sampling script survive a later evaluation), then ``extra_summary`` (which may not
-    reuse a metric key). Both files are written atomically.
+    reuse a metric key). The files are written atomically.
 
+    :param options: the scoring options of :func:`compute_metrics`.
     :return: the summary as written.
     """
     extra_summary = dict(extra_summary or {})
-    rows, summary = compute_metrics(output_dir, protocol)
+    scores = score_folder(output_dir, Scoring(protocol=protocol, **options))
+    summary = scores.summary
     clashes = sorted(set(extra_summary) & set(summary))
     if clashes:
         raise ValueError(f"extra_summary key(s) {', '.join(clashes)}: would overwrite metrics")
@@ -574,15 +548,14 @@ def write_metrics(
     summary = _jsonable(summary, "summary")
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(METRICS_COLUMNS)
-    for row in rows:
-        writer.writerow(
-            [row["id"], str(int(row["label"]))] + [_format_float(row[m]) for m in METRICS]
-        )
+    rows = [{**row, "label": int(row["label"])} for row in scores.rows]
     with atomic_write(folder / METRICS_CSV, "w") as f:
-        f.write(buffer.getvalue())
+        f.write(_csv_text(METRICS_COLUMNS, rows))
+    if scores.patients is not None:
+        with atomic_write(folder / METRICS_VOLUME_CSV, "w") as f:
+            f.write(_csv_text(PATIENT_COLUMNS, scores.patients))
+    elif (folder / METRICS_VOLUME_CSV).exists():
+        (folder / METRICS_VOLUME_CSV).unlink()  # a stale table of an earlier volume evaluation
     with atomic_write(folder / SUMMARY_JSON, "w") as f:
         f.write(text)
     return summary
@@ -602,16 +575,47 @@ def _method_name(summary: Mapping[str, Any]) -> str:
 def _mean_std(stats: Any) -> str:
     if not isinstance(stats, Mapping) or stats.get("mean") is None:
         return "n/a"
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    if stats.get("ci95"):
+        text += " [{:.3f}, {:.3f}]".format(*stats["ci95"])
+    return text
+
+
+def _number(value: Any, interval: Any = None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
+
+
+def threshold_text(summary: Mapping[str, Any]) -> str:
+    """The rule and the threshold, e.g. ``best (oracle) 0.412`` or ``otsu (per slice)``."""
+    rule = summary.get("threshold_rule") or "otsu"
+    name = {"otsu": "otsu (per slice)", "best": "best (oracle)", "val": "val", "fpr": "fpr"}.get(rule, rule)
+    fit = summary.get("threshold_fit")
+    if rule == "fpr" and isinstance(fit, Mapping) and fit.get("fpr") is not None:
+        name = f"fpr {fit['fpr']:g}"
+    value = summary.get("threshold")
+    return name if value is None else f"{name} {value:.4g}"
+
+
+def _postprocessing_text(post: Any) -> str:
+    if not isinstance(post, Mapping):
+        return "none"
+    steps = ["brain mask" if post.get("brain_mask") else "",
+             f"{post.get('neighbourhood', '')} median {post['median']}" if post.get("median") else "",
+             f"components under {post['min_component']} dropped" if post.get("min_component") else ""]
+    return ", ".join(step for step in steps if step) or "none"
 
 
 def format_table(summary: Mapping[str, Any], method: str | None = None) -> str:
     """A Markdown table like the paper's: Method | Dice | AUROC | AUPRC | image AUROC.
 
-    Metrics are mean ± std over the images the protocol scores; the image AUROC is a
-    single number. ``method`` defaults to the summary's ``method``, else a name built
-    from its ``flags`` (sampler, L, s), else "ours". A line under the table states the
-    protocol and the numbers of images.
+    Metrics are mean ± std over the images (patients, for the volume protocol) the protocol
+    scores, with the bootstrap's 95 % interval of the mean Dice in brackets; the image AUROC is
+    a single number. Under the best threshold the Dice column reads "Dice (oracle)".
+    ``method`` defaults to the summary's ``method``, else a name built from its ``flags``
+    (sampler, L, s), else "ours". Lines under the table state the protocol, the threshold
+    rule, the post-processing, the pooled scores and the numbers of images.
     """
     name = method if method is not None else _method_name(summary)
     image_auroc = summary.get("image_auroc")
@@ -627,14 +631,25 @@ def format_table(summary: Mapping[str, Any], method: str | None = None) -> str:
         for metric in METRICS
         if isinstance(summary.get(metric), Mapping)
     )
+    dice_header = "Dice (oracle)" if summary.get("threshold_rule") == "best" else "Dice"
     lines = [
-        "| Method | Dice | AUROC | AUPRC | image AUROC |",
+        f"| Method | {dice_header} | AUROC | AUPRC | image AUROC |",
         "| --- | --- | --- | --- | --- |",
         "| " + " | ".join(cells) + " |",
         "",
         f"Protocol `{summary.get('protocol', '?')}`: {summary.get('protocol_description', '')}. "
         f"{summary.get('n_images', '?')} images ({counts}).",
     ]
+    if "threshold_rule" in summary:
+        healthy = summary.get("healthy_fp_rate")
+        lines += [
+            "",
+            f"Threshold: {threshold_text(summary)} ({summary.get('threshold_description', '')}). "
+            f"Post-processing: {_postprocessing_text(summary.get('postprocessing'))}. "
+            f"Pooled AUPRC {_number(summary.get('auprc_pooled'), summary.get('auprc_pooled_ci95'))}, "
+            f"pooled AUROC {_number(summary.get('auroc_pooled'))}; healthy slices with a positive pixel: "
+            f"{'n/a' if healthy is None else f'{healthy:.3f}'}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,8 @@ from .flagspec import REQUIRED, FlagGroup, flag
 DATASETS = ("brats", "chexpert")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
-PROTOCOLS = ("paper", "all")
+PROTOCOLS = ("paper", "slice", "volume", "all")  # all: the old name of slice
+THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
 LATENT_PRIORS = ("adversarial", "kl")
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
 NORMALISATIONS = ("percentile", "brainminmax")
@@ -213,9 +214,27 @@ class SamplingFlags(FlagGroup):
 @dataclass(frozen=True)
 class EvaluationFlags(FlagGroup):
     NAME = "evaluation"
-    ABOUT = "how the anomaly maps are scored"
-    protocol: str = flag("paper", "paper: Dice over diseased images, AUROC/AUPRC over images with more than 20 "
-                                  "tumour pixels; all: every image with ground truth", choices=PROTOCOLS)
+    ABOUT = ("how the anomaly maps are scored (guided_diffusion/evaluation/protocols.py); post-processing is "
+             "off by default")
+    protocol: str = flag("paper", "paper: the 2022 paper's (Dice over diseased slices, AUROC/AUPRC over slices with "
+                                  "more than 20 tumour pixels); slice: every slice with ground truth, healthy ones "
+                                  "included; volume: each patient's slices stacked, Dice per patient (needs the "
+                                  "files' patient and slice keys); all: the old name of slice", choices=PROTOCOLS)
+    threshold: str = flag("auto", "otsu: per slice (the paper); best: the one global threshold with the best mean "
+                                  "Dice on this set (an oracle, labelled so); val: the one best on --val_dir, applied "
+                                  "unchanged; fpr: the one marking --fpr of --val_dir's healthy brain pixels; auto: "
+                                  "otsu for paper, val for slice and volume when --val_dir is given, else otsu",
+                          choices=THRESHOLD_RULES)
+    val_dir: str = flag("", "the same method's translated, labelled validation folder, for --threshold val|fpr "
+                            "(compare.py: one per RUN_DIR, comma-separated)", metavar="DIR")
+    fpr: float = flag(0.01, "--threshold fpr: the fraction of --val_dir's healthy brain pixels marked positive")
+    brain_mask: bool = flag(False, "pixels where every input channel is 0 are never positive (and 0 in the map)")
+    median: int = flag(0, "median filter of the map before thresholding, odd window side (2-D per slice; 3-D for "
+                          "volume; 0: off)", metavar="K")
+    min_component: int = flag(0, "drop connected components of the mask smaller than N pixels (voxels for volume; "
+                                 "0: off)")
+    bootstrap: int = flag(0, "95-percent intervals of the mean Dice and auprc_pooled from N resamples of the patients "
+                             "(images when the files name none), seeded by --seed (0: none)")
 
 
 @dataclass(frozen=True)
