@@ -60,6 +60,7 @@ from .devices import (
     resolve_precision,
     wrap_network,
 )
+from .evaluate import scoring_of
 from .methods import DiffusionTranslation, NetworkTranslation
 from .networks import (
     FPGAN_FLAGS_HINT,
@@ -321,7 +322,8 @@ def train_fpgan(cfg: FPGANTrainConfig, monitor=None) -> dict:
 def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
     output_dir = cfg.translation.output_dir or os.path.join(cfg.run.log_dir, "samples")
     loop = LoopConfig(output_dir=output_dir, num_samples=cfg.translation.num_samples, batch_size=cfg.data.batch_size,
-                      num_workers=cfg.data.num_workers, protocol=cfg.evaluation.protocol, progress=cfg.run.progress,
+                      num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
+                      progress=cfg.run.progress,
                       visdom_every=cfg.monitoring.visdom_every)
     flags = dict(sorted(flag_dict(cfg).items()))
     summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})

@@ -15,19 +15,21 @@ others. :func:`translate_folder` owns everything around it:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch as th
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..anomaly import anomaly_map
+from ..evaluation.protocols import Scoring
 from ..evaluation.results import is_done, save_result, write_metrics
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
-from ..util.flags import EvaluationFlags, MonitorFlags, RunFlags, TranslateFlags
+from ..util.flags import MonitorFlags, RunFlags, TranslateFlags
 
 Callback = Callable[[dict], None]
 
@@ -57,7 +59,7 @@ class LoopConfig:
     num_samples: int = TranslateFlags.num_samples
     batch_size: int = 1
     num_workers: int = 0
-    protocol: str = EvaluationFlags.protocol
+    scoring: Scoring = field(default_factory=Scoring)  # how metrics.csv and summary.json score the folder
     progress: bool = RunFlags.progress
     visdom_every: int = MonitorFlags.visdom_every
 
@@ -123,7 +125,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     if count:
         extra["seconds_per_image"] = seconds / count
         extra["images_timed"] = count
-    return write_metrics(cfg.output_dir, cfg.protocol, extra_summary=extra)
+    return write_metrics(cfg.output_dir, extra_summary=extra, **dataclasses.asdict(cfg.scoring))
 
 
 def _show_inputs(monitor, x: th.Tensor, info: dict, every: int) -> Callback:
