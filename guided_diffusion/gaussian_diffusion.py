@@ -416,7 +416,7 @@ class GaussianDiffusion:
 
     def ddim_sample_loop_known(self, model, shape, img, clip_denoised=True, denoised_fn=None, cond_fn=None,
                                model_kwargs=None, device=None, progress=False, eta=0.0, noise_level=500,
-                               noise=None, callback=None):
+                               noise=None, callback=None, decode_model=None):
         """Translate ``img`` towards the class in ``model_kwargs["y"]`` (Wolleb et al. 2022, SPEC section 3).
 
         1. x = q_sample(img, t=0, noise) (one standard-normal draw shaped like img unless ``noise``);
@@ -425,7 +425,9 @@ class GaussianDiffusion:
 
         Args: img (B, C, H, W) in the model's value range; ``noise_level`` L in 1..T (T = steps
         of this, possibly respaced, process). ``callback`` gets each step's dict (with "phase"
-        "encode" or "decode"). Returns (sample, x_noisy, img), each (B, C, H, W).
+        "encode" or "decode"). ``decode_model`` replaces ``model`` in the decoding half (the
+        classifier-free guided network); the encoding always uses ``model``.
+        Returns (sample, x_noisy, img), each (B, C, H, W).
         """
         img = self._known_input(shape, img, device)
         L = _check_noise_level(noise_level, self.num_timesteps)
@@ -437,7 +439,7 @@ class GaussianDiffusion:
                       denoised_fn=denoised_fn, model_kwargs=model_kwargs)
         x = self._last(self._run(self.ddim_reverse_sample, model, x_noisy, range(1, L), phase="encode",
                                  **common), x_noisy)
-        x = self._last(self._run(self.ddim_sample, model, x, range(L - 1)[::-1], phase="decode",
+        x = self._last(self._run(self.ddim_sample, decode_model or model, x, range(L - 1)[::-1], phase="decode",
                                  cond_fn=cond_fn, eta=eta, **common), x)
         return x, x_noisy, img
 

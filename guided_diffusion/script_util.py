@@ -16,6 +16,7 @@ from .util.flags import ClassifierFlags, DataFlags, DiffusionFlags, ModelFlags
 from .util.flagspec import str2bool
 
 NUM_CLASSES = 2  # 0 = healthy, 1 = diseased, for both data sets
+NULL_CLASS = NUM_CLASSES  # the extra "no class" label of classifier-free guidance
 DATASET_CHANNELS = {"brats": 4, "chexpert": 1}
 
 # channel multipliers per level, by image size (guided diffusion's choices)
@@ -84,15 +85,20 @@ def create_model_and_diffusion(*, image_size, class_cond, learn_sigma, num_chann
                                attention_resolutions, dropout, diffusion_steps, noise_schedule,
                                timestep_respacing, use_kl, predict_xstart, rescale_timesteps,
                                rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
-                               resblock_updown, use_fp16, use_new_attention_order, dataset="brats"):
-    """(UNetModel, SpacedDiffusion) from the flags of :func:`model_and_diffusion_defaults`."""
+                               resblock_updown, use_fp16, use_new_attention_order, dataset="brats",
+                               uncond_label=False):
+    """(UNetModel, SpacedDiffusion) from the flags of :func:`model_and_diffusion_defaults`.
+
+    ``uncond_label``: the class-conditional UNet gets one extra label row, class ``NULL_CLASS``
+    ("no class"), for classifier-free guidance (Ho & Salimans 2022); off, the state dict is guided
+    diffusion's."""
     model = create_model(image_size, num_channels, num_res_blocks, channel_mult=channel_mult,
                          learn_sigma=learn_sigma, class_cond=class_cond, use_checkpoint=use_checkpoint,
                          attention_resolutions=attention_resolutions, num_heads=num_heads,
                          num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
                          use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
                          resblock_updown=resblock_updown, use_fp16=use_fp16,
-                         use_new_attention_order=use_new_attention_order, dataset=dataset)
+                         use_new_attention_order=use_new_attention_order, dataset=dataset, uncond_label=uncond_label)
     diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
                                           noise_schedule=noise_schedule, use_kl=use_kl,
                                           predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
@@ -104,7 +110,7 @@ def create_model_and_diffusion(*, image_size, class_cond, learn_sigma, num_chann
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
                  use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0.0, resblock_updown=False,
-                 use_fp16=False, use_new_attention_order=False, dataset="brats") -> UNetModel:
+                 use_fp16=False, use_new_attention_order=False, dataset="brats", uncond_label=False) -> UNetModel:
     """The diffusion UNet. Output channels: 2*C with ``learn_sigma`` (eps and the variance
     interpolation), C without (SPEC section 10: the fork always gave 2*C)."""
     channels = in_channels_for(dataset)
@@ -117,7 +123,7 @@ def create_model(image_size, num_channels, num_res_blocks, channel_mult="", lear
         attention_resolutions=_attention_ds(attention_resolutions, image_size, "--attention_resolutions"),
         dropout=dropout,
         channel_mult=_channel_mult(channel_mult, image_size, "--channel_mult"),
-        num_classes=NUM_CLASSES if class_cond else None,
+        num_classes=(NUM_CLASSES + int(uncond_label)) if class_cond else None,
         use_checkpoint=use_checkpoint,
         use_fp16=use_fp16,
         num_heads=num_heads,

@@ -66,7 +66,7 @@ def test_help_shows_each_flag_in_its_group_with_meaning_and_default():
     sections = re.findall(r"^(\w[\w ]*):$", text, flags=re.M)
     assert sections[:1] == ["options"] and {"run", "data", "model", "diffusion", "classifier", "sampling",
                                             "monitoring", "translation", "speed", "evaluation"} <= set(sections)
-    noise = re.search(r"--noise_level N\s+(.*?)\(default: 500\)", text, flags=re.S)
+    noise = re.search(r"--noise_level L\[,L2,...\]\s+(.*?)\(default:\s+500\)", text, flags=re.S)
     assert noise and "L, how far the image is encoded" in noise.group(1)
     assert re.search(r"--dataset brats\|chexpert\s+brats: 4 channels", text)
     # a script's own default is shown and used

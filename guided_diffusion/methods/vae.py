@@ -44,7 +44,8 @@ the batch:
   lambda_cons * L_cons with KL = 1/2 sum (mu^2 + sigma^2 - log sigma^2 - 1) (the ELBO
   for kl_weight = 1).
 
-Randomness (eps, prior samples) comes in as arguments, so a loss is a function of its inputs. Shapes: images (B, C, S, S) in [0, 1].
+Randomness (eps, prior samples) comes in as arguments, so a loss is a function of its inputs.
+Shapes: images (B, C, S, S) in [0, 1].
 """
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # the baselines' small networks on the 64x64 example
 VAE_FLAGS = "--image_size 64 --dataset brats --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
-FPGAN_FLAGS = "--image_size 64 --dataset brats --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 --fpgan_d_depth 4"
+FPGAN_FLAGS = ("--image_size 64 --dataset brats --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 "
+               "--fpgan_d_depth 4")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class DemoConfig:
     output: OutputFlags
     run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "demo"
-    DEFAULTS: ClassVar[dict] = {"out": "results/demo", "data_dir": "data/brats", "noise_level": 30}
+    DEFAULTS: ClassVar[dict] = {"out": "results/demo", "data_dir": "data/brats", "noise_level": (30,)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class Stage:
         return [sys.executable, os.path.join("scripts", self.script), *shlex.split(self.args)]
 
 
+def _levels(cfg: DemoConfig) -> str:
+    return ",".join(map(str, cfg.sampling.noise_level))
+
+
 def demo_stages(cfg: DemoConfig) -> list[Stage]:
     """Classifier and diffusion model, guided DDIM translation of the test slices, evaluation."""
     d, out, common = cfg.driver, cfg.output.out, f"--dataset brats --seed {cfg.run.seed} --progress False"
@@ -73,8 +78,8 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
     classifier = f"{out}/classifier/model{d.classifier_steps:06d}.pt"
     sample = (f"--data_dir {data}/testing --label_dir {data}/test_labels {common} {DEMO_MODEL_FLAGS} "
               f"{DEMO_DIFFUSION_FLAGS} {DEMO_CLASSIFIER_FLAGS} --timestep_respacing ddim100 --batch_size 8 "
-              f"--model_path {model} --classifier_path {classifier} --classifier_scale {cfg.sampling.classifier_scale:g} "
-              f"--noise_level {cfg.sampling.noise_level}")
+              f"--model_path {model} --classifier_path {classifier} "
+              f"--classifier_scale {cfg.sampling.classifier_scale:g} --noise_level {_levels(cfg)}")
     return [
         Stage("classifier", "classifier_train.py",
               f"--data_dir {data}/training {common} {DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS} --lr 3e-4 "
@@ -116,7 +121,7 @@ def compare_stages(cfg: DemoConfig) -> list[Stage]:
               f"{test} {FPGAN_FLAGS} {common} --model_path {out}/train/fpgan/G{d.fpgan_steps:06d}.pt "
               f"--output_dir {out}/fpgan --log_dir {out}/logs/fpgan_translate", needs=("fpgan",)),
     ]
-    level, scale = cfg.sampling.noise_level, f"{cfg.sampling.classifier_scale:g}"
+    level, scale = _levels(cfg), f"{cfg.sampling.classifier_scale:g}"
     names = f"DDIM (ours; L={level}; s={scale}),DDPM (L={level}; s={scale}),VAE (cAAE),FixedPoint-GAN"
     stages.append(Stage("compare", "compare.py", f"{out}/samples {out}/ddpm {out}/vae {out}/fpgan "
                                                  f"--names '{names}' --out {out} --examples 4",

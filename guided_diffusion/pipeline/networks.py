@@ -14,6 +14,7 @@ from ..methods.fpgan import Discriminator, Generator
 from ..methods.vae import VAE, LatentDiscriminator, latent_prior_check
 from ..script_util import (
     create_classifier_and_diffusion,
+    create_model,
     create_model_and_diffusion,
     in_channels_for,
 )
@@ -28,17 +29,31 @@ from ..util.flags import (
     VAEFlags,
 )
 
-VAE_FLAGS_HINT = "check --vae_width, --vae_depth, --latent_dim, --latent_prior, --latent_disc_width, --image_size, --dataset"
+VAE_FLAGS_HINT = ("check --vae_width, --vae_depth, --latent_dim, --latent_prior, --latent_disc_width, --image_size, "
+                  "--dataset")
 FPGAN_FLAGS_HINT = "check --fpgan_width, --fpgan_res_blocks, --fpgan_d_width, --fpgan_d_depth, --image_size, --dataset"
+DAE_FLAGS_HINT = (
+    "check --num_channels, --num_res_blocks, --channel_mult, --attention_resolutions, --image_size, --dataset")
 
 
 def _shape(data: DataFlags) -> dict:
     return {"image_size": data.image_size, "dataset": data.dataset}
 
 
-def create_unet_and_diffusion(data: DataFlags, model: ModelFlags, diffusion: DiffusionFlags):
-    """(UNetModel, SpacedDiffusion) of the flags."""
-    return create_model_and_diffusion(**_shape(data), **dataclasses.asdict(model), **dataclasses.asdict(diffusion))
+def create_unet_and_diffusion(data: DataFlags, model: ModelFlags, diffusion: DiffusionFlags,
+                              uncond_label: bool = False):
+    """(UNetModel, SpacedDiffusion) of the flags; ``uncond_label``: with classifier-free guidance's extra
+    "no class" label."""
+    return create_model_and_diffusion(**_shape(data), **dataclasses.asdict(model), **dataclasses.asdict(diffusion),
+                                      uncond_label=uncond_label)
+
+
+def create_dae(data: DataFlags, model: ModelFlags) -> th.nn.Module:
+    """The denoising autoencoder's network: the UNet of the model flags, unconditional, C channels out."""
+    if model.class_cond:
+        raise UserError("--class_cond True: the denoising autoencoder is unconditional (use --class_cond False)")
+    flags = {**dataclasses.asdict(model), **_shape(data)}
+    return create_model(flags.pop("image_size"), flags.pop("num_channels"), flags.pop("num_res_blocks"), **flags)
 
 
 def create_classifier_net(data: DataFlags, classifier: ClassifierFlags, diffusion: DiffusionFlags):

@@ -9,7 +9,8 @@ computes its losses from the step's batch and the scaffold's draws for the globa
   loss and accuracy;
 * :class:`VAEPiece`: the cAAE baseline, three phases per step (adversarial prior) or one (KL);
 * :class:`FPGANPiece`: FixedPoint-GAN, a critic step every step and a generator step every
-  ``n_critic``.
+  ``n_critic``;
+* :class:`DAEPiece`: the denoising autoencoder, coarse noise in, the clean image out.
 
 ``TrainLoop`` and ``ClassifierTrainLoop`` keep guided diffusion's names for the first two.
 """
@@ -20,9 +21,11 @@ from typing import Callable, Iterator
 import torch as th
 import torch.nn.functional as F
 
+from ..methods import dae as dae_lib
 from ..methods import fpgan as fpgan_lib
 from ..methods import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
+from ..script_util import NULL_CLASS
 from ..util import checkpoint as ckpt
 from ..util import logger
 from ..util.errors import UserError
@@ -50,23 +53,41 @@ def _parse_rates(ema_rate: str) -> list[float]:
     return [float(r) for r in str(ema_rate).split(",")] if str(ema_rate) else []
 
 
+def gaussian_noise(shape, generator: th.Generator) -> th.Tensor:
+    """The forward process's noise of the paper: standard normal."""
+    return th.randn(shape, generator=generator, device=generator.device)
+
+
 class DiffusionPiece(OneNetworkPiece):
     """The diffusion UNet (guided diffusion's TrainLoop): loss ``diffusion.training_losses``
-    weighted by the schedule sampler's importance weights, EMA of the weights after each step."""
+    weighted by the schedule sampler's importance weights, EMA of the weights after each step.
+
+    ``noise_fn(shape, generator)`` draws the forward process's noise for the global batch (Gaussian,
+    or AnoDDPM's simplex noise). With ``p_uncond`` > 0 each label is replaced by ``null_class`` with
+    that probability (label dropout of classifier-free guidance, Ho & Salimans 2022)."""
 
     kind = "model"
 
-    def __init__(self, model, diffusion, ema_rate: str = "0.9999", schedule_sampler=None):
+    def __init__(self, model, diffusion, ema_rate: str = "0.9999", schedule_sampler=None,
+                 noise_fn: Callable = gaussian_noise, p_uncond: float = 0.0, null_class: int = NULL_CLASS):
+        if not 0.0 <= p_uncond < 1.0:
+            raise UserError(f"--p_uncond {p_uncond}: expected a probability, 0 <= p < 1")
         self.model = self.net = model
         self.diffusion = diffusion
         self.ema_rate = _parse_rates(ema_rate)
         self.ema_params = [[p.detach().clone() for p in model.parameters()] for _ in self.ema_rate]
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.noise_fn = noise_fn
+        self.p_uncond = p_uncond
+        self.null_class = null_class
 
     def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
         t, weights = self.schedule_sampler.sample(trainer.global_batch, trainer.device, generator=trainer.generator)
-        noise = th.randn((trainer.global_batch, *x.shape[1:]), generator=trainer.generator, device=trainer.device)
-        t, weights, noise = trainer.mine(t, weights, noise)
+        noise = self.noise_fn((trainer.global_batch, *x.shape[1:]), trainer.generator)
+        t, weights, noise = trainer.mine(t, weights, noise.to(trainer.device))
+        if self.p_uncond:
+            drop = trainer.rand() < self.p_uncond  # (B,) this rank's share of the global draw
+            cond = {**cond, "y": th.where(drop, th.full_like(cond["y"], self.null_class), cond["y"])}
 
         def loss(sl):
             losses = self.diffusion.training_losses(trainer.net, x[sl], t[sl], noise=noise[sl],
@@ -119,7 +140,10 @@ class ClassifierPiece(OneNetworkPiece):
 
     def __init__(self, classifier, diffusion, noised: bool = True, schedule_sampler=None,
                  make_val_data: Callable[[], Iterator] | None = None, eval_interval: int = 0,
-                 val_batches: int = 4):
+                 val_batches: int = 4, max_t: int = 0):
+        if not 0 <= max_t <= diffusion.num_timesteps:
+            raise UserError(f"--classifier_max_t {max_t}: expected 0 (all) or 1..{diffusion.num_timesteps}")
+        self.max_t = max_t
         self.classifier = self.net = classifier
         self.diffusion = diffusion
         self.noised = noised
@@ -139,8 +163,14 @@ class ClassifierPiece(OneNetworkPiece):
         acc = (logits.argmax(dim=-1) == y).float()
         return loss, {"loss": loss, "acc": acc}
 
+    def timesteps(self, n: int, generator: th.Generator, device) -> th.Tensor:
+        """n training timesteps: the schedule sampler's, or uniform in [0, max_t) with ``max_t``."""
+        if self.max_t:
+            return th.randint(0, self.max_t, (n,), generator=generator, device=generator.device).to(device)
+        return self.schedule_sampler.sample(n, device, generator=generator)[0]
+
     def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
-        t, _ = self.schedule_sampler.sample(trainer.global_batch, trainer.device, generator=trainer.generator)
+        t = self.timesteps(trainer.global_batch, trainer.generator, trainer.device)
         noise = th.randn((trainer.global_batch, *x.shape[1:]), generator=trainer.generator, device=trainer.device)
         t, noise = trainer.mine(t, noise)
 
@@ -172,7 +202,8 @@ class ClassifierPiece(OneNetworkPiece):
         n = 0
         gen = step_generator(trainer.cfg.seed + 1, trainer.step, trainer.device)
         for x, y in self._held_out(trainer.device):
-            t = th.randint(0, self.diffusion.num_timesteps, (x.shape[0],), generator=gen, device=trainer.device)
+            t = th.randint(0, self.max_t or self.diffusion.num_timesteps, (x.shape[0],), generator=gen,
+                           device=trainer.device)
             noise = th.randn(x.shape, generator=gen, device=trainer.device)
             with trainer.autocast():
                 _, terms = self.logits_and_terms(self.classifier, x, y, t, noise)
@@ -301,6 +332,32 @@ class FPGANPiece(Piece):
         healthy = fpgan_lib.translate_to_healthy(self.gen, x[:1])
         trainer.monitor.images("input", x[0], title="training input")
         trainer.monitor.images("healthy", healthy[0], title="FixedPoint-GAN: healthy translation")
+
+
+class DAEPiece(OneNetworkPiece):
+    """The denoising autoencoder (:mod:`guided_diffusion.methods.dae`) on healthy images: coarse noise
+    of ``noise_std`` on a ``noise_res`` grid, the masked reconstruction loss."""
+
+    kind = "dae"
+
+    def __init__(self, net, *, noise_res: int = 16, noise_std: float = 0.2):
+        if noise_res < 1 or noise_std < 0:
+            raise UserError(f"--noise_res {noise_res} / --noise_std {noise_std}: expected a positive grid side "
+                            "and a non-negative standard deviation")
+        self.net, self.noise_res, self.noise_std = net, noise_res, noise_std
+
+    def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
+        eps = self.noise_std * trainer.randn(x.shape[1], self.noise_res, self.noise_res)
+        shifts = trainer.randint(x.shape[-1], 2)  # (B, 2): rows, columns
+        trainer.minimise("opt", lambda sl: dae_lib.dae_loss(trainer.net, x[sl], eps[sl], shifts[sl]), x.shape[0])
+
+    @th.no_grad()
+    def show(self, trainer: Trainer, x: th.Tensor) -> None:
+        self.net.eval()
+        healthy = dae_lib.translate_to_healthy(self.net, x[:1])
+        self.net.train()
+        trainer.monitor.images("input", x[0], title="training input")
+        trainer.monitor.images("healthy", healthy[0], title="DAE: healthy translation")
 
 
 class TrainLoop(Trainer):

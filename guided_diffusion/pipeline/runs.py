@@ -24,15 +24,20 @@ from ..datasets.loaders import (
 )
 from ..datasets.splits import split_by_patient
 from ..evaluation.results import format_table
-from ..guidance import make_cond_fn
+from ..guidance import make_cfg_model, make_cond_fn
+from ..methods.dae import translate_to_healthy as dae_translate_to_healthy
 from ..methods.fpgan import translate_to_healthy
 from ..resample import create_named_schedule_sampler
+from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
+from ..simplex import simplex_noise
+from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import (
     ClassifierFlags,
     ClassifierTrainFlags,
+    DAEFlags,
     DataFlags,
     DiffusionFlags,
     DiffusionTrainFlags,
@@ -42,6 +47,7 @@ from ..util.flags import (
     LengthFlags,
     ModelFlags,
     MonitorFlags,
+    NoiseFlags,
     RunFlags,
     SamplingFlags,
     SpeedFlags,
@@ -61,17 +67,19 @@ from .devices import (
     wrap_network,
 )
 from .evaluate import scoring_of
-from .methods import DiffusionTranslation, NetworkTranslation
+from .methods import DiffusionTranslation, NetworkTranslation, _draw, simplex_sampler
 from .networks import (
+    DAE_FLAGS_HINT,
     FPGAN_FLAGS_HINT,
     VAE_FLAGS_HINT,
     create_classifier_net,
+    create_dae,
     create_fpgan,
     create_unet_and_diffusion,
     create_vae,
     load_weights,
 )
-from .pieces import ClassifierPiece, DiffusionPiece, FPGANPiece, VAEPiece
+from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
 from .translate import LoopConfig, Method, translate_folder
 
@@ -104,6 +112,7 @@ class ImageTrainConfig(_TrainingConfig):
 
     model: ModelFlags
     diffusion: DiffusionFlags
+    noise: NoiseFlags
     schedule: DiffusionTrainFlags
     timesteps: TimestepFlags
     speed: SpeedFlags
@@ -131,6 +140,7 @@ class SampleConfig(_TranslationConfig):
 
     model: ModelFlags
     diffusion: DiffusionFlags
+    noise: NoiseFlags
     classifier: ClassifierFlags
     sampling: SamplingFlags
     speed: SpeedFlags
@@ -154,6 +164,13 @@ FPGANTrainConfig = _baseline_config("fpgan_train", _TrainingConfig, {**_TRAINING
                                     fpgan=FPGANFlags, fpgan_losses=FPGANLossFlags)
 VAETranslateConfig = _baseline_config("vae_translate", _TranslationConfig, _TRANSLATION, vae=VAEFlags)
 FPGANTranslateConfig = _baseline_config("fpgan_translate", _TranslationConfig, _TRANSLATION, fpgan=FPGANFlags)
+# the DAE with Kascenas et al.'s batch 16 and 2100 epochs of 32 batches; their UNet is the model flags'
+_DAE_TRAINING = {"image_size": 256, "batch_size": 16, "iterations": 67200, "save_interval": 5000,
+                 "class_cond": False}
+DAETrainConfig = _baseline_config("dae_train", _TrainingConfig, _DAE_TRAINING, length=LengthFlags, model=ModelFlags,
+                                  dae=DAEFlags)
+DAETranslateConfig = _baseline_config("dae_translate", _TranslationConfig, {**_TRANSLATION, "class_cond": False},
+                                      model=ModelFlags)
 
 
 # -------------------------------------------------------------------------------- shared steps
@@ -232,15 +249,22 @@ def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
     """scripts/image_train.py: train the class-conditional diffusion UNet."""
     device = dist_util.dev(cfg.run.device or None)
     th.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)
+    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion,
+                                                 uncond_label=cfg.schedule.p_uncond > 0)
     model.to(device)
     dataset = _dataset(cfg.data, "training")
-    piece = DiffusionPiece(model, diffusion, cfg.schedule.ema_rate,
-                           create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion))
-    steps = cfg.schedule.lr_anneal_steps
+    sched = cfg.schedule
+    if sched.p_uncond and not cfg.model.class_cond:
+        raise UserError(f"--p_uncond {sched.p_uncond}: classifier-free guidance needs a class-conditional model "
+                        "(--class_cond True)")
+    piece = DiffusionPiece(model, diffusion, sched.ema_rate,
+                           create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
+                           noise_fn=training_noise(cfg.noise), p_uncond=sched.p_uncond)
+    indices = _healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
+    steps = sched.lr_anneal_steps
     precision = resolve_precision(cfg.speed.precision, cfg.model.use_fp16)
     return _train(cfg, piece, dataset, _train_config(cfg, steps, anneal=bool(steps), precision=precision),
-                  device, monitor)
+                  device, monitor, indices=indices, what=" (healthy only)" if sched.healthy_only else "")
 
 
 def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
@@ -263,7 +287,8 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
 
     piece = ClassifierPiece(classifier, diffusion, ct.noised,
                             create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
-                            make_val_data=make_val if val_set is not None else None, eval_interval=ct.eval_interval)
+                            make_val_data=make_val if val_set is not None else None, eval_interval=ct.eval_interval,
+                            max_t=ct.classifier_max_t)
     n_train = len(dataset) if train_idx is None else len(train_idx)
     precision = resolve_precision(cfg.speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16")
     train_cfg = _train_config(cfg, _length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,
@@ -332,27 +357,80 @@ def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
     return summary
 
 
+def training_noise(noise: NoiseFlags):
+    """The forward process's noise of the noise flags, as ``noise_fn(shape, generator)``."""
+    if noise.noise_type == "gaussian":
+        return gaussian_noise
+    return lambda shape, generator: simplex_noise(shape, octaves=noise.simplex_octaves,
+                                                  persistence=noise.simplex_persistence,
+                                                  frequency=noise.simplex_frequency, generator=generator)
+
+
+def _check_uncond_label(path: str) -> None:
+    """--guidance cfg needs a model with the "no class" label row; name the cause when it has none."""
+    state = ckpt.load(path)
+    rows = state.get("label_emb.weight")
+    if rows is not None and rows.shape[0] == NUM_CLASSES:
+        raise UserError(f"{path}: made without the 'no class' label of classifier-free guidance; --guidance cfg "
+                        "needs a model trained with image_train.py --p_uncond > 0")
+
+
+def _warn_beyond_classifier_range(classifier_path: str, diffusion, levels) -> None:
+    """Warn when translation asks the classifier about timesteps it was not trained on
+    (classifier_train.py --classifier_max_t, read from the flags saved beside the checkpoint)."""
+    saved = os.path.join(os.path.dirname(classifier_path) or ".", "flags_classifier_train.json")
+    try:
+        with open(saved) as f:
+            max_t = int(json.load(f).get("classifier_max_t") or 0)
+    except (OSError, ValueError):
+        return
+    # decoding calls the classifier at the levels L-2 .. 0 of the (respaced) process
+    deepest = max(diffusion.timestep_map[max(level - 2, 0)] for level in levels)
+    if max_t and deepest >= max_t:
+        logger.warn(f"--noise_level {','.join(map(str, levels))}: the classifier is asked about timesteps up to "
+                    f"{deepest}, but it was trained on t < {max_t} only (--classifier_max_t in {saved})")
+
+
 def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslation:
-    """The guided DDIM / DDPM translation of the flags, with both checkpoints loaded."""
-    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)
-    classifier, _ = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
-    s = cfg.sampling
+    """The diffusion translation of the flags (classifier-guided, classifier-free guided or unguided),
+    with its checkpoints loaded."""
+    s, speed = cfg.sampling, cfg.speed
+    cfg_guidance = s.guidance == "cfg"
+    if cfg_guidance and not cfg.model.class_cond:
+        raise UserError("--guidance cfg: needs a class-conditional model (--class_cond True) trained with --p_uncond")
+    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion, uncond_label=cfg_guidance)
+    if cfg_guidance and cfg.translation.model_path:
+        _check_uncond_label(cfg.translation.model_path)
     load_weights(model, cfg.translation.model_path, "--model_path", "diffusion model")
-    load_weights(classifier, s.classifier_path, "--classifier_path", "classifier")
-    if not 1 <= s.noise_level <= diffusion.num_timesteps:  # before any image is translated
-        raise UserError(f"--noise_level {s.noise_level}: expected 1..{diffusion.num_timesteps} (steps of the "
-                        f"process with --timestep_respacing {cfg.diffusion.timestep_respacing or 'none'})")
-    speed = cfg.speed
-    for net in (model, classifier):
-        prepare_for_inference(net, device, speed.channels_last)
+    for level in s.noise_level:  # before any image is translated
+        if not 1 <= level <= diffusion.num_timesteps:
+            raise UserError(f"--noise_level {level}: expected 1..{diffusion.num_timesteps} (steps of the process "
+                            f"with --timestep_respacing {cfg.diffusion.timestep_respacing or 'none'})")
+    prepare_for_inference(model, device, speed.channels_last)
     model_autocast = autocast_for(device, resolve_precision(speed.precision, cfg.model.use_fp16))
-    classifier_autocast = autocast_for(device, resolve_precision(speed.precision, cfg.classifier.classifier_use_fp16,
-                                                                 "--classifier_use_fp16"))
     model_fn = wrap_network(compile_network(model, device) if speed.compile else model, model_autocast,
                             speed.channels_last)
-    cond_fn = make_cond_fn(classifier, s.classifier_scale, autocast=classifier_autocast)
-    return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_level=s.noise_level,
-                                use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, scale=s.classifier_scale)
+    cond_fn = decode_fn = None
+    scale = 0.0
+    if s.guidance == "classifier":
+        classifier, _ = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
+        load_weights(classifier, s.classifier_path, "--classifier_path", "classifier")
+        _warn_beyond_classifier_range(s.classifier_path, diffusion, s.noise_level)
+        prepare_for_inference(classifier, device, speed.channels_last)
+        classifier_autocast = autocast_for(device, resolve_precision(
+            speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16"))
+        cond_fn = make_cond_fn(classifier, s.classifier_scale, autocast=classifier_autocast)
+        scale = s.classifier_scale
+    elif cfg_guidance:
+        decode_fn = make_cfg_model(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
+        scale = s.guidance_scale
+    n = cfg.noise
+    draw = (_draw if n.noise_type == "gaussian"
+            else simplex_sampler(n.simplex_octaves, n.simplex_persistence, n.simplex_frequency))
+    return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_levels=s.noise_level,
+                                use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, guidance=s.guidance, scale=scale,
+                                decode_fn=decode_fn, draw=draw, class_cond=cfg.model.class_cond,
+                                noise_type=n.noise_type)
 
 
 def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
@@ -378,4 +456,27 @@ def translate_fpgan(cfg: FPGANTranslateConfig, monitor=None) -> dict | None:
     load_weights(gen, cfg.translation.model_path, "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
     prepare_for_inference(gen, device)
     method = NetworkTranslation("FixedPoint-GAN", lambda x: translate_to_healthy(gen, x))
+    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+
+
+def train_dae(cfg, monitor=None) -> dict:
+    """scripts/dae_train.py: the denoising autoencoder on the healthy training images."""
+    device = dist_util.dev(cfg.run.device or None)
+    dataset = _dataset(cfg.data, "training")
+    th.manual_seed(cfg.run.seed)
+    net = create_dae(cfg.data, cfg.model).to(device)
+    piece = DAEPiece(net, noise_res=cfg.dae.noise_res, noise_std=cfg.dae.noise_std)
+    indices = _healthy_indices(dataset, cfg.data, "denoising autoencoder")
+    train_cfg = _train_config(cfg, _length(cfg.length, len(indices), cfg.data.batch_size), anneal=False,
+                              epoch_size=len(indices))
+    return _train(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
+
+
+def translate_dae(cfg, monitor=None) -> dict | None:
+    """scripts/dae_translate.py: D(x), the DAE's reconstruction, as the healthy translation."""
+    device = dist_util.dev(cfg.run.device or None)
+    net = create_dae(cfg.data, cfg.model)
+    load_weights(net, cfg.translation.model_path, "--model_path", "denoising autoencoder", hint=DAE_FLAGS_HINT)
+    prepare_for_inference(net, device)
+    method = NetworkTranslation("DAE", lambda x: dae_translate_to_healthy(net, x))
     return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)

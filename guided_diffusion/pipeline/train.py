@@ -338,8 +338,8 @@ class Trainer:
             logger.dumpkvs()
             if self.monitor is not None:
                 kind = self.piece.kind
-                self.monitor.line(f"{kind}_loss", self.step, {k: v for k, v in values.items() if not k.startswith("acc")},
-                                  title=f"{kind} training loss")
+                losses = {k: v for k, v in values.items() if not k.startswith("acc")}
+                self.monitor.line(f"{kind}_loss", self.step, losses, title=f"{kind} training loss")
                 acc = {k: v for k, v in values.items() if k.startswith("acc")}
                 if acc:
                     self.monitor.line(f"{kind}_accuracy", self.step, acc, title=f"{kind} accuracy")

@@ -18,6 +18,19 @@ SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 PROTOCOLS = ("paper", "slice", "volume", "all")  # all: the old name of slice
 THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
 LATENT_PRIORS = ("adversarial", "kl")
+NOISE_TYPES = ("gaussian", "simplex")
+GUIDANCE = ("classifier", "cfg", "none")
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``L`` or ``L1,L2,...``: noise levels, positive integers."""
+    try:
+        levels = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, found {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, found {text!r}")
+    return levels
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
 NORMALISATIONS = ("percentile", "brainminmax")
 
@@ -166,6 +179,22 @@ class DiffusionTrainFlags(FlagGroup):
                                    "(0: run until stopped)")
     ema_rate: str = flag("0.9999", "EMA rates of the weights, comma-separated (one ema_<rate>_NNNNNN.pt each)",
                          metavar="R1,R2")
+    p_uncond: float = flag(0.0, "classifier-free guidance: replace each training label by an extra 'no class' "
+                                "label with this probability (0: the paper's model, no extra label)")
+    healthy_only: bool = flag(False, "train on the healthy images (label 0) only (AnoDDPM's unconditional model)")
+
+
+@dataclass(frozen=True)
+class NoiseFlags(FlagGroup):
+    NAME = "noise"
+    ABOUT = "the noise of the diffusion process: Gaussian, or AnoDDPM's simplex noise (Wyatt et al. 2022)"
+    noise_type: str = flag("gaussian", "gaussian: the paper's; simplex: multi-octave simplex noise, each image "
+                                       "and channel normalised to zero mean and unit variance", choices=NOISE_TYPES)
+    simplex_octaves: int = flag(6, "simplex noise: octaves (AnoDDPM: 6)")
+    simplex_persistence: float = flag(0.8, "simplex noise: amplitude factor from one octave to the next (AnoDDPM: "
+                                           "0.8)")
+    simplex_frequency: float = flag(64.0, "simplex noise: period of the coarsest octave in pixels, halved at each "
+                                          "octave (AnoDDPM: 64 at 256 x 256)")
 
 
 @dataclass(frozen=True)
@@ -186,6 +215,8 @@ class ClassifierTrainFlags(FlagGroup):
     val_data_dir: str = flag("", "held-out folder for the accuracy (none: --val_fraction of --data_dir)",
                              metavar="DIR")
     val_label_dir: str = flag("", "the --label_dir of --val_data_dir", metavar="DIR")
+    classifier_max_t: int = flag(0, "train (and evaluate) at timesteps t < T only, where translation with "
+                                    "--noise_level L asks the classifier (0: all timesteps, the paper)")
 
 
 @dataclass(frozen=True)
@@ -205,11 +236,18 @@ class SamplingFlags(FlagGroup):
     classifier_path: str = flag("", "the classifier checkpoint (classifier_train.py's modelNNNNNN.pt)",
                                 metavar="PATH")
     classifier_scale: float = flag(100.0, "s, the scale of the classifier gradient (paper: 100)")
-    noise_level: int = flag(500, "L, how far the image is encoded, in steps of the (respaced) process "
-                                 "1..T; with ddim1000, 500 is half way")
+    noise_level: tuple = flag((500,), "L, how far the image is encoded, in steps of the (respaced) process "
+                                      "1..T (with ddim1000, 500 is half way); several levels (5,10,20): the "
+                                      "anomaly maps of the translations at each level are averaged",
+                              metavar="L[,L2,...]", parse=parse_levels)
     use_ddim: bool = flag(False, "True: DDIM encoding and guided DDIM decoding (the method); "
                                  "False: noise to L and guided DDPM sampling")
     clip_denoised: bool = flag(True, "clip the predicted x_0 to [-1, 1] at every step")
+    guidance: str = flag("classifier", "classifier: the paper's classifier guidance (--classifier_path, "
+                                       "--classifier_scale); cfg: classifier-free guidance (a model trained with "
+                                       "--p_uncond > 0, --guidance_scale); none: unguided", choices=GUIDANCE)
+    guidance_scale: float = flag(3.0, "W of classifier-free guidance: eps = (1 + W) eps(x, healthy) - W eps(x, "
+                                      "no class)")
 
 
 @dataclass(frozen=True)
@@ -278,6 +316,14 @@ class FPGANLossFlags(FlagGroup):
     lambda_rec: float = flag(10.0, "weight of the cycle-consistency term")
     lambda_id: float = flag(10.0, "weight of the fixed-point (identity) term")
     n_critic: int = flag(5, "critic steps per generator step")
+
+
+@dataclass(frozen=True)
+class DAEFlags(FlagGroup):
+    NAME = "dae"
+    ABOUT = "the denoising autoencoder (Kascenas et al. 2022): the UNet of --num_channels ... without time"
+    noise_res: int = flag(16, "side of the grid the coarse noise is drawn on before bilinear upsampling")
+    noise_std: float = flag(0.2, "standard deviation of the coarse noise")
 
 
 @dataclass(frozen=True)
@@ -387,10 +433,9 @@ class DriverFlags(FlagGroup):
 
 
 REGISTRY: tuple[type[FlagGroup], ...] = (
-    RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags, TrainFlags,
-    TimestepFlags, DiffusionTrainFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags, SamplingFlags,
-    EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags, ResultsFlags, CompareFlags,
-    OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags, SyntheticFlags,
-    DriverFlags,
+    RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
+    TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
+    SamplingFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags, DAEFlags, ResultsFlags,
+    CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags, SyntheticFlags, DriverFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""

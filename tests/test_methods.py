@@ -1,0 +1,243 @@
+"""The methods beyond the paper (issue 16): classifier-free guidance, simplex noise (AnoDDPM), the
+denoising autoencoder (Kascenas et al. 2022), the noise-level ensemble and --classifier_max_t; each
+trains and translates through the shared scripts and output format, in one process and with torchrun."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from cpu_helpers import one_thread, redraw_zero_layers  # noqa: F401  (one_thread is autouse)
+
+from guided_diffusion import script_util as su
+from guided_diffusion.anomaly import anomaly_map
+from guided_diffusion.datasets.synthetic import generate
+from guided_diffusion.guidance import make_cfg_model
+from guided_diffusion.methods import dae
+from guided_diffusion.pipeline.methods import translate_batch
+from guided_diffusion.simplex import simplex_noise
+from guided_diffusion.util.dist_util import _free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 16
+UNET = ["--image_size", SIZE, "--num_channels", 32, "--num_res_blocks", 1, "--channel_mult", "1,2", "--num_heads", 1]
+MODEL = [*UNET, "--attention_resolutions", 8, "--diffusion_steps", 50]
+DAE = [*UNET, "--attention_resolutions", ""]
+CLASSIFIER = ["--classifier_width", 32, "--classifier_depth", 1, "--classifier_channel_mult", "1,2",
+              "--classifier_attention_resolutions", 8, "--classifier_num_head_channels", 32]
+QUIET = ["--progress", False]
+
+
+def _main(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def script(name, *argv):
+    return _main(name)([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate(str(root), dataset="brats", size=SIZE, n_train=8, n_test=4, tumour_fraction=0.5, seed=1)
+    root = root / "brats"
+    return {"train": root / "training", "test": root / "testing", "labels": root / "test_labels"}
+
+
+# ------------------------------------------------------------------------------------------ maths
+
+
+def test_the_extra_label_row_is_only_there_for_classifier_free_guidance():
+    flags = {**su.model_and_diffusion_defaults(), "image_size": SIZE, "num_channels": 32, "num_res_blocks": 1,
+             "channel_mult": "1,2", "attention_resolutions": "8", "class_cond": True}
+    plain = su.create_model_and_diffusion(**flags)[0].state_dict()
+    default = su.create_model_and_diffusion(**flags, uncond_label=False)[0].state_dict()
+    cfg = su.create_model_and_diffusion(**flags, uncond_label=True)[0].state_dict()
+    assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in default.items()}
+    assert plain["label_emb.weight"].shape[0] == su.NUM_CLASSES == 2
+    differ = {k for k in plain if plain[k].shape != cfg[k].shape}
+    assert differ == {"label_emb.weight"} and cfg["label_emb.weight"].shape[0] == su.NULL_CLASS + 1 == 3
+
+
+def test_cfg_combines_the_two_predictions_and_at_w_0_is_the_conditional_ddim():
+    th.manual_seed(0)
+    model, diffusion = su.create_model_and_diffusion(**{
+        **su.model_and_diffusion_defaults(), "image_size": SIZE, "num_channels": 32, "num_res_blocks": 1,
+        "channel_mult": "1,2", "attention_resolutions": "8", "class_cond": True, "learn_sigma": True,
+        "diffusion_steps": 50}, uncond_label=True)
+    model = redraw_zero_layers(model).eval()
+    x = th.rand(2, 4, SIZE, SIZE)
+    t = th.tensor([3, 30])
+    y = th.zeros(2, dtype=th.long)
+    with th.no_grad():
+        cond, uncond = model(x, t, y=y), model(x, t, y=th.full_like(y, su.NULL_CLASS))
+        guided = make_cfg_model(model, 2.0, su.NULL_CLASS, 4)(x, t, y=y)
+    # eps channels: 3 cond - 2 uncond (Ho & Salimans 2022, Eq. 6); the variance channels: the conditional's
+    th.testing.assert_close(guided[:, :4], 3 * cond[:, :4] - 2 * uncond[:, :4], rtol=1e-5, atol=1e-5)
+    th.testing.assert_close(guided[:, 4:], cond[:, 4:], rtol=1e-5, atol=1e-5)
+    with th.no_grad():
+        plain = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True)
+        w0 = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True,
+                             decode_fn=make_cfg_model(model, 0.0, su.NULL_CLASS, 4))
+        w2 = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True,
+                             decode_fn=make_cfg_model(model, 2.0, su.NULL_CLASS, 4))
+    th.testing.assert_close(w0, plain, rtol=0, atol=1e-5)  # batched twice as large: rounding only
+    assert (w2 - plain).abs().max() > 1e-3  # guidance moves the result
+
+
+def test_simplex_noise_is_standardised_reproducible_and_low_frequency():
+    shape = (3, 2, 64, 64)
+    a = simplex_noise(shape, octaves=6, persistence=0.8, frequency=32, generator=th.Generator().manual_seed(5))
+    b = simplex_noise(shape, octaves=6, persistence=0.8, frequency=32, generator=th.Generator().manual_seed(5))
+    c = simplex_noise(shape, octaves=6, persistence=0.8, frequency=32, generator=th.Generator().manual_seed(6))
+    assert a.shape == shape and th.equal(a, b) and not th.equal(a, c)
+    per_field = a.reshape(6, -1)
+    assert per_field.mean(dim=1).abs().max() < 1e-5
+    th.testing.assert_close(per_field.std(dim=1), th.ones(6), rtol=0, atol=1e-4)
+    assert not th.equal(a[0, 0], a[1, 0]) and not th.equal(a[0, 0], a[0, 1])  # a field per image and channel
+
+    def low_frequency_share(noise):
+        """Fraction of the power at spatial frequencies below 1/8 cycle per pixel (both axes)."""
+        power = th.fft.fft2(noise).abs() ** 2
+        f = th.fft.fftfreq(noise.shape[-1]).abs()
+        low = th.maximum(f[:, None], f[None, :]) < 1 / 8
+        return float(power[..., low].sum() / power.sum())
+
+    gaussian = th.randn(shape, generator=th.Generator().manual_seed(5))
+    # white noise spreads its power evenly: 1/16 of the frequencies hold about 1/16 of it (measured 0.06);
+    # simplex noise with a 32-pixel coarsest period holds most of its power there (measured 0.8)
+    assert low_frequency_share(gaussian) < 0.1 < 0.5 < low_frequency_share(a)
+
+
+def test_dae_coarse_noise_and_loss_by_hand():
+    x = th.zeros(1, 1, 8, 8)
+    x[..., 2:6, 2:6] = 0.5  # foreground: the centre square
+    eps = th.zeros(1, 1, 2, 2)
+    eps[0, 0, 0, 0] = 1.0  # one coarse cell
+    up = dae.coarse_noise(eps, 8, th.zeros(1, 2, dtype=th.long))
+    # bilinear upsampling by 4 (half-pixel centres): the top-left 2x2 pixels take the cell's full value
+    assert up[0, 0, :2, :2].eq(1.0).all() and up[0, 0, -2:, -2:].eq(0.0).all()
+    rolled = dae.coarse_noise(eps, 8, th.tensor([[1, 2]]))
+    assert th.equal(rolled, th.roll(up, shifts=(1, 2), dims=(-2, -1)))
+    noisy = dae.noisy_input(x, eps, th.zeros(1, 2, dtype=th.long))
+    assert th.equal(noisy[x == 0], th.zeros_like(noisy[x == 0]))  # no noise on the background
+    net = lambda inp, t: inp * 0 + 0.25  # noqa: E731  (a "network" that returns 0.25 everywhere)
+    loss, _ = dae.dae_loss(net, x, eps, th.zeros(1, 2, dtype=th.long))
+    assert loss.item() == pytest.approx(16 * (0.25 - 0.5) ** 2 / 64)  # 16 foreground pixels of 64
+
+
+# ------------------------------------------------------------------------------------------ the scripts
+
+
+def test_denoising_autoencoder_trains_and_translates(data, tmp_path):
+    flags = DAE
+    script("dae_train", "--data_dir", data["train"], *flags, *QUIET, "--batch_size", 4, "--iterations", 40,
+                    "--lr", 1e-3, "--log_interval", 10, "--noise_res", 4, "--log_dir", tmp_path / "dae")
+    with open(tmp_path / "dae" / "progress.csv") as f:
+        losses = [float(row.split(",")[0]) for row in f.readlines()[1:]]
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses  # the DAE learns (measured: /3.8)
+    summary = script("dae_translate", "--data_dir", data["test"], "--label_dir", data["labels"], *flags, *QUIET,
+                     "--model_path", tmp_path / "dae" / "model000040.pt", "--output_dir", tmp_path / "out",
+                     "--log_dir", tmp_path / "log")
+    assert summary["method"] == "DAE" and summary["n_images"] == 4
+
+
+def test_cfg_end_to_end_and_a_checkpoint_without_the_extra_label(data, tmp_path):
+    train = ["--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
+             "--lr_anneal_steps", 2]
+    script("image_train", *train, "--p_uncond", 0.2, "--log_dir", tmp_path / "cfg")
+    script("image_train", *train, "--log_dir", tmp_path / "plain")
+    common = ["--data_dir", data["test"], "--label_dir", data["labels"], *MODEL, "--class_cond", True, *QUIET,
+              "--use_ddim", True, "--noise_level", 4, "--guidance", "cfg", "--guidance_scale", 2]
+    summary = script("classifier_sample_known", *common, "--model_path", tmp_path / "cfg" / "model000002.pt",
+                     "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "log")
+    assert summary["method"] == "DDIM, L=4, CFG W=2" and summary["n_images"] == 4
+    from guided_diffusion.util.errors import UserError
+    with pytest.raises(UserError, match=r"plain/model000002.pt: made without the 'no class' label.*--p_uncond"):
+        script("classifier_sample_known", *common, "--model_path", tmp_path / "plain" / "model000002.pt",
+               "--output_dir", tmp_path / "out2", "--log_dir", tmp_path / "log2")
+
+
+def test_simplex_diffusion_on_healthy_slices_translates_unguided(data, tmp_path):
+    noise = ["--noise_type", "simplex", "--simplex_frequency", 8, "--simplex_octaves", 3]
+    result = script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", False, *noise, *QUIET,
+                    "--healthy_only", True, "--batch_size", 2, "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")
+    assert result["step"] == 2
+    flags = json.loads((tmp_path / "m" / "flags_image_train.json").read_text())
+    assert flags["noise_type"] == "simplex" and flags["healthy_only"] is True
+    summary = script("classifier_sample_known", "--data_dir", data["test"], "--label_dir", data["labels"], *MODEL,
+                     "--class_cond", False, *noise, *QUIET, "--use_ddim", False, "--guidance", "none",
+                     "--noise_level", 5, "--model_path", tmp_path / "m" / "model000002.pt",
+                     "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "log")
+    assert summary["method"] == "simplex DDPM, L=5, unguided"
+
+
+def test_noise_level_ensemble_and_classifier_max_t(data, tmp_path, capsys):
+    script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
+           "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")
+    script("classifier_train", "--data_dir", data["train"], "--image_size", SIZE, *CLASSIFIER, "--diffusion_steps", 50,
+           *QUIET, "--batch_size", 4, "--iterations", 2, "--classifier_max_t", 5, "--log_dir", tmp_path / "c")
+    common = ["--data_dir", data["test"], "--label_dir", data["labels"], *MODEL, "--class_cond", True, *CLASSIFIER,
+              *QUIET, "--use_ddim", True, "--model_path", tmp_path / "m" / "model000002.pt",
+              "--classifier_path", tmp_path / "c" / "model000002.pt"]
+    single = {}
+    for level in (3, 6):
+        script("classifier_sample_known", *common, "--noise_level", level, "--output_dir", tmp_path / f"L{level}",
+               "--log_dir", tmp_path / f"log{level}")
+        single[level] = sorted((tmp_path / f"L{level}").glob("*.npz"))
+    capsys.readouterr()
+    summary = script("classifier_sample_known", *common, "--noise_level", "3,6", "--output_dir", tmp_path / "ens",
+                     "--log_dir", tmp_path / "logens")
+    # level 6 asks the classifier about t = 4 at most: still below --classifier_max_t 5; level 7 would not be
+    assert "--classifier_max_t" not in capsys.readouterr().err
+    assert summary["method"] == "DDIM, L=3,6, s=100"
+    for a, b in zip(single[3], single[6]):
+        with np.load(a) as za, np.load(b) as zb, np.load(tmp_path / "ens" / a.name) as ze:
+            np.testing.assert_allclose(ze["anomaly"], (za["anomaly"] + zb["anomaly"]) / 2, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ze["healthy"], (za["healthy"] + zb["healthy"]) / 2, rtol=1e-5, atol=1e-6)
+            assert not np.allclose(ze["anomaly"], anomaly_map(ze["input"], ze["healthy"]))  # the maps' mean
+    script("classifier_sample_known", *common, "--noise_level", 7, "--output_dir", tmp_path / "L7",
+           "--log_dir", tmp_path / "log7")
+    assert "trained on t < 5 only (--classifier_max_t" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["dae", "cfg", "simplex"])
+def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, method):
+    """Each writes the same files in 2 processes as in 1 (per-image noise, sharded folder)."""
+    if method == "dae":
+        flags = DAE
+        script("dae_train", "--data_dir", data["train"], *flags, *QUIET, "--batch_size", 4, "--iterations", 1,
+               "--log_dir", tmp_path / "net")
+        translate = ["dae_translate.py", *flags]
+    else:
+        extra = (["--class_cond", True, "--p_uncond", 0.2] if method == "cfg"
+                 else ["--class_cond", False, "--noise_type", "simplex", "--simplex_frequency", 8])
+        script("image_train", "--data_dir", data["train"], *MODEL, *extra, *QUIET, "--batch_size", 4,
+               "--lr_anneal_steps", 1, "--log_dir", tmp_path / "net")
+        extra = [a for a in extra if a not in ("--p_uncond", 0.2)]
+        guidance = ["--guidance", "cfg", "--use_ddim", True] if method == "cfg" else ["--guidance", "none",
+                                                                                     "--use_ddim", False]
+        translate = ["classifier_sample_known.py", *MODEL, *extra, *guidance, "--noise_level", 4]
+    args = [*translate, "--data_dir", data["test"], "--label_dir", data["labels"], "--batch_size", 2,
+            "--model_path", tmp_path / "net" / ("model000001.pt")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, launcher in (("one", [sys.executable]), ("two", [sys.executable, "-m", "torch.distributed.run",
+                                                              "--nproc_per_node", 2, "--master_addr", "127.0.0.1",
+                                                              "--master_port", _free_port()])):
+        cmd = [*launcher, REPO / "scripts" / args[0], *args[1:], "--output_dir", tmp_path / out,
+               "--log_dir", tmp_path / f"{out}-log", *QUIET]
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 2
+    for name in names:
+        if name.endswith(".npz"):
+            with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "two" / name) as b:
+                np.testing.assert_allclose(a["healthy"], b["healthy"], rtol=1e-5, atol=1e-6)
