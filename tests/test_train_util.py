@@ -30,12 +30,13 @@ def batches(start):
 
 
 def make_loop(log_dir, total, resume="", save_interval=2, precision="fp32", microbatch=-1, dropout=0.1,
-              use_compile=False, device=None):
+              use_compile=False, device=None, fused=None, anneal_lr=False):
     th.manual_seed(0)
     model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": dropout})
     cfg = TrainConfig(batch_size=4, microbatch=microbatch, lr=1e-3, total_steps=total, save_interval=save_interval,
                       log_interval=100, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
-                      precision=precision, progress=False, use_compile=use_compile)
+                      precision=precision, progress=False, use_compile=use_compile, fused=fused,
+                      anneal_lr=anneal_lr)
     return TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9,0.99", device=device)
 
 
@@ -288,6 +289,24 @@ def test_mixed_precision_unscales_every_gradient(tmp_path, precision):
             ratios.append(float(gmp.float().norm() / n32))
     assert len(ratios) > 10
     assert max(ratios) < 2.0 and min(ratios) > 0.5, (min(ratios), max(ratios))
+
+
+def test_fp16_fused_run_resumes_a_checkpoint_written_without_fused_adamw(tmp_path):
+    # A CPU run's (or the original code's) optimizer file holds fused=False; loading it as saved would
+    # switch the fused kernel off, and GradScaler then hands grad_scale to the foreach path, which
+    # refuses it. PyTorch has fused AdamW and GradScaler on the CPU, so the GPU path is checked here.
+    make_loop(tmp_path, total=2, fused=False, dropout=0.0).run_loop()  # fp32, foreach AdamW
+    saved = ckpt.load(str(tmp_path / "opt000002.pt"))
+    assert not any(group.get("fused") for group in saved["param_groups"])
+    resumed = make_loop(tmp_path, total=4, resume=str(tmp_path / "model000002.pt"), precision="fp16",
+                        fused=True, dropout=0.0)
+    assert resumed.step == 2
+    before = params_of(resumed)
+    resumed.run_loop()  # torch 2.13 without the fix: AssertionError in _single_tensor_adam (grad_scale given)
+    assert resumed.step == 4 and all(group["fused"] for group in resumed.opt.param_groups)
+    after = params_of(resumed)
+    assert all(th.isfinite(v).all() for v in after.values())
+    assert any(not th.equal(before[k], after[k]) for k in before)  # the steps changed the weights
 
 
 def gradients_per_step(loop) -> list[list[th.Tensor]]:
