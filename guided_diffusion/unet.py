@@ -181,17 +181,18 @@ def qkv_attention(qkv: th.Tensor, num_heads: int, legacy: bool) -> th.Tensor:
     ``legacy`` selects how heads are packed: heads outermost (the original
     ``QKVAttentionLegacy``: per head [q; k; v]) or q, k, v outermost
     (``QKVAttention``). Both orders exist in released checkpoints.
-    Uses ``scaled_dot_product_attention`` (fused kernels where available).
+    Uses ``scaled_dot_product_attention`` on 4-D (B, H, T, C) tensors: with 3-D inputs PyTorch
+    always takes its math path, with 4-D ones a GPU can choose a fused kernel.
     """
     bs, width, length = qkv.shape
     ch = width // (3 * num_heads)
-    if legacy:
-        q, k, v = qkv.reshape(bs * num_heads, 3 * ch, length).split(ch, dim=1)
-    else:
-        q, k, v = (part.reshape(bs * num_heads, ch, length) for part in qkv.chunk(3, dim=1))
-    # (B*H, C, T) -> (B*H, T, C) for the kernel, and back
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).reshape(bs, num_heads * ch, length)
+    if legacy:  # per head [q; k; v]: (B, H, 3C, T), split along the channels
+        q, k, v = qkv.reshape(bs, num_heads, 3 * ch, length).split(ch, dim=2)
+    else:  # [q; k; v] of all heads: three (B, H*C, T) parts, each (B, H, C, T)
+        q, k, v = (part.reshape(bs, num_heads, ch, length) for part in qkv.chunk(3, dim=1))
+    # (B, H, C, T) -> (B, H, T, C) for the kernel, and back
+    out = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+    return out.transpose(2, 3).reshape(bs, num_heads * ch, length)
 
 
 class QKVAttention(nn.Module):

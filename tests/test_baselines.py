@@ -92,7 +92,10 @@ def test_vae_shapes_and_losses():
         mu, logvar = model.encode(x)
         assert mu.shape == (3, 8) and (logvar is None) != variational
         rec = model.reconstruct(x)
-        assert rec.shape == x.shape and 0 <= rec.min() and rec.max() <= 1
+        # the healthy translation decodes the posterior mean (no sampling) through a sigmoid
+        features = model.from_latent(mu).view(3, model.top_channels, model.bottleneck, model.bottleneck)
+        assert rec.shape == x.shape
+        th.testing.assert_close(rec, 1 / (1 + th.exp(-model.decoder(features))), rtol=1e-6, atol=1e-7)
     assert kl_divergence(th.zeros(2, 5), th.zeros(2, 5)).item() == 0.0
     # KL(N(1, 1) || N(0, 1)) = 1/2 per unit
     assert kl_divergence(th.ones(2, 5), th.zeros(2, 5)).item() == pytest.approx(2.5)
@@ -110,7 +113,46 @@ def test_fpgan_generator_is_residual_and_discriminator_heads():
     critic, logits = disc(x)
     assert critic.shape == (2, 1, SIZE // 4, SIZE // 4) and logits.shape == (2, 2)
     gp = gradient_penalty(disc, x, x.flip(0), th.rand(2, generator=th.Generator().manual_seed(0)))
-    assert gp.ndim == 0 and gp.item() >= 0
+    assert gp.ndim == 0
+    # a critic linear in its input: the gradient is its weight w everywhere, ||w|| = 0.25 * sqrt(4 * 16 * 16)
+    # = 8, so (||grad|| - 1)^2 = 49 for every image
+    assert gradient_penalty(LinearCritic(), x, x.flip(0), th.tensor([0.3, 0.8])).item() == pytest.approx(49.0)
+    # a quadratic critic 1/2 sum a_c x^2: the gradient a_c x^ at x^ = alpha real + (1 - alpha) fake, per image
+    real, fake, alpha = x, th.rand(2, 4, SIZE, SIZE, generator=th.Generator().manual_seed(1)), th.tensor([0.25, 0.75])
+    critic = QuadraticCritic()
+    gp = gradient_penalty(critic, real, fake, alpha)
+    norms = []
+    for i in range(2):
+        x_hat = alpha[i] * real[i] + (1 - alpha[i]) * fake[i]  # (C, S, S)
+        norms.append(((critic.a.detach()[:, None, None] * x_hat) ** 2).sum().sqrt())
+    by_hand = ((norms[0] - 1) ** 2 + (norms[1] - 1) ** 2) / 2
+    assert gp.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # and it trains the critic (the gradient of the penalty reaches its weights): d gp / d a_c =
+    # mean_i 2 (n_i - 1) a_c sum x^_ic^2 / n_i
+    gp.backward()
+    grad_by_hand = sum(2 * (norms[i] - 1) * critic.a.detach() * ((alpha[i] * real[i] + (1 - alpha[i]) * fake[i]) ** 2)
+                       .sum(dim=(1, 2)) / norms[i] for i in range(2)) / 2
+    th.testing.assert_close(critic.a.grad, grad_by_hand, rtol=1e-5, atol=1e-7)
+
+
+class LinearCritic(th.nn.Module):
+    """Discriminator stand-in with D's (critic, logits) outputs: critic patches (w * x) summed over
+    channels, w = 0.25 everywhere."""
+
+    def forward(self, x):
+        return (0.25 * x).sum(dim=1, keepdim=True), th.zeros(x.shape[0], 2)  # (B, 1, S, S), (B, 2)
+
+
+class QuadraticCritic(th.nn.Module):
+    """Critic patches 1/2 sum_c a_c x_c^2, whose gradient is a_c x_c (a = 0.5, 1, 1.5, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = th.nn.Parameter(th.tensor([0.5, 1.0, 1.5, 2.0]))
+
+    def forward(self, x):
+        critic = 0.5 * (self.a[None, :, None, None] * x**2).sum(dim=1, keepdim=True)  # (B, 1, S, S)
+        return critic, th.zeros(x.shape[0], 2)
 
 
 # ---------------------------------------------------------------------------------
