@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from guided_diffusion.pipeline import driver, evaluate, prepare, runs
+from guided_diffusion.pipeline import driver, evaluate, prepare, runs, tune
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, parse_flags, part
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def script_configs():
     """Every script's config class (a dataclass with a SCRIPT name)."""
     found = []
-    for module in (runs, evaluate, prepare, driver, visdom_server):
+    for module in (runs, evaluate, prepare, driver, tune, visdom_server):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ and (
                     hasattr(obj, "SCRIPT") or obj is visdom_server.VisdomServerConfig):

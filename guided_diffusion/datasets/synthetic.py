@@ -66,6 +66,7 @@ def generate(
     n_test: int = 8,
     tumour_fraction: float = 0.5,
     seed: int = 0,
+    n_val: int = 0,
 ) -> dict:
     """Write synthetic data sets in the layouts of SPEC section 5 under ``out``.
 
@@ -79,7 +80,10 @@ def generate(
 
         out/chexpert/{training,testing}/{healthy,diseased}/patientNNNNN_studyK.npy   uint8 S x S x 1
 
-    ``n_train`` and ``n_test`` count slices (BRATS, 4 per patient) and images
+    With ``n_val`` > 0 also ``brats/validation/<leaf>/`` (with seg, like training) and
+    ``chexpert/validation/``: a held-out split for the classifier and for choosing settings.
+
+    ``n_train``, ``n_test`` and ``n_val`` count slices (BRATS, 4 per patient) and images
     (CheXpert) of each split; ``tumour_fraction`` of each split (rounded half up) has
     a tumour or an effusion. Returns the number of items written per data set.
     """
@@ -87,7 +91,7 @@ def generate(
         raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHOICES)}")
     if size < MIN_SIZE:
         raise UserError(f"--size {size}: expected at least {MIN_SIZE} pixels")
-    for flag, value in (("--n_train", n_train), ("--n_test", n_test)):
+    for flag, value in (("--n_train", n_train), ("--n_test", n_test), ("--n_val", n_val)):
         if value < 0:
             raise UserError(f"{flag} {value}: expected 0 or more")
     if not 0.0 <= tumour_fraction <= 1.0:
@@ -95,8 +99,9 @@ def generate(
     use_brats = dataset in ("brats", "both")
     use_chexpert = dataset in ("chexpert", "both")
 
-    brats = _plan_brats(seed, n_train, n_test, tumour_fraction) if use_brats else []
-    chest = _plan_chexpert(seed, n_train, n_test, tumour_fraction) if use_chexpert else []
+    sizes = {"training": n_train, "testing": n_test, "validation": n_val}
+    brats = _plan_brats(seed, sizes, tumour_fraction) if use_brats else []
+    chest = _plan_chexpert(seed, sizes, tumour_fraction) if use_chexpert else []
     planned = [path for item in brats for path in item.files()] + [item.path() for item in chest]
     roots = (["brats"] if use_brats else []) + (["chexpert"] if use_chexpert else [])
     check_no_stray_files(out, planned, roots)
@@ -105,13 +110,13 @@ def generate(
         for item in brats:
             channels, seg = brats_slice(item.rng(seed), _brain_shape(item.patient_rng(seed)), size, item.tumour)
             folder = os.path.join(staging, "brats", item.split, item.leaf)
-            leaf_seg = seg if item.split == "training" else None  # test leaves: labels go to test_labels/
+            leaf_seg = None if item.split == "testing" else seg  # test leaves: labels go to test_labels/
             write_brats_leaf(folder, item.patient, item.slice_index, channels, leaf_seg)
             if item.split == "testing":
                 os.makedirs(os.path.join(staging, "brats", "test_labels"), exist_ok=True)
                 write_nifti_gz(os.path.join(staging, "brats", "test_labels", label_filename(item.leaf)), seg)
         if use_chexpert:
-            for split in ("training", "testing"):
+            for split in (name for name, n in sizes.items() if n or name != "validation"):
                 for label in ("healthy", "diseased"):
                     os.makedirs(os.path.join(staging, "chexpert", split, label), exist_ok=True)
         for item in chest:
@@ -138,7 +143,7 @@ class _BratsItem:
         folder = os.path.join("brats", self.split, self.leaf)
         names = [brats_slice_filename(self.patient, seq, self.slice_index) for seq in MODALITIES]
         files = [os.path.join(folder, name) for name in names]
-        if self.split == "training":
+        if self.split != "testing":  # training and validation leaves hold their seg
             files.append(os.path.join(folder, brats_slice_filename(self.patient, "seg", self.slice_index)))
         else:
             files.append(os.path.join("brats", "test_labels", label_filename(self.leaf)))
@@ -165,18 +170,18 @@ class _ChestItem:
         return np.random.default_rng([seed, 1, _SPLIT_ID[self.split], self.index])
 
 
-_SPLIT_ID = {"training": 0, "testing": 1}
+_SPLIT_ID = {"training": 0, "testing": 1, "validation": 2}
 
 
 def _count(n: int, fraction: float) -> int:
     return int(np.floor(n * fraction + 0.5))
 
 
-def _plan_brats(seed: int, n_train: int, n_test: int, tumour_fraction: float) -> list[_BratsItem]:
+def _plan_brats(seed: int, sizes: dict[str, int], tumour_fraction: float) -> list[_BratsItem]:
     items = []
     patient_number = 1  # test patients continue the numbering: no patient is in both splits
     leaf_number = 1
-    for split, n in (("training", n_train), ("testing", n_test)):
+    for split, n in sizes.items():  # training, testing, validation: later splits continue the numbers
         order = np.random.default_rng([seed, 0, _SPLIT_ID[split]]).permutation(n)
         tumours = set(order[: _count(n, tumour_fraction)].tolist())
         for i in range(n):
@@ -197,10 +202,10 @@ def _plan_brats(seed: int, n_train: int, n_test: int, tumour_fraction: float) ->
     return items
 
 
-def _plan_chexpert(seed: int, n_train: int, n_test: int, effusion_fraction: float) -> list[_ChestItem]:
+def _plan_chexpert(seed: int, sizes: dict[str, int], effusion_fraction: float) -> list[_ChestItem]:
     items = []
     patient_number = 1
-    for split, n in (("training", n_train), ("testing", n_test)):
+    for split, n in sizes.items():
         rng = np.random.default_rng([seed, 1, _SPLIT_ID[split]])
         diseased = set(rng.permutation(n)[: _count(n, effusion_fraction)].tolist())
         studies = rng.integers(1, 4, size=n)

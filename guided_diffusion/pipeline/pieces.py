@@ -85,6 +85,8 @@ class DiffusionPiece(OneNetworkPiece):
         t, weights = self.schedule_sampler.sample(trainer.global_batch, trainer.device, generator=trainer.generator)
         noise = self.noise_fn((trainer.global_batch, *x.shape[1:]), trainer.generator)
         t, weights, noise = trainer.mine(t, weights, noise.to(trainer.device))
+        if getattr(self.model, "num_classes", None) is None:
+            cond = {k: v for k, v in cond.items() if k != "y"}  # an unconditional model takes no label
         if self.p_uncond:
             drop = trainer.rand() < self.p_uncond  # (B,) this rank's share of the global draw
             cond = {**cond, "y": th.where(drop, th.full_like(cond["y"], self.null_class), cond["y"])}

@@ -90,4 +90,4 @@ def run_make_synthetic(cfg: SyntheticConfig) -> dict:
         raise UserError(f"--datasets {s.datasets!r}: expected a comma-separated subset of {', '.join(DATASETS)}")
     which = "both" if set(names) == set(DATASETS) else names[0]
     return generate(cfg.output.out, dataset=which, size=s.size, n_train=s.n_train, n_test=s.n_test,
-                    tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)
+                    n_val=s.n_val, tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
+from ..datasets.layout import MODALITIES
 from ..datasets.loaders import (
     collate_training_batch,
     create_dataset,
@@ -44,6 +45,7 @@ from ..util.flags import (
     EvaluationFlags,
     FPGANFlags,
     FPGANLossFlags,
+    IntensityFlags,
     LengthFlags,
     ModelFlags,
     MonitorFlags,
@@ -344,6 +346,14 @@ def train_fpgan(cfg: FPGANTrainConfig, monitor=None) -> dict:
 # -------------------------------------------------------------------------------- translation
 
 
+def checkpoint_of(cfg) -> str:
+    """The one ``--model_path`` of a translation script ("" when none is given)."""
+    paths = cfg.translation.model_path
+    if len(paths) > 1:
+        raise UserError(f"--model_path {' '.join(paths)}: expected one checkpoint (tune.py compares several)")
+    return paths[0] if paths else ""
+
+
 def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
     output_dir = cfg.translation.output_dir or os.path.join(cfg.run.log_dir, "samples")
     loop = LoopConfig(output_dir=output_dir, num_samples=cfg.translation.num_samples, batch_size=cfg.data.batch_size,
@@ -399,9 +409,9 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     if cfg_guidance and not cfg.model.class_cond:
         raise UserError("--guidance cfg: needs a class-conditional model (--class_cond True) trained with --p_uncond")
     model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion, uncond_label=cfg_guidance)
-    if cfg_guidance and cfg.translation.model_path:
-        _check_uncond_label(cfg.translation.model_path)
-    load_weights(model, cfg.translation.model_path, "--model_path", "diffusion model")
+    if cfg_guidance and checkpoint_of(cfg):
+        _check_uncond_label(checkpoint_of(cfg))
+    load_weights(model, checkpoint_of(cfg), "--model_path", "diffusion model")
     for level in s.noise_level:  # before any image is translated
         if not 1 <= level <= diffusion.num_timesteps:
             raise UserError(f"--noise_level {level}: expected 1..{diffusion.num_timesteps} (steps of the process "
@@ -444,7 +454,7 @@ def translate_vae(cfg: VAETranslateConfig, monitor=None) -> dict | None:
     """scripts/vae_translate.py: the VAE's reconstruction as the healthy translation."""
     device = dist_util.dev(cfg.run.device or None)
     model, _ = create_vae(cfg.data, cfg.vae)
-    load_weights(model, cfg.translation.model_path, "--model_path", "VAE", hint=VAE_FLAGS_HINT)
+    load_weights(model, checkpoint_of(cfg), "--model_path", "VAE", hint=VAE_FLAGS_HINT)
     prepare_for_inference(model, device)
     return _translate(cfg, NetworkTranslation("VAE", model.reconstruct), _dataset(cfg.data, "test"), device, monitor)
 
@@ -453,7 +463,7 @@ def translate_fpgan(cfg: FPGANTranslateConfig, monitor=None) -> dict | None:
     """scripts/fpgan_translate.py: G(x, healthy) as the healthy translation."""
     device = dist_util.dev(cfg.run.device or None)
     gen, _ = create_fpgan(cfg.data, cfg.fpgan)
-    load_weights(gen, cfg.translation.model_path, "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
+    load_weights(gen, checkpoint_of(cfg), "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
     prepare_for_inference(gen, device)
     method = NetworkTranslation("FixedPoint-GAN", lambda x: translate_to_healthy(gen, x))
     return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
@@ -476,7 +486,29 @@ def translate_dae(cfg, monitor=None) -> dict | None:
     """scripts/dae_translate.py: D(x), the DAE's reconstruction, as the healthy translation."""
     device = dist_util.dev(cfg.run.device or None)
     net = create_dae(cfg.data, cfg.model)
-    load_weights(net, cfg.translation.model_path, "--model_path", "denoising autoencoder", hint=DAE_FLAGS_HINT)
+    load_weights(net, checkpoint_of(cfg), "--model_path", "denoising autoencoder", hint=DAE_FLAGS_HINT)
     prepare_for_inference(net, device)
     method = NetworkTranslation("DAE", lambda x: dae_translate_to_healthy(net, x))
+    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+
+
+IntensityConfig = _baseline_config("intensity_translate", _TranslationConfig, {}, intensity=IntensityFlags)
+
+
+def translate_intensity(cfg, monitor=None) -> dict | None:
+    """scripts/intensity_translate.py: one channel's intensity as the anomaly map (the baseline of Meissen et
+    al.): the "healthy" image is the input with that channel set to 0, so sum_c |x - healthy| is its intensity."""
+    device = dist_util.dev(cfg.run.device or None)
+    names = {"brats": MODALITIES, "chexpert": ("xray",)}[cfg.data.dataset]
+    channel = cfg.intensity.channel
+    if channel not in names:
+        raise UserError(f"--channel {channel}: --dataset {cfg.data.dataset} has the channels {', '.join(names)}")
+    index = names.index(channel)
+
+    def zero_channel(x: th.Tensor) -> th.Tensor:
+        healthy = x.clone()
+        healthy[:, index] = 0
+        return healthy
+
+    method = NetworkTranslation(f"{channel.upper() if channel != 'xray' else 'X-ray'} intensity", zero_channel)
     return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)

@@ -23,14 +23,11 @@ GUIDANCE = ("classifier", "cfg", "none")
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
-    """``L`` or ``L1,L2,...``: noise levels, positive integers."""
+    """``L`` or ``L1,L2,...``: noise levels (their range, 1..T, is checked against the process)."""
     try:
-        levels = tuple(int(part) for part in str(text).split(","))
+        return tuple(int(part) for part in str(text).split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, found {text!r}") from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, found {text!r}")
-    return levels
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, found {text!r}") from None
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
 NORMALISATIONS = ("percentile", "brainminmax")
 
@@ -223,7 +220,8 @@ class ClassifierTrainFlags(FlagGroup):
 class TranslateFlags(FlagGroup):
     NAME = "translation"
     ABOUT = "which network translates which images, and where the results go"
-    model_path: str = flag("", "the checkpoint of the translating network (model/ema/G file)", metavar="PATH")
+    model_path: tuple = flag((), "the checkpoint of the translating network (model/ema/G file; tune.py: one or "
+                                 "more to compare)", metavar="PATH", nargs="+", parse=str)
     output_dir: str = flag("", "folder for <id>.npz, <id>.png, metrics.csv and summary.json "
                                "(none: <log_dir>/samples)", metavar="DIR")
     num_samples: int = flag(-1, "translate the first N images of --data_dir (-1: all)")
@@ -248,6 +246,33 @@ class SamplingFlags(FlagGroup):
                                        "--p_uncond > 0, --guidance_scale); none: unguided", choices=GUIDANCE)
     guidance_scale: float = flag(3.0, "W of classifier-free guidance: eps = (1 + W) eps(x, healthy) - W eps(x, "
                                       "no class)")
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """``X`` or ``X1,X2,...``."""
+    try:
+        return tuple(float(part) for part in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, found {text!r}") from None
+
+
+@dataclass(frozen=True)
+class TuneFlags(FlagGroup):
+    NAME = "tuning"
+    ABOUT = "tune.py: the grid translated on the validation folder (--data_dir), one setting per point"
+    noise_levels: tuple = flag((20, 30, 40), "noise levels L to try", metavar="L1,L2,...", parse=parse_levels)
+    classifier_scales: tuple = flag((50.0, 100.0, 200.0), "classifier scales s to try (--guidance classifier)",
+                                    metavar="S1,S2,...", parse=parse_floats)
+    guidance_scales: tuple = flag((1.0, 3.0), "classifier-free guidance scales W to try (--guidance cfg)",
+                                  metavar="W1,W2,...", parse=parse_floats)
+
+
+@dataclass(frozen=True)
+class IntensityFlags(FlagGroup):
+    NAME = "intensity baseline"
+    ABOUT = "intensity_translate.py: one channel's intensity as the anomaly map (Meissen et al.)"
+    channel: str = flag("flair", "the channel whose intensity is the map (BRATS: t1, t1ce, t2, flair; CheXpert: "
+                                 "xray, its only channel)", choices=("t1", "t1ce", "t2", "flair", "xray"))
 
 
 @dataclass(frozen=True)
@@ -414,6 +439,7 @@ class SyntheticFlags(FlagGroup):
     size: int = flag(240, "side of the square images in pixels")
     n_train: int = flag(48, "training slices (BRATS) / images (CheXpert)")
     n_test: int = flag(8, "test slices (BRATS) / images (CheXpert)")
+    n_val: int = flag(0, "validation slices (BRATS, with seg like training) / images (CheXpert)")
     tumour_fraction: float = flag(0.5, "fraction of each split with a tumour (BRATS) or effusion (CheXpert)")
     datasets: str = flag("brats,chexpert", "which sets to write, comma-separated", metavar="NAMES")
 
@@ -435,7 +461,8 @@ class DriverFlags(FlagGroup):
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
-    SamplingFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags, DAEFlags, ResultsFlags,
-    CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags, SyntheticFlags, DriverFlags,
+    SamplingFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags,
+    DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags,
+    SyntheticFlags, DriverFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""

@@ -205,7 +205,8 @@ def _build(config_cls, values: dict[str, Any]):
     """The config instance from parsed values (groups' other fields keep their defaults)."""
     parts = {}
     for name, group, only in _sections(config_cls):
-        taken = {k: values[k] for k in (only or [f.name for f in dataclasses.fields(group)])}
+        taken = {k: tuple(values[k]) if isinstance(values[k], list) else values[k]  # nargs: a tuple, like defaults
+                 for k in (only or [f.name for f in dataclasses.fields(group)])}
         parts[name] = group(**taken)
     return config_cls(**parts)
 

@@ -1,0 +1,183 @@
+"""Choosing L, s and the checkpoint on held-out data (scripts/tune.py).
+
+The paper set the noise level L and the guidance scale s by hand, and Dice moves a lot with L, s
+and the checkpoint (upstream issue 5 of the original repository). :func:`tune` translates a
+labelled validation folder once per (checkpoint, L, s), scores each translation under the
+evaluation flags and keeps the setting with the best mean Dice:
+
+``<out>/<setting>/``   the validation folder's translation (result files; a rerun resumes it)
+``<out>/tune.csv``     one row per setting: checkpoint, L, scale and every number of its summary
+``<out>/best.json``    the best setting, its scores and, under ``--threshold val``, the threshold,
+                       and the two command lines that apply it to the test set
+
+Under ``--threshold val`` (or ``auto`` with a slice or volume protocol) a setting is scored with the
+global threshold that is best on the validation folder itself: the threshold ``evaluate.py
+--threshold val --val_dir <out>/<setting>`` then applies unchanged to the test set.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..evaluation.protocols import Scoring
+from ..evaluation.results import write_metrics
+from ..util import dist_util, logger
+from ..util.errors import UserError
+from ..util.fileio import atomic_write
+from ..util.flags import OutputFlags, SamplingFlags, TranslateFlags, TuneFlags
+from ..util.flagspec import config_defaults, flag_dict, part
+from .evaluate import scoring_of
+from .runs import SampleConfig, run_translation
+
+TUNE_CSV = "tune.csv"
+BEST_JSON = "best.json"
+
+
+@dataclass(frozen=True)
+class TuneConfig(SampleConfig):
+    """scripts/tune.py: classifier_sample_known.py's flags but the settings it tries, the grid and the
+    output folder."""
+
+    translation: TranslateFlags = part("model_path", "num_samples")
+    sampling: SamplingFlags = part("classifier_path", "use_ddim", "clip_denoised", "guidance")
+    tune: TuneFlags
+    output: OutputFlags
+    SCRIPT: ClassVar[str] = "tune"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the grid."""
+
+    checkpoint: str
+    noise_level: int
+    scale: float  # s for classifier guidance, W for classifier-free guidance, unused without guidance
+
+    @property
+    def name(self) -> str:
+        stem = os.path.splitext(os.path.basename(self.checkpoint))[0]
+        return f"{stem}_L{self.noise_level}_s{self.scale:g}"
+
+
+def grid(cfg: TuneConfig) -> list[Setting]:
+    """Every (checkpoint, L, scale) of the flags; the scales are those of the guidance in use."""
+    t, guidance = cfg.tune, cfg.sampling.guidance
+    scales = {"classifier": t.classifier_scales, "cfg": t.guidance_scales, "none": (0.0,)}[guidance]
+    if not cfg.translation.model_path:
+        raise UserError("--model_path: required (one or more diffusion model checkpoints to compare)")
+    return [Setting(path, level, scale) for path in cfg.translation.model_path for level in t.noise_levels
+            for scale in scales]
+
+
+def setting_config(cfg: TuneConfig, setting: Setting, folder: str) -> SampleConfig:
+    """classifier_sample_known.py's config for one setting, translating into ``folder``."""
+    sampling = {"noise_level": (setting.noise_level,)}
+    if cfg.sampling.guidance == "classifier":
+        sampling["classifier_scale"] = setting.scale
+    elif cfg.sampling.guidance == "cfg":
+        sampling["guidance_scale"] = setting.scale
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)}
+    fields["sampling"] = dataclasses.replace(cfg.sampling, **sampling)
+    fields["translation"] = dataclasses.replace(cfg.translation, model_path=(setting.checkpoint,), output_dir=folder)
+    return SampleConfig(**fields)
+
+
+def validation_scoring(cfg: TuneConfig) -> Scoring:
+    """How each validation translation is scored: the evaluation flags, with ``--threshold val`` fitted
+    on the validation folder itself (``best`` there), since it is the held-out set."""
+    e = cfg.evaluation
+    if e.threshold == "fpr":
+        raise UserError("--threshold fpr: tune.py chooses by Dice; tune with val, best or otsu and apply fpr to the "
+                        "test set with evaluate.py")
+    if e.val_dir:
+        raise UserError(f"--val_dir {e.val_dir}: tune.py scores the validation folder it translates (--data_dir)")
+    return scoring_of(dataclasses.replace(e, threshold="best" if e.threshold == "val" else e.threshold), cfg.run.seed)
+
+
+def _flatten(summary: dict, prefix: str = "") -> dict[str, Any]:
+    """The summary's numbers as flat columns (dice_mean, dice_std, auprc_pooled, ...)."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key in ("flags", "postprocessing", "method", "protocol_description", "threshold_description"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}_"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+    return out
+
+
+def _command(script: str, cfg: TuneConfig, setting: Setting, val_folder: str) -> str:
+    """The command line that applies ``setting`` to the test set."""
+    if script == "evaluate.py":
+        e = cfg.evaluation
+        words = ["python", "scripts/evaluate.py", "TEST_OUTPUT_DIR", "--protocol", e.protocol]
+        if e.threshold == "val":  # the threshold chosen on the validation folder, applied unchanged
+            words += ["--threshold", "val", "--val_dir", val_folder]
+        else:
+            words += ["--threshold", validation_scoring(cfg).rule]
+        words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
+                                              ("min_component", e.min_component)) if v]
+        return shlex.join(words)
+    skip = {"data_dir", "label_dir", "output_dir", "log_dir", "model_path", "noise_levels", "classifier_scales",
+            "guidance_scales", "out", "val_dir"}
+    flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, "TEST_OUTPUT_DIR")).items() if k not in skip}
+    defaults = flag_dict(config_defaults(SampleConfig))
+    words = ["python", "scripts/classifier_sample_known.py", "--data_dir", "TEST_DIR", "--label_dir", "TEST_LABELS",
+             "--model_path", setting.checkpoint, "--output_dir", "TEST_OUTPUT_DIR"]
+    for key, value in sorted(flags.items()):
+        if defaults.get(key, object()) == value:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        words += [f"--{key}", text]
+    return shlex.join(words)
+
+
+def tune(cfg: TuneConfig, monitor=None) -> dict:
+    """Translate and score the validation folder for every setting; write tune.csv and best.json."""
+    settings = grid(cfg)
+    out = cfg.output.out
+    scoring = validation_scoring(cfg)
+    rows = []
+    for i, setting in enumerate(settings):
+        folder = os.path.join(out, setting.name)
+        logger.log(f"setting {i + 1} of {len(settings)}: {setting.name}")
+        run_translation(setting_config(cfg, setting, folder), monitor=monitor)
+        if not dist_util.is_main_process():
+            continue
+        summary = write_metrics(folder, **dataclasses.asdict(scoring))
+        rows.append({"setting": setting.name, "checkpoint": setting.checkpoint, "noise_level": setting.noise_level,
+                     "scale": setting.scale, "folder": folder, **_flatten(summary)})
+    if not dist_util.is_main_process():
+        return {}
+    scored = [r for r in rows if r.get("dice_mean") is not None]
+    if not scored:
+        raise UserError(f"--data_dir {cfg.data.data_dir}: no setting could be scored by Dice (does the "
+                        "validation folder hold ground truth?)")
+    best = max(scored, key=lambda r: (r["dice_mean"], -rows.index(r)))  # the first of equals
+    choice = next(s for s in settings if s.name == best["setting"])
+    record = {"setting": best["setting"], "checkpoint": choice.checkpoint, "noise_level": choice.noise_level,
+              "scale": choice.scale, "guidance": cfg.sampling.guidance, "dice": best["dice_mean"],
+              "threshold_rule": best.get("threshold_rule"), "threshold": best.get("threshold"),
+              "validation_folder": best["folder"], "scores": best,
+              "translate": _command("classifier_sample_known.py", cfg, choice, best["folder"]),
+              "evaluate": _command("evaluate.py", cfg, choice, best["folder"])}
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(os.path.join(out, TUNE_CSV), "w") as f:
+        f.write(buffer.getvalue())
+    with atomic_write(os.path.join(out, BEST_JSON), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    return record
+
