@@ -11,7 +11,6 @@ with its slice of the global draws (timesteps, noise), its dropout masks seeded 
 ``dropout_seed(seed, step, rank)`` (or all alike with ``--same_masks``).
 """
 import argparse
-import os
 import sys
 import tempfile
 
@@ -21,8 +20,11 @@ from cpu_helpers import redraw_zero_layers
 
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig, dropout_seed, step_generator
-from guided_diffusion.script_util import create_classifier_and_diffusion, create_model_and_diffusion, \
-    model_and_diffusion_defaults
+from guided_diffusion.script_util import (
+    create_classifier_and_diffusion,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
 from guided_diffusion.util import dist_util
 
 GLOBAL_BATCH = 4

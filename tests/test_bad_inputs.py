@@ -15,8 +15,8 @@ import pytest
 import torch as th
 
 from guided_diffusion.datasets.nifti import write_nifti_gz
-from guided_diffusion.pipeline.cli import run_main
 from guided_diffusion.datasets.synthetic import generate
+from guided_diffusion.pipeline.cli import run_main
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.util import checkpoint as ckpt
 
@@ -213,8 +213,8 @@ def test_label_file_with_the_wrong_name(translate, nets, testset, tmp_path):
     leaf = second_leaf(testset).name
     labels = testset / "test_labels"
     os.rename(labels / f"{leaf}-label.nii.gz", labels / f"{leaf}_label.nii.gz")
-    assert_user_error(translate(nets, testset, tmp_path / "o"), rf"{leaf}-label.nii.gz.*--label_dir|--label_dir.*{leaf}",
-                      tmp_path / "o")
+    assert_user_error(translate(nets, testset, tmp_path / "o"),
+                      rf"{leaf}-label.nii.gz.*--label_dir|--label_dir.*{leaf}", tmp_path / "o")
 
 
 def test_checkpoint_from_other_flags(translate, nets, testset, tmp_path):

@@ -191,7 +191,8 @@ def test_distributed_translation_equals_single_process(data, single, classifier,
 
 
 VAE = "--image_size 16 --vae_width 4 --vae_depth 2 --latent_dim 8 --latent_disc_width 8 --progress False".split()
-FPGAN = "--image_size 16 --fpgan_width 4 --fpgan_res_blocks 1 --fpgan_d_width 4 --fpgan_d_depth 2 --progress False".split()
+FPGAN = ("--image_size 16 --fpgan_width 4 --fpgan_res_blocks 1 --fpgan_d_width 4 --fpgan_d_depth 2 "
+         "--progress False").split()
 
 
 def torchrun(*args):

@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,64 @@ def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, 
         if name.endswith(".npz"):
             with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "two" / name) as b:
                 np.testing.assert_allclose(a["healthy"], b["healthy"], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ tune.py, intensity
+
+
+@pytest.fixture(scope="module")
+def validation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("val")
+    generate(str(root), dataset="brats", size=SIZE, n_train=0, n_test=4, n_val=8, tumour_fraction=0.5, seed=2)
+    return root / "brats" / "validation"
+
+
+def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validation, tmp_path, capsys):
+    script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
+           "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")
+    script("classifier_train", "--data_dir", data["train"], "--image_size", SIZE, *CLASSIFIER, "--diffusion_steps", 50,
+           *QUIET, "--batch_size", 4, "--iterations", 2, "--log_dir", tmp_path / "c")
+    argv = ["--data_dir", validation, *MODEL, "--class_cond", True, *CLASSIFIER, *QUIET, "--use_ddim", True,
+            "--model_path", tmp_path / "m" / "model000002.pt", "--classifier_path", tmp_path / "c" / "model000002.pt",
+            "--noise_levels", "3,5", "--classifier_scales", "10,100", "--protocol", "volume", "--threshold", "val",
+            "--out", tmp_path / "tune"]
+    best = script("tune", *argv)
+    with open(tmp_path / "tune" / "tune.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["noise_level"], r["scale"]) for r in rows] == [("3", "10.0"), ("3", "100.0"), ("5", "10.0"),
+                                                              ("5", "100.0")]
+    dice = [float(r["dice_mean"]) for r in rows]
+    assert best["dice"] == max(dice) and best["setting"] == rows[dice.index(max(dice))]["setting"]
+    assert all(r["threshold_rule"] == "best" and r["protocol"] == "volume" for r in rows)
+    assert json.loads((tmp_path / "tune" / "best.json").read_text())["threshold"] == pytest.approx(
+        float(rows[dice.index(max(dice))]["threshold"]))
+    # a rerun translates nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "tune").rglob("*.npz")}
+    script("tune", *argv)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "tune").rglob("*.npz")} == stamps and len(stamps) == 32
+    # the printed commands run on the test set as they are
+    printed = capsys.readouterr().out
+    translate_line = next(line for line in printed.splitlines() if "classifier_sample_known.py" in line)
+    evaluate_line = next(line for line in printed.splitlines() if "scripts/evaluate.py" in line)
+    out = tmp_path / "test_out"
+    fill = {"TEST_DIR": str(data["test"]), "TEST_LABELS": str(data["labels"]), "TEST_OUTPUT_DIR": str(out)}
+    words = [fill.get(w, w) for w in shlex.split(translate_line)][2:]
+    summary = script("classifier_sample_known", *words, "--log_dir", tmp_path / "log")
+    assert summary["flags"]["noise_level"] == [best["noise_level"]]
+    assert summary["flags"]["classifier_scale"] == best["scale"]
+    assert _main("evaluate")([fill.get(w, w) for w in shlex.split(evaluate_line)][2:]) == 0
+    scored = json.loads((out / "summary.json").read_text())
+    assert scored["threshold_rule"] == "val" and scored["threshold"] == pytest.approx(best["threshold"])
+
+
+def test_intensity_baseline_maps_the_channel(data, tmp_path):
+    summary = script("intensity_translate", "--data_dir", data["test"], "--label_dir", data["labels"], "--image_size",
+                     SIZE, *QUIET, "--channel", "flair", "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "l")
+    assert summary["method"] == "FLAIR intensity" and summary["n_images"] == 4
+    for path in (tmp_path / "out").glob("*.npz"):
+        with np.load(path) as z:
+            np.testing.assert_array_equal(z["anomaly"], z["input"][3])  # the flair channel, unchanged
+    from guided_diffusion.util.errors import UserError
+    with pytest.raises(UserError, match="--channel flair: --dataset chexpert has the channels xray"):
+        script("intensity_translate", "--data_dir", data["test"], "--dataset", "chexpert", "--image_size", SIZE,
+               "--output_dir", tmp_path / "x", "--log_dir", tmp_path / "l2")

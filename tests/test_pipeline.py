@@ -59,7 +59,8 @@ def test_training_writes_pinned_checkpoints_and_logs(trained):
 def translate_argv(trained, out, *extra, data=f"{DATA}/brats/testing", labels=f"{DATA}/brats/test_labels",
                    dataset="brats"):
     args = ["--data_dir", data, "--dataset", dataset, *MODEL, *CLASSIFIER,
-            "--model_path", trained / "model" / "model000003.pt", "--classifier_path", trained / "clf" / "model000003.pt",
+            "--model_path", trained / "model" / "model000003.pt",
+            "--classifier_path", trained / "clf" / "model000003.pt",
             "--classifier_scale", 100, "--noise_level", 6, "--output_dir", out, "--log_dir", str(out) + "-log",
             "--progress", False, *extra]
     if labels:
@@ -175,7 +176,8 @@ def test_bf16_and_channels_last_through_the_script(trained, tmp_path):
     assert json.loads((bf16 / "summary.json").read_text())["flags"]["precision"] == "bf16"
     assert json.loads((cl / "summary.json").read_text())["flags"]["channels_last"] is True
     names = sorted(n.name for n in ref.glob("*.npz"))
-    assert len(names) == 4 and names == sorted(n.name for n in bf16.glob("*.npz")) == sorted(n.name for n in cl.glob("*.npz"))
+    assert len(names) == 4
+    assert names == sorted(n.name for n in bf16.glob("*.npz")) == sorted(n.name for n in cl.glob("*.npz"))
     spread = []
     for name in names:
         with np.load(ref / name) as a, np.load(bf16 / name) as b, np.load(cl / name) as c:

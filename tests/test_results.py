@@ -127,8 +127,8 @@ def test_png_panel_is_a_valid_upscaled_image(tmp_path):
         im.verify()
     with Image.open(tmp_path / "a.png") as im:
         assert im.format == "PNG" and im.mode == "RGB"
-        # 16 px tiles are enlarged 8x to 128 px; 4 columns (channels), 3 rows, 4 px gaps.
-        assert im.size == (4 * 128 + 5 * 4, 3 * 128 + 4 * 4)
+        # 16 px tiles are enlarged 8x to 128 px; 4 columns (channels), 3 captioned rows under a title, 4 px gaps.
+        assert im.size == (4 * 128 + 5 * 4, 16 + 3 * (12 + 128) + 4 * 4)
         pixels = np.asarray(im)
     assert pixels.std() > 0
 
@@ -140,10 +140,38 @@ def test_panel_layout_for_one_channel_with_ground_truth():
         case["input"], case["healthy"], case["anomaly"], otsu_mask(case["anomaly"]), _square_gt(30)
     )
     # Row 3 holds heat map, mask and ground truth: 3 columns.
-    assert panel.shape == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4, 3) and panel.dtype == np.uint8
+    assert panel.shape == (16 + 3 * (12 + 128) + 4 * 4, 3 * 128 + 4 * 4, 3) and panel.dtype == np.uint8
     big = np.zeros((1, 200, 300), dtype=np.float32)
     panel = render_panel(big, big, big[0], big[0] > 0)
-    assert panel.shape == (3 * 200 + 4 * 4, 2 * 300 + 3 * 4, 3)  # no enlargement
+    assert panel.shape == (16 + 3 * (12 + 200) + 4 * 4, 2 * 300 + 3 * 4, 3)  # no enlargement
+
+
+def test_panel_names_what_it_shows(tmp_path):
+    """The title line carries the id, label and Otsu Dice; every tile has a caption strip with text in it."""
+    gt = _square_gt(30)
+    case = _save(tmp_path, "a", np.random.default_rng(6), gt)
+    mask = otsu_mask(case["anomaly"])
+    by_hand = 2 * np.logical_and(mask, gt).sum() / (mask.sum() + gt.sum())
+    with Image.open(tmp_path / "a.png") as im:
+        saved = np.asarray(im)
+    drawn = render_panel(case["input"], case["healthy"], case["anomaly"], mask, gt,
+                         title=f"a   label 1   Otsu Dice {by_hand:.3f}")
+    np.testing.assert_array_equal(saved, drawn)
+    untitled = render_panel(case["input"], case["healthy"], case["anomaly"], mask, gt)
+    differs = np.nonzero((drawn != untitled).any(axis=(1, 2)))[0]
+    assert differs.size and differs.max() < 16  # the title only changes the title line
+    assert (untitled[:16] == untitled[0, 0]).all()  # no title: an empty title line
+    background = untitled[0, 0]
+    tile, gap, caption = 128, 4, 12
+    for row, n_tiles in enumerate((4, 4, 3)):
+        top = 16 + gap + row * (caption + tile + gap)
+        for col in range(n_tiles):
+            left = gap + col * (tile + gap)
+            strip = untitled[top : top + caption, left : left + tile]
+            assert (strip != background).any(axis=2).sum() > 20, (row, col)  # a caption is drawn
+        for col in range(n_tiles, 4):  # no caption over an empty column
+            left = gap + col * (tile + gap)
+            assert (untitled[top : top + caption, left : left + tile] == background).all()
 
 
 def test_save_result_rejects_bad_arguments(tmp_path):

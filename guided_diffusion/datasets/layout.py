@@ -19,9 +19,10 @@ import numpy as np
 
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
+from ..util.flags import CHANNELS
 from .nifti import write_nifti_gz
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
+MODALITIES = CHANNELS["brats"]
 """Channel order of a BRATS image tensor."""
 
 SEG = "seg"

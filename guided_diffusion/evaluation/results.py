@@ -10,9 +10,10 @@ Files in an output folder (names pinned by SPEC 6a):
     it is known; ``patient`` (str) and ``slice`` (int), where the loader knows them (BRATS:
     from the file names); plus any ``extra`` arrays the caller adds (ignored by the metrics).
 ``<id>.png``
-    A panel: row 1 the input channels, row 2 the healthy reconstruction's channels,
-    row 3 the anomaly heat map (scaled to its maximum), the Otsu mask and, when known,
-    the ground truth. Tiles under 128 pixels are enlarged (nearest neighbour).
+    A panel that names what it shows: a title (id, label, Dice), row 1 the input channels,
+    row 2 the healthy reconstruction's channels, row 3 the anomaly heat map (scaled to its
+    maximum), the Otsu mask and, when known, the ground truth, each tile captioned. Tiles
+    under 128 pixels are enlarged (nearest neighbour).
 ``metrics.csv``
     Exactly the columns ``id,label,dice,auroc,auprc``, one row per ``.npz`` file,
     sorted by id. A metric the protocol does not score for an image (no ground truth,
@@ -54,12 +55,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from ..anomaly import Array, anomaly_map, otsu_mask, to_numpy
+from ..anomaly import Array, anomaly_map, dice, otsu_mask, to_numpy
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
-from ..util.flags import PROTOCOLS
+from ..util.flags import CHANNELS, PROTOCOLS
 from .postprocess import brain_of
 from .protocols import (
     METRICS,
@@ -93,6 +94,9 @@ METRICS_VOLUME_CSV = "metrics_volume.csv"
 # Panel layout.
 _MIN_TILE = 128  # smaller images are enlarged to at least this many pixels
 _GAP = 4
+PANEL_TITLE = 16  # pixels of the title line (id, label, Dice)
+PANEL_CAPTION = 12  # pixels of each tile's caption
+_TEXT = (235, 235, 235)
 _BACKGROUND = (32, 32, 32)
 # An "inferno"-like ramp: dark purple -> red -> orange -> pale yellow.
 _HEAT_ANCHORS = np.array(
@@ -223,7 +227,8 @@ def save_result(
     npz_path, png_path = folder / f"{id}.npz", folder / f"{id}.png"
     with atomic_write(npz_path, "wb") as f:
         np.savez_compressed(f, **arrays)
-    panel = render_panel(x, x_healthy, amap, mask_np, gt)
+    title = f"{id}   label {arrays['label']}" + (f"   Otsu Dice {dice(mask_np, gt):.3f}" if gt is not None else "")
+    panel = render_panel(x, x_healthy, amap, mask_np, gt, title=title)
     with atomic_write(png_path, "wb") as f:
         Image.fromarray(panel, mode="RGB").save(f, format="PNG")
     return npz_path, png_path
@@ -328,43 +333,57 @@ def _heat_tile(amap: np.ndarray) -> np.ndarray:
     return heat_colormap(scaled)
 
 
+def _channel_names(channels: int) -> tuple[str, ...]:
+    """The names of an image's channels, from the data sets' (t1, t1ce, t2, flair for BRATS)."""
+    for names in CHANNELS.values():
+        if len(names) == channels:
+            return names
+    return tuple(f"channel {c}" for c in range(channels))
+
+
 def render_panel(
     input: np.ndarray,
     healthy: np.ndarray,
     anomaly: np.ndarray,
     mask: np.ndarray,
     ground_truth: np.ndarray | None = None,
+    *,
+    title: str = "",
 ) -> np.ndarray:
-    """The PNG panel of one result as an (rows, cols, 3) uint8 image.
+    """The PNG panel of one result as an (rows, cols, 3) uint8 image, labelled so that it reads alone.
 
-    Row 1: the C input channels; row 2: the C healthy channels (both clipped to
-    [0, 1]); row 3: the anomaly heat map (scaled to its maximum), the mask, and the
-    ground truth when given. Each (H, W) tile is enlarged by an integer factor
-    (nearest neighbour) to at least 128 pixels per side.
+    A title line (``title``: the id, label and Dice), then three rows, each tile captioned: the C
+    input channels ("input t1", ...); the C channels of the healthy reconstruction (both clipped to
+    [0, 1]); the anomaly heat map (scaled to its maximum), the Otsu mask and, when given, the ground
+    truth. Each (H, W) tile is enlarged by an integer factor (nearest neighbour) to at least 128
+    pixels per side. Height: ``PANEL_TITLE`` + 3 (``PANEL_CAPTION`` + tile) + 4 gaps.
     """
     channels, height, width = input.shape
+    names = _channel_names(channels)
     rows = [
-        [_grey_tile(c) for c in input],
-        [_grey_tile(c) for c in healthy],
-        [_heat_tile(anomaly), _grey_tile(mask.astype(np.float32))],
+        [(f"input {n}", _grey_tile(c)) for n, c in zip(names, input)],
+        [(f"healthy {n}", _grey_tile(c)) for n, c in zip(names, healthy)],
+        [("anomaly map", _heat_tile(anomaly)), ("Otsu mask", _grey_tile(mask.astype(np.float32)))],
     ]
     if ground_truth is not None:
-        rows[2].append(_grey_tile(ground_truth.astype(np.float32)))
+        rows[2].append(("ground truth", _grey_tile(ground_truth.astype(np.float32))))
     scale = max(1, math.ceil(_MIN_TILE / min(height, width)))
     tile_h, tile_w = height * scale, width * scale
     n_cols = max(len(r) for r in rows)
-    panel = np.empty(
-        (len(rows) * tile_h + (len(rows) + 1) * _GAP, n_cols * tile_w + (n_cols + 1) * _GAP, 3),
-        dtype=np.uint8,
-    )
-    panel[...] = _BACKGROUND
+    row_h = PANEL_CAPTION + tile_h
+    canvas = Image.new("RGB", (n_cols * tile_w + (n_cols + 1) * _GAP,
+                               PANEL_TITLE + len(rows) * row_h + (len(rows) + 1) * _GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((_GAP, 2), title, fill=_TEXT, font=font)
     for i, row in enumerate(rows):
-        top = _GAP + i * (tile_h + _GAP)
-        for j, tile in enumerate(row):
+        top = PANEL_TITLE + _GAP + i * (row_h + _GAP)
+        for j, (caption, tile) in enumerate(row):
             left = _GAP + j * (tile_w + _GAP)
+            draw.text((left + 1, top), caption, fill=_TEXT, font=font)
             big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-            panel[top : top + tile_h, left : left + tile_w] = big
-    return panel
+            canvas.paste(Image.fromarray(big, mode="RGB"), (left, top + PANEL_CAPTION))
+    return np.asarray(canvas)
 
 
 # ---------------------------------------------------------------------------------

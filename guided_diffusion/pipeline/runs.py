@@ -16,7 +16,6 @@ from typing import ClassVar
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
-from ..datasets.layout import MODALITIES
 from ..datasets.loaders import (
     collate_training_batch,
     create_dataset,
@@ -36,6 +35,7 @@ from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import (
+    CHANNELS,
     ClassifierFlags,
     ClassifierTrainFlags,
     DAEFlags,
@@ -499,7 +499,7 @@ def translate_intensity(cfg, monitor=None) -> dict | None:
     """scripts/intensity_translate.py: one channel's intensity as the anomaly map (the baseline of Meissen et
     al.): the "healthy" image is the input with that channel set to 0, so sum_c |x - healthy| is its intensity."""
     device = dist_util.dev(cfg.run.device or None)
-    names = {"brats": MODALITIES, "chexpert": ("xray",)}[cfg.data.dataset]
+    names = CHANNELS[cfg.data.dataset]
     channel = cfg.intensity.channel
     if channel not in names:
         raise UserError(f"--channel {channel}: --dataset {cfg.data.dataset} has the channels {', '.join(names)}")

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..evaluation.protocols import Scoring
-from ..evaluation.results import write_metrics
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
-from ..util.flags import OutputFlags, SamplingFlags, TranslateFlags, TuneFlags
+from ..util.flags import EvaluationFlags, OutputFlags, SamplingFlags, TranslateFlags, TuneFlags
 from ..util.flagspec import config_defaults, flag_dict, part
 from .evaluate import scoring_of
 from .runs import SampleConfig, run_translation
@@ -84,6 +83,7 @@ def setting_config(cfg: TuneConfig, setting: Setting, folder: str) -> SampleConf
         sampling["guidance_scale"] = setting.scale
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)}
     fields["sampling"] = dataclasses.replace(cfg.sampling, **sampling)
+    fields["evaluation"] = dataclasses.replace(cfg.evaluation, threshold=validation_scoring(cfg).threshold)
     fields["translation"] = dataclasses.replace(cfg.translation, model_path=(setting.checkpoint,), output_dir=folder)
     return SampleConfig(**fields)
 
@@ -126,8 +126,9 @@ def _command(script: str, cfg: TuneConfig, setting: Setting, val_folder: str) ->
         words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
                                               ("min_component", e.min_component)) if v]
         return shlex.join(words)
+    # evaluate.py scores the test set: the translation's own scoring flags are left at their defaults
     skip = {"data_dir", "label_dir", "output_dir", "log_dir", "model_path", "noise_levels", "classifier_scales",
-            "guidance_scales", "out", "val_dir"}
+            "guidance_scales", "out", *(f.name for f in dataclasses.fields(EvaluationFlags))}
     flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, "TEST_OUTPUT_DIR")).items() if k not in skip}
     defaults = flag_dict(config_defaults(SampleConfig))
     words = ["python", "scripts/classifier_sample_known.py", "--data_dir", "TEST_DIR", "--label_dir", "TEST_LABELS",
@@ -144,15 +145,13 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
     """Translate and score the validation folder for every setting; write tune.csv and best.json."""
     settings = grid(cfg)
     out = cfg.output.out
-    scoring = validation_scoring(cfg)
     rows = []
     for i, setting in enumerate(settings):
         folder = os.path.join(out, setting.name)
         logger.log(f"setting {i + 1} of {len(settings)}: {setting.name}")
-        run_translation(setting_config(cfg, setting, folder), monitor=monitor)
-        if not dist_util.is_main_process():
+        summary = run_translation(setting_config(cfg, setting, folder), monitor=monitor)  # scored as validation
+        if summary is None:  # not rank 0
             continue
-        summary = write_metrics(folder, **dataclasses.asdict(scoring))
         rows.append({"setting": setting.name, "checkpoint": setting.checkpoint, "noise_level": setting.noise_level,
                      "scale": setting.scale, "folder": folder, **_flatten(summary)})
     if not dist_util.is_main_process():

@@ -19,6 +19,7 @@ import torch as th
 
 from .errors import UserError
 from .fileio import atomic_save_bytes
+from .flags import CHANNELS
 
 
 class CheckpointError(UserError):
@@ -128,8 +129,7 @@ def _flag_hint(wrong, missing, unexpected) -> str:
 # for what the shapes fix; comparing the file's values with those of the module's own
 # state dict names the flags that differ, without building a network.
 
-# script_util.DATASET_CHANNELS inverted (util imports nothing from the layers above it)
-_DATASET_OF_CHANNELS = {4: "brats", 1: "chexpert"}
+_DATASET_OF_CHANNELS = {len(names): dataset for dataset, names in CHANNELS.items()}
 
 
 def _specific_message(module: th.nn.Module, own: dict, state: dict, what: str) -> str | None:

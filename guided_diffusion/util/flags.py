@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from .flagspec import REQUIRED, FlagGroup, flag
 
-DATASETS = ("brats", "chexpert")
+CHANNELS = {"brats": ("t1", "t1ce", "t2", "flair"), "chexpert": ("xray",)}
+"""The image channels of each data set, in tensor order (healthy is class 0 in both)."""
+DATASETS = tuple(CHANNELS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 PROTOCOLS = ("paper", "slice", "volume", "all")  # all: the old name of slice
