@@ -10,6 +10,7 @@ Translates the validation folder once per (checkpoint, L, s) into OUT/<setting>/
 scores each with evaluate.py's flags, writes OUT/tune.csv (one row per setting, every summary number)
 and OUT/best.json (the setting with the best mean Dice, and its threshold under --threshold val), and
 prints the classifier_sample_known.py and evaluate.py command lines that apply it to the test set.
+An item of --noise_levels may be an ensemble, levels joined by + (--noise_levels 350,200+350+500).
 With --guidance cfg the scales tried are --guidance_scales; with --guidance none only L is tuned.
 """
 import sys

@@ -262,13 +262,15 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
            *QUIET, "--batch_size", 4, "--iterations", 2, "--log_dir", tmp_path / "c")
     argv = ["--data_dir", validation, *MODEL, "--class_cond", True, *CLASSIFIER, *QUIET, "--use_ddim", True,
             "--model_path", tmp_path / "m" / "model000002.pt", "--classifier_path", tmp_path / "c" / "model000002.pt",
-            "--noise_levels", "3,5", "--classifier_scales", "10,100", "--protocol", "volume", "--threshold", "val",
-            "--out", tmp_path / "tune"]
+            "--noise_levels", "3,3+5", "--classifier_scales", "10,100", "--protocol", "volume", "--threshold", "val",
+            "--out", tmp_path / "tune", "--log_dir", tmp_path / "tune-log"]
     best = script("tune", *argv)
     with open(tmp_path / "tune" / "tune.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["noise_level"], r["scale"]) for r in rows] == [("3", "10.0"), ("3", "100.0"), ("5", "10.0"),
-                                                              ("5", "100.0")]
+    assert [(r["noise_level"], r["scale"]) for r in rows] == [("3", "10.0"), ("3", "100.0"), ("3+5", "10.0"),
+                                                              ("3+5", "100.0")]
+    assert json.loads((tmp_path / "tune" / "model000002_L3+5_s10" / "summary.json").read_text())["flags"][
+        "noise_level"] == [3, 5]  # an ensemble item: one translation averaging L=3 and L=5
     dice = [float(r["dice_mean"]) for r in rows]
     assert best["dice"] == max(dice) and best["setting"] == rows[dice.index(max(dice))]["setting"]
     assert all(r["threshold_rule"] == "best" and r["protocol"] == "volume" for r in rows)
@@ -286,7 +288,7 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
     fill = {"TEST_DIR": str(data["test"]), "TEST_LABELS": str(data["labels"]), "TEST_OUTPUT_DIR": str(out)}
     words = [fill.get(w, w) for w in shlex.split(translate_line)][2:]
     summary = script("classifier_sample_known", *words, "--log_dir", tmp_path / "log")
-    assert summary["flags"]["noise_level"] == [best["noise_level"]]
+    assert summary["flags"]["noise_level"] == list(best["noise_level"])
     assert summary["flags"]["classifier_scale"] == best["scale"]
     assert _main("evaluate")([fill.get(w, w) for w in shlex.split(evaluate_line)][2:]) == 0
     scored = json.loads((out / "summary.json").read_text())

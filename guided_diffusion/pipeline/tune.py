@@ -55,13 +55,17 @@ class Setting:
     """One point of the grid."""
 
     checkpoint: str
-    noise_level: int
+    noise_level: tuple[int, ...]  # one level, or the levels of an ensemble
     scale: float  # s for classifier guidance, W for classifier-free guidance, unused without guidance
 
     @property
     def name(self) -> str:
         stem = os.path.splitext(os.path.basename(self.checkpoint))[0]
-        return f"{stem}_L{self.noise_level}_s{self.scale:g}"
+        return f"{stem}_L{self.levels}_s{self.scale:g}"
+
+    @property
+    def levels(self) -> str:
+        return "+".join(map(str, self.noise_level))
 
 
 def grid(cfg: TuneConfig) -> list[Setting]:
@@ -76,7 +80,7 @@ def grid(cfg: TuneConfig) -> list[Setting]:
 
 def setting_config(cfg: TuneConfig, setting: Setting, folder: str) -> SampleConfig:
     """classifier_sample_known.py's config for one setting, translating into ``folder``."""
-    sampling = {"noise_level": (setting.noise_level,)}
+    sampling = {"noise_level": setting.noise_level}
     if cfg.sampling.guidance == "classifier":
         sampling["classifier_scale"] = setting.scale
     elif cfg.sampling.guidance == "cfg":
@@ -152,7 +156,7 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
         summary = run_translation(setting_config(cfg, setting, folder), monitor=monitor)  # scored as validation
         if summary is None:  # not rank 0
             continue
-        rows.append({"setting": setting.name, "checkpoint": setting.checkpoint, "noise_level": setting.noise_level,
+        rows.append({"setting": setting.name, "checkpoint": setting.checkpoint, "noise_level": setting.levels,
                      "scale": setting.scale, "folder": folder, **_flatten(summary)})
     if not dist_util.is_main_process():
         return {}

@@ -30,6 +30,15 @@ def parse_levels(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in str(text).split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, found {text!r}") from None
+
+
+def parse_level_sets(text: str) -> tuple[tuple[int, ...], ...]:
+    """``L1,L2,...`` where each item is a level or an ensemble of levels joined by ``+`` (``20,10+20+30``)."""
+    try:
+        return tuple(tuple(int(level) for level in item.split("+")) for item in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas (an ensemble joined by +), "
+                                         f"found {text!r}") from None
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
 NORMALISATIONS = ("percentile", "brainminmax")
 
@@ -262,7 +271,9 @@ def parse_floats(text: str) -> tuple[float, ...]:
 class TuneFlags(FlagGroup):
     NAME = "tuning"
     ABOUT = "tune.py: the grid translated on the validation folder (--data_dir), one setting per point"
-    noise_levels: tuple = flag((20, 30, 40), "noise levels L to try", metavar="L1,L2,...", parse=parse_levels)
+    noise_levels: tuple = flag(((20,), (30,), (40,)), "noise levels L to try; an ensemble of levels joined by + "
+                                                       "(20,10+20+30: L=20, then the ensemble of 10, 20 and 30)",
+                               metavar="L1,L2,...", parse=parse_level_sets)
     classifier_scales: tuple = flag((50.0, 100.0, 200.0), "classifier scales s to try (--guidance classifier)",
                                     metavar="S1,S2,...", parse=parse_floats)
     guidance_scales: tuple = flag((1.0, 3.0), "classifier-free guidance scales W to try (--guidance cfg)",

@@ -155,8 +155,8 @@ def _format_default(value: Any) -> str:
         return "required"
     if value == "":
         return "none"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
+    if isinstance(value, tuple):  # items that are tuples themselves are joined by +
+        return ",".join("+".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
     return str(value)
 
 
