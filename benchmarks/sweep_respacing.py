@@ -1,6 +1,6 @@
 """Dice and time per slice for fewer sampling steps (--timestep_respacing ddimN) on the synthetic set.
 
-Uses the networks trained by ``make demo`` (results/demo/model, results/demo/classifier) and
+Uses the networks trained by ``make demo`` (results/demo/train/model, results/demo/train/classifier) and
 translates data/brats/testing once per respacing, keeping the noise level at the same
 fraction of the process (L = N * --fraction), through the real sampling script.
 Prints one row per choice: steps, L, seconds per slice, Dice, pixel AUROC.
@@ -31,15 +31,15 @@ def main(argv=None):
     p.add_argument("--classifier_scale", type=float, default=100.0)
     p.add_argument("--out", default="results/sweep")
     args = p.parse_args(argv)
-    model = sorted(f for f in os.listdir(f"{args.demo}/model") if f.startswith("model"))[-1]
-    clf = sorted(f for f in os.listdir(f"{args.demo}/classifier") if f.startswith("model"))[-1]
+    model = sorted(f for f in os.listdir(f"{args.demo}/train/model") if f.startswith("model"))[-1]
+    clf = sorted(f for f in os.listdir(f"{args.demo}/train/classifier") if f.startswith("model"))[-1]
     rows = []
     for n in [int(c) for c in args.choices.split(",")]:
         level = max(1, round(n * args.fraction))
         out = f"{args.out}/ddim{n}"
         flags = (f"--data_dir {args.data}/testing --label_dir {args.data}/test_labels --dataset brats {MODEL_FLAGS} "
                  f"{DIFFUSION_FLAGS} {CLASSIFIER_FLAGS} --timestep_respacing ddim{n} --use_ddim True --batch_size 8 "
-                 f"--model_path {args.demo}/model/{model} --classifier_path {args.demo}/classifier/{clf} "
+                 f"--model_path {args.demo}/train/model/{model} --classifier_path {args.demo}/train/classifier/{clf} "
                  f"--classifier_scale {args.classifier_scale} --noise_level {level} --output_dir {out} "
                  f"--log_dir {out}-log --progress False")
         subprocess.run(["rm", "-rf", out])

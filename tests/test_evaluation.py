@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 from fractions import Fraction as F
 from pathlib import Path
 
@@ -499,6 +500,12 @@ def test_compare_scores_every_run_alike(test_set, val_set, tmp_path):
     written = compare([str(test_set), str(other), "--out", str(tmp_path / "cmp2"), "--examples", "0",
                        "--protocol", "volume", "--threshold", "val", "--val_dir", f"{val_set},{val_set}"])
     assert "| M2 | volume | val 7.5 | 0.533 ± " in written["table"]
+    assert f"on the validation run {val_set}." in written["table"]  # one folder for both: named
+    shutil.copytree(val_set, tmp_path / "val2")
+    written = compare([str(test_set), str(other), "--out", str(tmp_path / "cmp4"), "--examples", "0",
+                       "--protocol", "volume", "--threshold", "val", "--val_dir", f"{val_set},{tmp_path / 'val2'}"])
+    assert "mean Dice on each run's own validation folder (--val_dir)." in written["table"]
+    assert str(val_set) not in written["table"]
     with pytest.raises(UserError, match="--val_dir .*: expected 2 validation folders"):
         compare([str(test_set), str(other), "--out", str(tmp_path / "cmp3"), "--threshold", "val",
                  "--val_dir", str(val_set)])

@@ -21,6 +21,7 @@ from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.guidance import make_cfg_model
 from guided_diffusion.methods import dae
 from guided_diffusion.pipeline.methods import translate_batch
+from guided_diffusion.pipeline.tune import fill_command
 from guided_diffusion.simplex import simplex_noise
 from guided_diffusion.util.dist_util import _free_port
 
@@ -286,8 +287,9 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
     evaluate_line = next(line for line in printed.splitlines() if "scripts/evaluate.py" in line)
     out = tmp_path / "test_out"
     fill = {"TEST_DIR": str(data["test"]), "TEST_LABELS": str(data["labels"]), "TEST_OUTPUT_DIR": str(out)}
-    words = [fill.get(w, w) for w in shlex.split(translate_line)][2:]
-    summary = script("classifier_sample_known", *words, "--log_dir", tmp_path / "log")
+    words = [fill.get(w, w) for w in shlex.split(translate_line)]
+    assert words == fill_command(best["translate"], *fill.values())  # what the driver runs: the printed line
+    summary = script("classifier_sample_known", *words[2:], "--log_dir", tmp_path / "log")
     assert summary["flags"]["noise_level"] == list(best["noise_level"])
     assert summary["flags"]["classifier_scale"] == best["scale"]
     assert _main("evaluate")([fill.get(w, w) for w in shlex.split(evaluate_line)][2:]) == 0

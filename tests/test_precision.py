@@ -36,7 +36,7 @@ import os
 import numpy as np
 import pytest
 import torch as th
-from cpu_helpers import have_cxx_compiler, one_thread  # noqa: F401  (one_thread is autouse)
+from cpu_helpers import have_cxx_compiler, one_thread, redraw_zero_layers  # noqa: F401  (one_thread is autouse)
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
 from guided_diffusion.datasets.loaders import create_dataset
@@ -83,11 +83,7 @@ def no_tf32():
 
 
 def _redraw_zero_layers(net):
-    for module in net.modules():
-        params = list(module.parameters(recurse=False))
-        if params and hasattr(module, "reset_parameters") and all(not p.any() for p in params):
-            module.reset_parameters()
-    return net.eval().requires_grad_(False)
+    return redraw_zero_layers(net).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

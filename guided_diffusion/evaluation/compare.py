@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
-from .protocols import Scoring
+from .protocols import Scoring, describe_rule
 from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary, score_folder, threshold_text
 
 COMPARISON_MD = "comparison.md"
@@ -178,6 +178,16 @@ def _notes(runs: Sequence[Run]) -> list[str]:
     return []
 
 
+def _threshold_description(runs: Sequence[Run]) -> str:
+    """The runs' threshold rule in words; where each run read its own validation folder, said so."""
+    descriptions = list(dict.fromkeys(run.summary.get("threshold_description", "") for run in runs))
+    first = runs[0].summary
+    if len(descriptions) == 1 or first.get("threshold_rule") not in ("val", "fpr"):
+        return descriptions[0]
+    fpr = (first.get("threshold_fit") or {}).get("fpr", 0.0)
+    return describe_rule(first["threshold_rule"], "each run's own validation folder (--val_dir)", fpr)
+
+
 def format_comparison(runs: Sequence[Run]) -> str:
     """The Markdown table (one row per method) with the protocol, the threshold rule (the
     oracle labelled) and any warnings below it."""
@@ -210,7 +220,7 @@ def format_comparison(runs: Sequence[Run]) -> str:
     lines.append(f"Every run scored from its .npz files alike. Mean ± std over the {unit} each metric scores "
                  f"(protocol `{first.get('protocol', '?')}`: {first.get('protocol_description', '')}); "
                  "[95 % bootstrap interval] where resampled. "
-                 f"Threshold: {first.get('threshold_description', '')}. "
+                 f"Threshold: {_threshold_description(runs)}. "
                  "Image AUROC: one value over all images. "
                  f"s / image: network time per image. Scored: {counts}.")
     for note in _notes(runs):

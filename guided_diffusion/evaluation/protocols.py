@@ -121,12 +121,17 @@ class Scoring:
 
     def describe_rule(self) -> str:
         """One line for tables: the rule and where its threshold came from; "oracle" for best."""
-        return {
-            "otsu": "Otsu threshold per slice (Wolleb et al. 2022)",
-            "best": "oracle: the one global threshold with the best mean Dice on this test set",
-            "val": f"the global threshold with the best mean Dice on the validation run {self.val_dir}",
-            "fpr": f"the global threshold marking {self.fpr:g} of the healthy brain pixels of {self.val_dir}",
-        }[self.rule]
+        return describe_rule(self.rule, f"the validation run {self.val_dir}", self.fpr)
+
+
+def describe_rule(rule: str, validation: str, fpr: float) -> str:
+    """The threshold rule in words; ``validation`` names the folder val and fpr read."""
+    return {
+        "otsu": "Otsu threshold per slice (Wolleb et al. 2022)",
+        "best": "oracle: the one global threshold with the best mean Dice on this test set",
+        "val": f"the global threshold with the best mean Dice on {validation}",
+        "fpr": f"the global threshold marking {fpr:g} of the healthy brain pixels of {validation}",
+    }[rule]
 
 
 @dataclass

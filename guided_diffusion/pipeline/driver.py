@@ -3,16 +3,27 @@
 Both are plans of stages, each a real command-line script run as a user would run it
 (so the examples exercise exactly what the README documents). A stage starts when the
 stages it needs have finished; up to ``jobs`` stages run side by side, each then with
-``cores / jobs`` threads. Every stage's output goes to ``<out>/logs/<stage>.log``; a failing
-stage stops the run with the end of its log.
+``cores / jobs`` threads. A stage's arguments may be read only when it starts: the test-set
+translation of a tuned method is the command line its ``tune.py`` run wrote into
+``best.json``. Every stage's output goes to ``<out>/logs/<stage>.log``; a failing stage
+stops the run with the end of its log.
 
-* ``demo``: the paper's method with tiny networks: classifier and diffusion model, guided
-  DDIM translation of the test slices, evaluation, ``report.md`` with the panels;
-* ``compare``: the demo's stages plus stochastic DDPM sampling, the VAE and FixedPoint-GAN,
-  all translated and scored alike, and ``compare.py``'s table and figure.
+A plan is a list of :class:`Method`\\ s, the rows of its tables: each translates the test
+folder into ``<out>/<key>`` and names the validation folder its threshold is chosen on
+(``<out>/tune/<key>/<setting>`` for a tuned method, ``<out>/val/<key>`` otherwise).
+
+* ``demo``: the paper's method with tiny networks (classifier, diffusion model), L and s
+  chosen on the validation split with ``tune.py``, the test translation and ``evaluate.py``
+  as ``tune.py`` printed them, and the FLAIR-intensity baseline; one table of both under four
+  evaluations (``PROTOCOL_ROWS``), ``report.md`` with the choices and the panels;
+* ``compare``: the demo plus the levers on the paper's method (``--classifier_max_t``, the
+  noise-level ensemble, both), stochastic DDPM sampling, classifier-free guidance, simplex
+  diffusion (AnoDDPM), the denoising autoencoder, the VAE and FixedPoint-GAN, every one
+  chosen and thresholded on the validation split alike; ``compare.py``'s table and figure.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shlex
@@ -20,24 +31,39 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence, Union
 
 import numpy as np
 
+from ..evaluation.compare import COMPARISON_CSV, COMPARISON_MD
 from ..evaluation.results import format_table, read_metrics, read_summary
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
-from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, SamplingFlags
+from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, TuneFlags
 from ..util.flagspec import part
-from .presets import DEMO_CLASSIFIER_FLAGS, DEMO_DIFFUSION_FLAGS, DEMO_MODEL_FLAGS
+from .presets import (
+    DEMO_CLASSIFIER_FLAGS,
+    DEMO_DAE_FLAGS,
+    DEMO_DAE_NOISE_FLAGS,
+    DEMO_DIFFUSION_FLAGS,
+    DEMO_FPGAN_FLAGS,
+    DEMO_MAX_T_FLAGS,
+    DEMO_MODEL_FLAGS,
+    DEMO_RESPACING,
+    DEMO_SIMPLEX_FLAGS,
+    DEMO_VAE_FLAGS,
+)
+from .tune import TUNE_CSV, fill_command, read_best
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# the baselines' small networks on the 64x64 example
-VAE_FLAGS = "--image_size 64 --dataset brats --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
-FPGAN_FLAGS = ("--image_size 64 --dataset brats --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 "
-               "--fpgan_d_depth 4")
+Text = Union[str, Callable[[], str]]
+"""A stage's arguments or a method's name: fixed, or read when needed (from a best.json)."""
+
+
+def resolve(text: Text) -> str:
+    return text() if callable(text) else text
 
 
 @dataclass(frozen=True)
@@ -45,12 +71,12 @@ class DemoConfig:
     """scripts/demo.py"""
 
     driver: DriverFlags
-    sampling: SamplingFlags = part("noise_level", "classifier_scale")
+    tune: TuneFlags
     data: DataFlags = part("data_dir")
     output: OutputFlags
     run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "demo"
-    DEFAULTS: ClassVar[dict] = {"out": "results/demo", "data_dir": "data/brats", "noise_level": (30,)}
+    DEFAULTS: ClassVar[dict] = {"out": "results/demo", "data_dir": "data/brats", "noise_levels": ((10,), (15,), (20,))}
 
 
 @dataclass(frozen=True)
@@ -59,79 +85,246 @@ class Stage:
 
     name: str
     script: str
-    args: str
+    args: Text
     needs: tuple[str, ...] = ()
 
-    def command(self) -> list[str]:
-        return [sys.executable, os.path.join("scripts", self.script), *shlex.split(self.args)]
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the tables: the stages that make ``test`` (the translated test folder) and ``val``
+    (the translated validation folder its threshold comes from)."""
+
+    key: str
+    name: Text
+    test: str
+    val: Text
+    stages: tuple[Stage, ...]
 
 
-def _levels(cfg: DemoConfig) -> str:
-    return ",".join(map(str, cfg.sampling.noise_level))
+# the evaluations of the demo's table: (key, what the row is, evaluate.py / compare.py flags)
+PROTOCOL_ROWS = (
+    ("paper", "paper: diseased slices, per-slice Otsu", "--protocol paper"),
+    ("volume_val", "volume, threshold chosen on validation", "--protocol volume --threshold val"),
+    ("volume_best", "volume, best threshold on the test set (oracle)", "--protocol volume --threshold best"),
+    ("slice_fpr", "slice, 1 % of validation's healthy brain pixels positive",
+     "--protocol slice --threshold fpr --fpr 0.01"),
+)
+MAIN_EVALUATION = "--protocol volume --threshold val"  # the comparison's
 
 
-def demo_stages(cfg: DemoConfig) -> list[Stage]:
-    """Classifier and diffusion model, guided DDIM translation of the test slices, evaluation."""
-    d, out, common = cfg.driver, cfg.output.out, f"--dataset brats --seed {cfg.run.seed} --progress False"
-    data = cfg.data.data_dir
-    model = f"{out}/model/model{d.model_steps:06d}.pt"
-    classifier = f"{out}/classifier/model{d.classifier_steps:06d}.pt"
-    sample = (f"--data_dir {data}/testing --label_dir {data}/test_labels {common} {DEMO_MODEL_FLAGS} "
-              f"{DEMO_DIFFUSION_FLAGS} {DEMO_CLASSIFIER_FLAGS} --timestep_respacing ddim100 --batch_size 8 "
-              f"--model_path {model} --classifier_path {classifier} "
-              f"--classifier_scale {cfg.sampling.classifier_scale:g} --noise_level {_levels(cfg)}")
-    return [
-        Stage("classifier", "classifier_train.py",
-              f"--data_dir {data}/training {common} {DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS} --lr 3e-4 "
-              f"--batch_size 8 --iterations {d.classifier_steps} --save_interval {d.classifier_steps} "
-              f"--log_interval 100 --eval_interval 100 --log_dir {out}/classifier"),
-        Stage("diffusion_model", "image_train.py",
-              f"--data_dir {data}/training {common} {DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --lr 3e-4 --batch_size 8 "
-              f"--lr_anneal_steps {d.model_steps} --save_interval {d.model_steps} --log_interval 100 "
-              f"--ema_rate 0.999 --log_dir {out}/model"),
-        Stage("ddim", "classifier_sample_known.py",
-              f"{sample} --use_ddim True --output_dir {out}/samples --log_dir {out}/translate",
-              needs=("classifier", "diffusion_model")),
-        Stage("evaluate", "evaluate.py", f"{out}/samples", needs=("ddim",)),
+@dataclass(frozen=True)
+class Plan:
+    """Where one run of a plan reads and writes."""
+
+    cfg: DemoConfig
+    written: list[str] = field(default_factory=list)  # the folders of <out> it writes
+
+    @property
+    def out(self) -> str:
+        return self.cfg.output.out
+
+    @property
+    def data(self) -> str:
+        return self.cfg.data.data_dir
+
+    @property
+    def common(self) -> str:
+        return f"--dataset brats --seed {self.cfg.run.seed} --progress False"
+
+    @property
+    def test_set(self) -> str:
+        return f"--data_dir {self.data}/testing --label_dir {self.data}/test_labels"
+
+    def folder(self, *parts: str) -> str:
+        if parts[0] not in self.written:
+            self.written.append(parts[0])
+        return os.path.join(self.out, *parts)
+
+    def log(self, stage: str) -> str:
+        return self.folder("logs", stage)
+
+    def checkpoint(self, key: str, steps: int, prefix: str = "model") -> str:
+        return self.folder("train", key, f"{prefix}{steps:06d}.pt")
+
+    def train(self, key: str, script: str, flags: str, steps_flag: str, steps: int, batch: int) -> Stage:
+        """A training stage writing ``<out>/train/<key>/``, one checkpoint at the end."""
+        return Stage(f"train_{key}", script, f"--data_dir {self.data}/training {self.common} {flags} --lr 3e-4 "
+                                  f"--batch_size {batch} {steps_flag} {steps} --save_interval {steps} "
+                                  f"--log_interval 100 --log_dir {self.folder('train', key)}")
+
+    def tuned(self, key: str, name: str, flags: str, needs: tuple[str, ...]) -> Method:
+        """tune.py on the validation split, then the test translation and evaluation it printed."""
+        tune_dir = self.folder("tune", key)
+        args = (f"--data_dir {self.data}/validation {self.common} {flags} {MAIN_EVALUATION} --out {tune_dir} "
+                f"--log_dir {self.log(key + '_tune')}")
+        tune = Stage(f"tune_{key}", "tune.py", args, needs)
+        test = Stage(key, "classifier_sample_known.py",
+                     self.from_best(key, "testing", self.folder(key), self.log(f"{key}_run")), needs=(tune.name,))
+        return Method(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key),
+                      lambda: read_best(tune_dir)["validation_folder"], (tune, test))
+
+    def from_best(self, tuned_key: str, split: str, output: str, log: str, extra: str = "") -> Callable[[], str]:
+        """The arguments of the translation ``tune_<tuned_key>`` chose, on the test or validation split."""
+        tune_dir = os.path.join(self.out, "tune", tuned_key)
+        labels = f"{self.data}/test_labels" if split == "testing" else ""
+
+        def args() -> str:
+            words = fill_command(read_best(tune_dir)["translate"], f"{self.data}/{split}", labels, output)
+            if words[:2] != ["python", "scripts/classifier_sample_known.py"]:
+                raise ValueError(f"{tune_dir}/best.json: unexpected translate command {words[:2]}")
+            return shlex.join([*words[2:], "--log_dir", log, *shlex.split(extra)])
+        return args
+
+    def follows(self, key: str, name: str, tuned_key: str, extra: str) -> Method:
+        """The setting ``tuned_key`` chose with ``extra`` flags on top, on the test and validation splits."""
+        needs = (f"tune_{tuned_key}",)
+        test = Stage(key, "classifier_sample_known.py",
+                     self.from_best(tuned_key, "testing", self.folder(key), self.log(f"{key}_run"), extra), needs)
+        val = Stage(f"{key}_val", "classifier_sample_known.py",
+                    self.from_best(tuned_key, "validation", self.folder("val", key), self.log(f"{key}_val_run"), extra),
+                    needs)
+        tune_dir = os.path.join(self.out, "tune", tuned_key)
+        return Method(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key), self.folder("val", key),
+                      (test, val))
+
+    def fixed(self, key: str, name: str, script: str, flags: str, needs: tuple[str, ...] = ()) -> Method:
+        """A method with nothing to tune: the same flags on the test and the validation split."""
+        def stage(stage_name: str, data: str, output: str) -> Stage:
+            return Stage(stage_name, script, f"{data} {self.common} {flags} --output_dir {output} "
+                                             f"--log_dir {self.log(stage_name + '_run')}", needs)
+        test = stage(key, self.test_set, self.folder(key))
+        val = stage(f"{key}_val", f"--data_dir {self.data}/validation", self.folder("val", key))
+        return Method(key, name, self.folder(key), self.folder("val", key), (test, val))
+
+    def compare(self, name: str, methods: Sequence[Method], evaluation: str, out: str, examples: int) -> Stage:
+        """compare.py over the methods' test folders, each thresholded on its own validation folder."""
+        uses_val = any(f"--threshold {rule}" in evaluation for rule in ("val", "fpr"))
+
+        def args() -> str:
+            words = [m.test for m in methods] + ["--names", ",".join(resolve(m.name) for m in methods)]
+            if uses_val:
+                words += ["--val_dir", ",".join(resolve(m.val) for m in methods)]
+            return shlex.join(words) + f" {evaluation} --out {out} --examples {examples} --seed {self.cfg.run.seed}"
+        return Stage(name, "compare.py", args, needs=tuple(s.name for m in methods for s in m.stages))
+
+
+def _tuned_name(name: str, best: dict) -> str:
+    levels = "+".join(map(str, best["noise_level"]))
+    scale = {"classifier": f"; s={best['scale']:g}", "cfg": f"; W={best['scale']:g}"}.get(best["guidance"], "")
+    return f"{name}: L={levels}{scale}"
+
+
+def _sampling(model: str) -> str:
+    return (f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --timestep_respacing ddim{DEMO_RESPACING} --batch_size 8 "
+            f"--model_path {model}")
+
+
+def _grid(levels: Sequence[Sequence[int]]) -> str:
+    return ",".join("+".join(map(str, level)) for level in levels)
+
+
+def _guided(plan: Plan, model: str, classifier: str, levels: str) -> str:
+    t = plan.cfg.tune
+    return (f"{_sampling(model)} {DEMO_CLASSIFIER_FLAGS} --use_ddim True --classifier_path {classifier} "
+            f"--noise_levels {levels} --classifier_scales {','.join(f'{s:g}' for s in t.classifier_scales)}")
+
+
+def demo_plan(plan: Plan) -> tuple[list[Stage], list[Method]]:
+    """The paper's method tuned on validation, and the FLAIR intensity; training stages first."""
+    d = plan.cfg.driver
+    classifier = plan.train("classifier", "classifier_train.py", f"{DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS}",
+                            "--iterations", d.classifier_steps, 8)
+    model = plan.train("model", "image_train.py", f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999",
+                       "--lr_anneal_steps", d.model_steps, 8)
+    paths = (plan.checkpoint("model", d.model_steps), plan.checkpoint("classifier", d.classifier_steps))
+    ddim = plan.tuned("ddim", "DDIM (paper)", _guided(plan, *paths, _grid(plan.cfg.tune.noise_levels)),
+                      needs=("train_classifier", "train_model"))
+    intensity = plan.fixed("intensity", "FLAIR intensity", "intensity_translate.py", "--image_size 64 --channel flair")
+    return [classifier, model], [ddim, intensity]
+
+
+def compare_plan(plan: Plan) -> tuple[list[Stage], list[Method]]:
+    """Every method, the paper's first: the demo's two, the levers, and the neighbours."""
+    d, t = plan.cfg.driver, plan.cfg.tune
+    training, (ddim, intensity) = demo_plan(plan)
+    model = plan.checkpoint("model", d.model_steps)
+    classifier = plan.checkpoint("classifier", d.classifier_steps)
+    max_t = plan.checkpoint("classifier_max_t", d.classifier_steps)
+    single, ensembles = _grid(t.noise_levels), _grid(d.ensemble_levels)
+    training += [
+        plan.train("classifier_max_t", "classifier_train.py",
+                   f"{DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS} {DEMO_MAX_T_FLAGS}",
+                   "--iterations", d.classifier_steps, 8),
+        plan.train("cfg_model", "image_train.py",
+                   f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999 --p_uncond 0.2",
+                   "--lr_anneal_steps", d.model_steps, 8),
+        plan.train("simplex_model", "image_train.py",
+                   f"{DEMO_SIMPLEX_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999 --healthy_only True",
+                   "--lr_anneal_steps", d.model_steps, 8),
+        plan.train("dae", "dae_train.py", f"{DEMO_DAE_FLAGS} {DEMO_DAE_NOISE_FLAGS}", "--iterations", d.dae_steps, 8),
+        plan.train("vae", "vae_train.py", DEMO_VAE_FLAGS, "--iterations", d.vae_steps, 10),
+        plan.train("fpgan", "fpgan_train.py", DEMO_FPGAN_FLAGS, "--iterations", d.fpgan_steps, 10),
     ]
-
-
-def compare_stages(cfg: DemoConfig) -> list[Stage]:
-    """The demo's stages plus DDPM sampling, the VAE and FixedPoint-GAN, and the comparison."""
-    d, out, common = cfg.driver, cfg.output.out, f"--seed {cfg.run.seed} --progress False"
-    data = cfg.data.data_dir
-    test = f"--data_dir {data}/testing --label_dir {data}/test_labels"
-    demo = demo_stages(cfg)
-    ddim = next(s for s in demo if s.name == "ddim")
-    stages = [s for s in demo if s.name != "evaluate"] + [
-        Stage("ddpm", "classifier_sample_known.py",
-              ddim.args.replace("--use_ddim True", "--use_ddim False").replace(f"{out}/samples", f"{out}/ddpm")
-              .replace(f"{out}/translate", f"{out}/logs/ddpm"), needs=ddim.needs),
-        Stage("vae", "vae_train.py",
-              f"--data_dir {data}/training {VAE_FLAGS} {common} --batch_size 10 --lr 3e-4 --iterations {d.vae_steps} "
-              f"--save_interval {d.vae_steps} --log_interval 50 --log_dir {out}/train/vae"),
-        Stage("fpgan", "fpgan_train.py",
-              f"--data_dir {data}/training {FPGAN_FLAGS} {common} --batch_size 10 --lr 3e-4 "
-              f"--iterations {d.fpgan_steps} --save_interval {d.fpgan_steps} --log_interval 50 "
-              f"--log_dir {out}/train/fpgan"),
-        Stage("vae_translate", "vae_translate.py",
-              f"{test} {VAE_FLAGS} {common} --model_path {out}/train/vae/model{d.vae_steps:06d}.pt "
-              f"--output_dir {out}/vae --log_dir {out}/logs/vae_translate", needs=("vae",)),
-        Stage("fpgan_translate", "fpgan_translate.py",
-              f"{test} {FPGAN_FLAGS} {common} --model_path {out}/train/fpgan/G{d.fpgan_steps:06d}.pt "
-              f"--output_dir {out}/fpgan --log_dir {out}/logs/fpgan_translate", needs=("fpgan",)),
+    methods = [
+        ddim,
+        plan.tuned("max_t", "DDIM + classifier_max_t", _guided(plan, model, max_t, single),
+                   needs=("train_classifier_max_t", "train_model")),
+        plan.tuned("ensemble", "DDIM + ensemble", _guided(plan, model, classifier, ensembles),
+                   needs=("train_classifier", "train_model")),
+        plan.tuned("both", "DDIM + classifier_max_t + ensemble", _guided(plan, model, max_t, ensembles),
+                   needs=("train_classifier_max_t", "train_model")),
+        plan.follows("ddpm", "DDPM sampling (DDIM's setting)", "ddim", "--use_ddim False"),
+        plan.tuned("cfg", "Classifier-free guidance",
+                   f"{_sampling(plan.checkpoint('cfg_model', d.model_steps))} --use_ddim True --guidance cfg "
+                   f"--noise_levels {single} --guidance_scales {','.join(f'{w:g}' for w in t.guidance_scales)}",
+                   needs=("train_cfg_model",)),
+        plan.tuned("simplex", "Simplex diffusion (AnoDDPM)",
+                   f"{DEMO_SIMPLEX_FLAGS} {DEMO_DIFFUSION_FLAGS} --timestep_respacing ddim{DEMO_RESPACING} "
+                   f"--batch_size 8 --model_path {plan.checkpoint('simplex_model', d.model_steps)} --use_ddim False "
+                   f"--guidance none --noise_levels {single}", needs=("train_simplex_model",)),
+        plan.fixed("dae", "Denoising autoencoder", "dae_translate.py",
+                   f"{DEMO_DAE_FLAGS} --model_path {plan.checkpoint('dae', d.dae_steps)}", needs=("train_dae",)),
+        plan.fixed("vae", "VAE (cAAE)", "vae_translate.py",
+                   f"{DEMO_VAE_FLAGS} --model_path {plan.checkpoint('vae', d.vae_steps)}", needs=("train_vae",)),
+        plan.fixed("fpgan", "FixedPoint-GAN", "fpgan_translate.py",
+                   f"{DEMO_FPGAN_FLAGS} --model_path {plan.checkpoint('fpgan', d.fpgan_steps, 'G')}",
+                   needs=("train_fpgan",)),
+        intensity,
     ]
-    level, scale = _levels(cfg), f"{cfg.sampling.classifier_scale:g}"
-    names = f"DDIM (ours; L={level}; s={scale}),DDPM (L={level}; s={scale}),VAE (cAAE),FixedPoint-GAN"
-    stages.append(Stage("compare", "compare.py", f"{out}/samples {out}/ddpm {out}/vae {out}/fpgan "
-                                                 f"--names '{names}' --out {out} --examples 4",
-                        needs=("ddim", "ddpm", "vae_translate", "fpgan_translate")))
-    return stages
+    return training, methods
 
 
-def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, float]:
-    """Run the plan; returns the wall seconds of each stage. ``jobs`` > 1 runs that many stages
-    at once, each with an equal share of the cores."""
+PLANS = {"demo": demo_plan, "compare": compare_plan}
+
+
+def plan_stages(plan: Plan) -> tuple[list[Stage], list[Method]]:
+    """Every stage of the plan in the order they may start, and its methods."""
+    training, methods = PLANS[plan.cfg.driver.plan](plan)
+    ddim = methods[0]
+    tune_dir = os.path.join(plan.out, "tune", ddim.key)
+    stages = training + [s for m in methods for s in m.stages]
+    stages.append(Stage("evaluate", "evaluate.py", lambda: shlex.join(
+        fill_command(read_best(tune_dir)["evaluate"], "", "", ddim.test)[2:]), needs=(ddim.key,)))
+    demo_rows = [m for m in methods if m.key in ("ddim", "intensity")]
+    stages += [plan.compare(f"eval_{key}", demo_rows, flags, plan.folder("protocols", key), 0)
+               for key, _, flags in PROTOCOL_ROWS]
+    if plan.cfg.driver.plan == "compare":
+        stages.append(plan.compare("compare", methods, MAIN_EVALUATION, plan.out, 4))
+    return stages, methods
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What ran: the arguments as they were when the stage started, and its wall seconds."""
+
+    stage: Stage
+    args: str
+    seconds: float
+
+
+def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, StageRun]:
+    """Run the plan; returns what each stage ran and its wall seconds. ``jobs`` > 1 runs that many
+    stages at once, each with an equal share of the cores."""
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: expected 1 or more")
     names = [s.name for s in stages]
@@ -144,19 +337,21 @@ def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, f
     if jobs > 1:
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    pending, running, seconds = list(stages), {}, {}
+    pending, running, done = list(stages), {}, {}
     try:
         while pending or running:
-            for stage in [s for s in pending if all(n in seconds for n in s.needs)][: jobs - len(running)]:
+            for stage in [s for s in pending if all(n in done for n in s.needs)][: jobs - len(running)]:
                 pending.remove(stage)
-                print(f"== {stage.name}: python scripts/{stage.script} {stage.args}", flush=True)
+                args = resolve(stage.args)
+                print(f"== {stage.name}: python scripts/{stage.script} {args}", flush=True)
                 log = open(os.path.join(logs, f"{stage.name}.log"), "w")
-                proc = subprocess.Popen(stage.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[stage.name] = (proc, log, time.perf_counter())
+                command = [sys.executable, os.path.join("scripts", stage.script), *shlex.split(args)]
+                proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[stage.name] = (proc, log, time.perf_counter(), stage, args)
             if not running:
                 raise ValueError(f"stages {[s.name for s in pending]} wait for each other")
             time.sleep(0.2)
-            for name, (proc, log, start) in list(running.items()):
+            for name, (proc, log, start, stage, args) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
@@ -166,14 +361,17 @@ def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, f
                         tail = "".join(f.readlines()[-15:])
                     print(tail, file=sys.stderr, end="")
                     raise UserError(f"stage {name} failed (exit status {proc.returncode}); its output is in {log.name}")
-                seconds[name] = time.perf_counter() - start
-                print(f"   {name}: done in {seconds[name]:.0f} s", flush=True)
+                done[name] = StageRun(stage, args, time.perf_counter() - start)
+                print(f"   {name}: done in {done[name].seconds:.0f} s", flush=True)
     finally:
-        for proc, log, _ in running.values():
+        for proc, log, *_ in running.values():
             proc.kill()
             proc.wait()
             log.close()
-    return seconds
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- report
 
 
 def chance_dice(folder: str, ids: Sequence[str]) -> float:
@@ -187,53 +385,86 @@ def chance_dice(folder: str, ids: Sequence[str]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def write_demo_report(out: str, stages: Sequence[Stage], seconds: dict[str, float]) -> str:
-    """``<out>/report.md`` (the table, the chance level, panels, what ran) and ``timings.json``."""
-    samples = os.path.join(out, "samples")
-    summary, rows = read_summary(samples), read_metrics(samples)
+def _read_csv(path: str) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _number(text: str, digits: int = 3) -> str:
+    return f"{float(text):.{digits}f}" if text else "n/a"
+
+
+def protocol_table(out: str) -> str:
+    """The demo's table: the two methods under each evaluation of ``PROTOCOL_ROWS``."""
+    lines = ["| Evaluation | Method | Threshold | Dice | pooled AUPRC | image AUROC |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for key, what, _ in PROTOCOL_ROWS:
+        for row in _read_csv(os.path.join(out, "protocols", key, COMPARISON_CSV)):
+            rule = row["threshold_rule"] + (f" {float(row['threshold']):.3g}" if row["threshold"] else "")
+            dice = f"{_number(row['dice_mean'])} ± {_number(row['dice_std'])}"
+            lines.append(f"| {what} | {row['method']} | {rule} | {dice} | {_number(row['auprc_pooled'])} | "
+                         f"{_number(row['image_auroc'])} |")
+    return "\n".join(lines)
+
+
+def tuning_lines(methods: Sequence[Method], out: str) -> list[str]:
+    """What each tune.py run chose on the validation split, and its grid for the paper's method."""
+    lines = ["| Method | chosen on validation | validation Dice (volume) | threshold |", "| --- | --- | --- | --- |"]
+    for m in methods:
+        tune_dir = os.path.join(out, "tune", m.key)
+        if os.path.exists(os.path.join(tune_dir, "best.json")):
+            best = read_best(tune_dir)
+            threshold = "n/a" if best["threshold"] is None else f"{best['threshold']:.4g}"
+            lines.append(f"| {resolve(m.name)} | {best['setting']} | {best['dice']:.3f} | {threshold} |")
+    grid = _read_csv(os.path.join(out, "tune", methods[0].key, TUNE_CSV))
+    lines += ["", f"The grid of {resolve(methods[0].name).split(':')[0]} (mean Dice per patient on validation):", "",
+              "| L | s | Dice |", "| --- | --- | --- |"]
+    lines += [f"| {r['noise_level']} | {float(r['scale']):g} | {_number(r['dice_mean'])} |" for r in grid]
+    return lines
+
+
+def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun]) -> str:
+    """``<out>/report.md`` (choices, tables, chance level, panels, what ran) and ``timings.json``."""
+    out, ddim = plan.out, methods[0]
+    summary, rows = read_summary(ddim.test), read_metrics(ddim.test)
     diseased = [r for r in rows if r["label"] == 1]
-    lines = ["# Demo: guided-DDIM anomaly detection on the synthetic BRATS-like example", "",
-             "Tiny networks trained for minutes on a CPU; see the README for the paper-scale commands.", "",
-             format_table(summary), "",
-             f"Chance level: a mask of the same size as each Otsu mask, placed at random, has an expected "
-             f"Dice of {chance_dice(samples, [r['id'] for r in diseased]):.3f} on these diseased slices "
-             f"(2|M||G| / (N(|M|+|G|)), averaged); see summary.json for all numbers.", "", "## Panels", "",
-             "Each panel names its rows and columns: input channels (t1, t1ce, t2, flair); healthy "
-             "reconstruction; anomaly map, Otsu mask, ground truth.", ""]
+    lines = [f"# `make {plan.cfg.driver.plan}`: anomaly detection on the synthetic BRATS-like example", "",
+             "Tiny networks trained for minutes on a CPU; see the README for the paper-scale commands. L, s (or W) "
+             "and the thresholds were chosen on the validation split (data/brats/validation) with tune.py.", "",
+             "## Chosen on the validation split", "", *tuning_lines(methods, out), "",
+             "## The paper's method and the FLAIR intensity, four evaluations", "", protocol_table(out), "",
+             f"Chance level: a mask of the same size as each Otsu mask, placed at random, has an expected Dice of "
+             f"{chance_dice(ddim.test, [r['id'] for r in diseased]):.3f} on these diseased slices "
+             "(2|M||G| / (N(|M|+|G|)), averaged).", "",
+             "The test folder as tune.py's evaluate.py line scored it:", "", format_table(summary), ""]
+    if plan.cfg.driver.plan == "compare":
+        with open(os.path.join(out, COMPARISON_MD)) as f:
+            lines += ["## Every method (volume protocol, threshold chosen on validation)", "", f.read(), "",
+                      "![comparison](comparison.png)", ""]
+    lines += ["## Panels", "", "Each panel names its tiles: input channels; healthy reconstruction; anomaly map, "
+              "Otsu mask, ground truth.", ""]
     for r in diseased[:4] + [r for r in rows if r["label"] == 0][:1]:
-        lines += [f"### {r['id']} (label {r['label']}, Dice {r['dice']:.3f})", "",
-                  f"![{r['id']}](samples/{r['id']}.png)", ""]
+        lines += [f"![{r['id']}]({os.path.relpath(ddim.test, out)}/{r['id']}.png)", ""]
     lines += ["## What ran", "", "| stage | seconds | command |", "| --- | --- | --- |"]
-    lines += [f"| {s.name} | {seconds[s.name]:.0f} | `python scripts/{s.script} {s.args}` |" for s in stages]
-    total = sum(seconds.values())
-    lines += ["", f"Total: {total:.0f} s.", ""]
+    lines += [f"| {name} | {run.seconds:.0f} | `python scripts/{run.stage.script} {run.args}` |"
+              for name, run in runs.items()]
+    lines += ["", f"Total: {sum(r.seconds for r in runs.values()):.0f} s of stages.", ""]
     path = os.path.join(out, "report.md")
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
     with atomic_write(os.path.join(out, "timings.json"), "w") as f:
-        json.dump(seconds, f, indent=2)
+        json.dump({name: run.seconds for name, run in runs.items()}, f, indent=2)
     return path
-
-
-# the folders of <out> a plan writes; removed before it runs, so no stale result is resumed
-_WRITTEN = ("classifier", "model", "samples", "translate", "ddpm", "vae", "fpgan", "train", "logs")
 
 
 def run_demo(cfg: DemoConfig) -> str:
     """``make demo`` (``--plan demo``) or ``make compare`` (``--plan compare``); returns the report's path."""
-    out = cfg.output.out
-    for name in _WRITTEN:
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    jobs = cfg.driver.jobs or (1 if cfg.driver.plan == "demo" else 2)
-    if cfg.driver.plan == "demo":
-        stages = demo_stages(cfg)
-        seconds = run_stages(stages, os.path.join(out, "logs"), jobs)
-        report = write_demo_report(out, stages, seconds)
-    else:
-        stages = compare_stages(cfg)
-        seconds = run_stages(stages, os.path.join(out, "logs"), jobs)
-        report = os.path.join(out, "comparison.md")
-        with atomic_write(os.path.join(out, "timings.json"), "w") as f:
-            json.dump(seconds, f, indent=2)
-    print(f"\nwrote {report} (total {sum(seconds.values()):.0f} s of stages)")
+    plan = Plan(cfg)
+    stages, methods = plan_stages(plan)
+    for name in plan.written:  # no stale result is resumed
+        shutil.rmtree(os.path.join(plan.out, name), ignore_errors=True)
+    start = time.perf_counter()
+    runs = run_stages(stages, plan.log(""), cfg.driver.jobs)
+    report = write_report(plan, methods, runs)
+    print(f"\nwrote {report} ({time.perf_counter() - start:.0f} s)")
     return report

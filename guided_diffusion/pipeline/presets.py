@@ -1,5 +1,6 @@
-"""Flag presets as command-line strings: the original README's (the paper's networks) and the
-small networks of ``make demo`` (minutes on a CPU)."""
+"""Flag presets as command-line strings: the original README's (the paper's networks), the
+small networks of ``make demo`` and ``make compare`` (minutes on a CPU), and the recipe the
+comparison recommends."""
 
 # SPEC section 6a: the original README's presets, verbatim
 MODEL_FLAGS = ("--image_size 256 --num_channels 128 --class_cond True --num_res_blocks 2 --num_heads 1 "
@@ -20,3 +21,15 @@ DEMO_DIFFUSION_FLAGS = "--diffusion_steps 1000 --noise_schedule linear"
 DEMO_CLASSIFIER_FLAGS = ("--image_size 64 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2,2 "
                          "--classifier_attention_resolutions 16 --classifier_num_head_channels 32 "
                          "--classifier_pool attention")
+DEMO_RESPACING = 50  # translation with --timestep_respacing ddim50: L counts steps of 20
+DEMO_SIMPLEX_FLAGS = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 "
+                      "--attention_resolutions 16 --num_heads 1 --class_cond False --learn_sigma True "
+                      "--use_scale_shift_norm False --noise_type simplex --simplex_frequency 16")
+# the DAE's UNet like the diffusion model's; trained with coarse noise on an 8 x 8 grid (Kascenas: 16 at 128
+# pixels)
+DEMO_DAE_FLAGS = "--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 --attention_resolutions 16"
+DEMO_DAE_NOISE_FLAGS = "--noise_res 8 --noise_std 0.2"
+DEMO_VAE_FLAGS = "--image_size 64 --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
+DEMO_FPGAN_FLAGS = "--image_size 64 --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 --fpgan_d_depth 4"
+# the lever: a classifier trained where translation asks it, t < 400 of 1000 (L <= 20 of ddim50)
+DEMO_MAX_T_FLAGS = "--classifier_max_t 400"

@@ -36,6 +36,8 @@ from .runs import SampleConfig, run_translation
 
 TUNE_CSV = "tune.csv"
 BEST_JSON = "best.json"
+PLACEHOLDERS = ("TEST_DIR", "TEST_LABELS", "TEST_OUTPUT_DIR")
+"""The words of best.json's command lines that stand for the test set's folders."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,23 @@ def _command(script: str, cfg: TuneConfig, setting: Setting, val_folder: str) ->
         text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         words += [f"--{key}", text]
     return shlex.join(words)
+
+
+def read_best(out: str) -> dict:
+    """``<out>/best.json`` of a finished tuning run."""
+    path = os.path.join(out, BEST_JSON)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run tune.py --out {out} first") from None
+
+
+def fill_command(command: str, test_dir: str, test_labels: str, output_dir: str) -> list[str]:
+    """One of best.json's command lines as words, its placeholders replaced by these folders
+    (``test_labels`` may be empty: a folder whose leaves hold their seg)."""
+    fill = dict(zip(PLACEHOLDERS, (test_dir, test_labels, output_dir)))
+    return [fill.get(word, word) for word in shlex.split(command)]
 
 
 def tune(cfg: TuneConfig, monitor=None) -> dict:

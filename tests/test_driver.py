@@ -1,0 +1,81 @@
+"""make demo / make compare (guided_diffusion/pipeline/driver.py): the plan runs the real scripts in
+order, a tuned method's test translation is the command tune.py wrote into best.json (read only when
+that stage starts), and the report holds the four evaluations of the demo's table."""
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, Stage, run_stages
+from guided_diffusion.util.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo_main():
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.demo
+
+
+def test_demo_plan_tunes_on_validation_then_runs_what_tune_printed(tmp_path):
+    out = tmp_path / "demo"
+    _demo_main()(["--out", str(out), "--classifier_steps", "2", "--model_steps", "2", "--noise_levels", "2,3",
+                  "--classifier_scales", "10,100"])
+    best = json.loads((out / "tune" / "ddim" / "best.json").read_text())
+    with open(out / "tune" / "ddim" / "tune.csv") as f:
+        grid = list(csv.DictReader(f))
+    assert len(grid) == 4 and best["dice"] == max(float(r["dice_mean"]) for r in grid)
+    # the test translation ran the chosen setting, and evaluate.py scored it with the validation threshold
+    summary = json.loads((out / "ddim" / "summary.json").read_text())
+    assert summary["flags"]["noise_level"] == best["noise_level"]
+    assert summary["flags"]["classifier_scale"] == best["scale"]
+    assert summary["flags"]["data_dir"].endswith("data/brats/testing")
+    assert summary["protocol"] == "volume" and summary["threshold_rule"] == "val"
+    assert summary["threshold"] == pytest.approx(best["threshold"])
+    # one table: both methods under each of the four evaluations
+    for key, _, flags in PROTOCOL_ROWS:
+        with open(out / "protocols" / key / "comparison.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["method"].split(":")[0] for r in rows] == ["DDIM (paper)", "FLAIR intensity"]
+        assert all(f"--protocol {r['protocol']}" in flags for r in rows)
+        assert {r["threshold_rule"] for r in rows} == ({"otsu"} if key == "paper" else {key.split("_")[1]})
+    with open(out / "protocols" / "volume_val" / "comparison.csv") as f:
+        ddim_row = next(csv.DictReader(f))
+    assert float(ddim_row["threshold"]) == pytest.approx(best["threshold"])  # same validation folder, same fit
+    report = (out / "report.md").read_text()
+    level = "+".join(map(str, best["noise_level"]))
+    assert f"| DDIM (paper): L={level}; s={best['scale']:g} | {best['setting']} | {best['dice']:.3f} |" in report
+    assert sum(line.startswith(f"| {what} |") for _, what, _ in PROTOCOL_ROWS for line in report.splitlines()) == 8
+    ran = next(line for line in report.splitlines() if line.startswith("| ddim |"))
+    assert f"--noise_level {','.join(map(str, best['noise_level']))}" in ran  # the arguments read after tuning
+    assert set(json.loads((out / "timings.json").read_text())) >= {"train_model", "tune_ddim", "ddim", "eval_paper"}
+
+
+def test_stages_wait_for_what_they_need_and_a_failure_stops_the_plan(tmp_path):
+    def never() -> str:
+        raise AssertionError("a stage after the failure was started")
+
+    evaluate_missing = Stage("bad", "evaluate.py", str(tmp_path / "missing"))
+    with pytest.raises(UserError, match=r"stage bad failed \(exit status 2\); its output is in .*bad.log"):
+        run_stages([evaluate_missing, Stage("after", "evaluate.py", never, needs=("bad",))], str(tmp_path / "logs"))
+    assert "missing" in (tmp_path / "logs" / "bad.log").read_text()
+    with pytest.raises(ValueError, match=r"stage a needs unknown stage\(s\) \['b'\]"):
+        run_stages([Stage("a", "evaluate.py", "x", needs=("b",))], str(tmp_path / "logs"))
+    with pytest.raises(ValueError, match="wait for each other"):
+        run_stages([Stage("a", "evaluate.py", "x", needs=("b",)), Stage("b", "evaluate.py", "x", needs=("a",))],
+                   str(tmp_path / "logs"))
+    # arguments are read when the stage starts: here from the folder the stage before it wrote
+    made = tmp_path / "made"
+    synthetic = "--size 16 --n_train 0 --n_test 2 --n_val 0 --datasets chexpert"
+    def again() -> str:
+        return f"--out {made / os.listdir(made)[0]}_again {synthetic}"
+
+    runs = run_stages([Stage("make", "make_synthetic.py", f"--out {made} {synthetic}"),
+                       Stage("again", "make_synthetic.py", again, needs=("make",))], str(tmp_path / "logs"), jobs=2)
+    assert runs["again"].args.startswith(f"--out {made / 'chexpert'}_again ") and runs["make"].seconds > 0
+    assert (made / "chexpert_again" / "chexpert" / "testing").is_dir()
