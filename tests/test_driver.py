@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, Stage, run_stages
+from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, Stage, _without, run_stages
 from guided_diffusion.util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +79,12 @@ def test_stages_wait_for_what_they_need_and_a_failure_stops_the_plan(tmp_path):
                        Stage("again", "make_synthetic.py", again, needs=("make",))], str(tmp_path / "logs"), jobs=2)
     assert runs["again"].args.startswith(f"--out {made / 'chexpert'}_again ") and runs["make"].seconds > 0
     assert (made / "chexpert_again" / "chexpert" / "testing").is_dir()
+
+
+def test_flags_set_again_replace_those_of_the_tuned_command():
+    """DDPM runs DDIM's chosen command with --use_ddim False: the pair it replaces is dropped, the rest kept."""
+    words = ["--noise_level", "20", "--use_ddim", "True", "--label_dir", ""]
+    assert _without(words, ["--use_ddim", "False"]) == ["--noise_level", "20", "--label_dir", ""]
+    assert _without(words, []) == words
+    with pytest.raises(ValueError, match="pairs"):
+        _without(["--noise_level", "20", "stray"], [])

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import pytest
 
-from guided_diffusion.pipeline import driver, evaluate, prepare, runs, tune
+from guided_diffusion.pipeline import driver, evaluate, prepare, presets, runs, tune
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
-from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, parse_flags, part
+from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, flag_dict, parse_flags, part
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,3 +130,23 @@ def test_parts_choices_bools_and_overrides():
         parse_flags(Partial, ["--mode", "z"])
     with pytest.raises(SystemExit):
         parse_flags(Partial, ["--on", "maybe"])
+
+
+def test_presets_parse_as_the_scripts_that_take_them():
+    """The presets of pipeline/presets.py, the README's: each flag exists in the script it is given to
+    and parses to the value written (a renamed or mistyped flag fails here)."""
+    p = presets
+    def parsed(config_cls, *flags):
+        return flag_dict(parse_flags(config_cls, " ".join(flags).split()))
+
+    train = parsed(runs.ImageTrainConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS, p.RECIPE_TRAIN_FLAGS)
+    assert (train["num_channels"], train["class_cond"], train["p_uncond"], train["batch_size"]) == (128, True, 0.2, 10)
+    classifier = parsed(runs.ClassifierTrainConfig, p.CLASSIFIER_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
+    assert (classifier["classifier_depth"], classifier["classifier_resblock_updown"]) == (4, True)
+    sample = parsed(runs.SampleConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.SAMPLE_FLAGS)
+    assert (sample["timestep_respacing"], sample["use_ddim"]) == ("ddim1000", True)
+    tuning = parsed(tune.TuneConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.RECIPE_TUNE_FLAGS, "--model_path m.pt --out t")
+    assert (tuning["guidance"], tuning["noise_levels"], tuning["guidance_scales"], tuning["threshold"]) == (
+        "cfg", ((20,), (30,), (50,)), (1.0, 3.0, 5.0), "val")
+    demo = parsed(runs.SampleConfig, p.DEMO_MODEL_FLAGS, p.DEMO_DIFFUSION_FLAGS, p.DEMO_CLASSIFIER_FLAGS)
+    assert (demo["image_size"], demo["classifier_num_head_channels"]) == (64, 32)

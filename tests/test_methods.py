@@ -288,6 +288,8 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
     out = tmp_path / "test_out"
     fill = {"TEST_DIR": str(data["test"]), "TEST_LABELS": str(data["labels"]), "TEST_OUTPUT_DIR": str(out)}
     words = [fill.get(w, w) for w in shlex.split(translate_line)]
+    for flag in ("--noise_level", "--classifier_scale", "--use_ddim", "--guidance"):  # even where at defaults
+        assert flag in words, flag
     assert words == fill_command(best["translate"], *fill.values())  # what the driver runs: the printed line
     summary = script("classifier_sample_known", *words[2:], "--log_dir", tmp_path / "log")
     assert summary["flags"]["noise_level"] == list(best["noise_level"])

@@ -128,7 +128,7 @@ def describe_rule(rule: str, validation: str, fpr: float) -> str:
     """The threshold rule in words; ``validation`` names the folder val and fpr read."""
     return {
         "otsu": "Otsu threshold per slice (Wolleb et al. 2022)",
-        "best": "oracle: the one global threshold with the best mean Dice on this test set",
+        "best": "oracle: the one global threshold with the best mean Dice on the set it scores",
         "val": f"the global threshold with the best mean Dice on {validation}",
         "fpr": f"the global threshold marking {fpr:g} of the healthy brain pixels of {validation}",
     }[rule]

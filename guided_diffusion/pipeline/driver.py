@@ -172,7 +172,7 @@ class Plan:
             words = fill_command(read_best(tune_dir)["translate"], f"{self.data}/{split}", labels, output)
             if words[:2] != ["python", "scripts/classifier_sample_known.py"]:
                 raise ValueError(f"{tune_dir}/best.json: unexpected translate command {words[:2]}")
-            return shlex.join([*words[2:], "--log_dir", log, *shlex.split(extra)])
+            return shlex.join([*_without(words[2:], shlex.split(extra)), "--log_dir", log, *shlex.split(extra)])
         return args
 
     def follows(self, key: str, name: str, tuned_key: str, extra: str) -> Method:
@@ -206,6 +206,15 @@ class Plan:
                 words += ["--val_dir", ",".join(resolve(m.val) for m in methods)]
             return shlex.join(words) + f" {evaluation} --out {out} --examples {examples} --seed {self.cfg.run.seed}"
         return Stage(name, "compare.py", args, needs=tuple(s.name for m in methods for s in m.stages))
+
+
+def _without(words: list[str], extra: list[str]) -> list[str]:
+    """``words`` (``--flag value`` pairs) without the flags that ``extra`` sets again."""
+    overridden = {w for w in extra if w.startswith("--")}
+    pairs = list(zip(words[::2], words[1::2]))
+    if any(not flag.startswith("--") for flag, _ in pairs) or len(words) % 2:
+        raise ValueError(f"expected --flag value pairs, got {words}")
+    return [w for flag, value in pairs if flag not in overridden for w in (flag, value)]
 
 
 def _tuned_name(name: str, best: dict) -> str:

@@ -137,10 +137,13 @@ def _command(script: str, cfg: TuneConfig, setting: Setting, val_folder: str) ->
             "guidance_scales", "out", *(f.name for f in dataclasses.fields(EvaluationFlags))}
     flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, "TEST_OUTPUT_DIR")).items() if k not in skip}
     defaults = flag_dict(config_defaults(SampleConfig))
+    # the setting itself is written out even where it equals a default, so the line keeps its meaning
+    scale = {"classifier": "classifier_scale", "cfg": "guidance_scale"}.get(cfg.sampling.guidance)
+    chosen = {"noise_level", "use_ddim", "guidance", scale}
     words = ["python", "scripts/classifier_sample_known.py", "--data_dir", "TEST_DIR", "--label_dir", "TEST_LABELS",
              "--model_path", setting.checkpoint, "--output_dir", "TEST_OUTPUT_DIR"]
     for key, value in sorted(flags.items()):
-        if defaults.get(key, object()) == value:
+        if key not in chosen and defaults.get(key, object()) == value:
             continue
         text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         words += [f"--{key}", text]

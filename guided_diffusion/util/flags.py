@@ -219,7 +219,7 @@ class ClassifierTrainFlags(FlagGroup):
     ABOUT = "classifier_train.py: noise, learning rate and held-out accuracy"
     noised: bool = flag(True, "train on noised images q(x_t | x_0) at random t (the noise-aware classifier)")
     anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 at the last step")
-    eval_interval: int = flag(50, "held-out loss and accuracy every N steps (0: never)")
+    eval_interval: int = flag(100, "held-out loss and accuracy every N steps (0: never)")
     val_data_dir: str = flag("", "held-out folder for the accuracy (none: --val_fraction of --data_dir)",
                              metavar="DIR")
     val_label_dir: str = flag("", "the --label_dir of --val_data_dir", metavar="DIR")
