@@ -14,23 +14,27 @@ from ..util.flagspec import part
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class _ScoringConfig:
+    """What both scoring scripts take: the evaluation flags, and --seed for the bootstrap."""
+
+    evaluation: EvaluationFlags
+    run: RunFlags = part("seed")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_ScoringConfig):
     """scripts/evaluate.py"""
 
     results: ResultsFlags
-    evaluation: EvaluationFlags
-    run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "evaluate"
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(_ScoringConfig):
     """scripts/compare.py"""
 
     comparison: CompareFlags
-    evaluation: EvaluationFlags
     output: OutputFlags
-    run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "compare"
     DEFAULTS: ClassVar[dict] = {"out": "results/compare"}
 
