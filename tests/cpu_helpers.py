@@ -10,6 +10,19 @@ import shutil
 import pytest
 import torch as th
 
+from guided_diffusion.script_util import model_and_diffusion_defaults
+
+# the tiny networks of the training tests (tests/test_train_util.py) and their multi-process worker
+TINY_UNET = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
+             "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,
+             "class_cond": True, "diffusion_steps": 50}
+TINY_CLASSIFIER = dict(image_size=16, classifier_use_fp16=False, classifier_width=32, classifier_depth=1,
+                       classifier_attention_resolutions="8", classifier_use_scale_shift_norm=True,
+                       classifier_resblock_updown=True, classifier_pool="attention", learn_sigma=False,
+                       diffusion_steps=50, noise_schedule="linear", timestep_respacing="", use_kl=False,
+                       predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
+                       classifier_channel_mult="1,2", classifier_num_head_channels=32)
+
 
 def have_cxx_compiler() -> bool:
     """torch.compile on the CPU (inductor) builds C++ kernels: is there a compiler to build them?"""

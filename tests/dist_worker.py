@@ -16,36 +16,26 @@ import tempfile
 
 import torch as th
 import torch.nn.functional as F
-from cpu_helpers import redraw_zero_layers
+from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, redraw_zero_layers
 
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig, dropout_seed, step_generator
 from guided_diffusion.script_util import (
     create_classifier_and_diffusion,
     create_model_and_diffusion,
-    model_and_diffusion_defaults,
 )
 from guided_diffusion.util import dist_util
 
 GLOBAL_BATCH = 4
 SEED = 5
-UNET = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
-        "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,
-        "class_cond": True, "diffusion_steps": 50}
-CLASSIFIER = dict(image_size=16, classifier_use_fp16=False, classifier_width=32, classifier_depth=1,
-                  classifier_attention_resolutions="8", classifier_use_scale_shift_norm=True,
-                  classifier_resblock_updown=True, classifier_pool="attention", learn_sigma=False,
-                  diffusion_steps=50, noise_schedule="linear", timestep_respacing="", use_kl=False,
-                  predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
-                  classifier_channel_mult="1,2", classifier_num_head_channels=32)
 
 
 def networks(kind, dropout):
     th.manual_seed(0)  # the same weights in every process
     if kind == "unet":
-        net, diffusion = create_model_and_diffusion(**{**UNET, "dropout": dropout})
+        net, diffusion = create_model_and_diffusion(**{**TINY_UNET, "dropout": dropout})
     else:
-        net, diffusion = create_classifier_and_diffusion(**CLASSIFIER)
+        net, diffusion = create_classifier_and_diffusion(**TINY_CLASSIFIER)
     return redraw_zero_layers(net), diffusion
 
 

@@ -4,20 +4,17 @@ import pickle
 
 import pytest
 import torch as th
-from cpu_helpers import have_cxx_compiler
+from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, have_cxx_compiler
 
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig
 from guided_diffusion.script_util import (
     create_classifier_and_diffusion,
     create_model_and_diffusion,
-    model_and_diffusion_defaults,
 )
 from guided_diffusion.util import checkpoint as ckpt
 
-TINY = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
-        "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,
-        "class_cond": True, "diffusion_steps": 50, "dropout": 0.1}
+TINY = {**TINY_UNET, "dropout": 0.1}
 
 
 def batches(start):
@@ -398,12 +395,7 @@ def make_classifier_loop(log_dir, precision="fp32", total=3, resume="", save_int
     return ClassifierTrainLoop(clf, diffusion, batches, cfg, make_val_data=lambda: batches(500))
 
 
-CLASSIFIER = dict(image_size=16, classifier_use_fp16=False, classifier_width=32, classifier_depth=1,
-                  classifier_attention_resolutions="8", classifier_use_scale_shift_norm=True,
-                  classifier_resblock_updown=True, classifier_pool="attention", learn_sigma=False,
-                  diffusion_steps=50, noise_schedule="linear", timestep_respacing="", use_kl=False,
-                  predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
-                  classifier_channel_mult="1,2", classifier_num_head_channels=32)
+CLASSIFIER = TINY_CLASSIFIER
 
 
 def squares(start, n=8):
