@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 import torch as th
 
 from ..anomaly import anomaly_map
-from ..simplex import simplex_noise
 
 HEALTHY = 0
 
@@ -46,11 +45,11 @@ def _draw(gens: list[th.Generator], shape, device) -> th.Tensor:
     return th.stack([th.randn(shape, generator=g, device=device) for g in gens])
 
 
-def simplex_sampler(octaves: int, persistence: float, frequency: float) -> Callable:
-    """A per-image noise draw like :func:`_draw` with AnoDDPM's simplex noise instead."""
+def per_image(noise_fn: Callable) -> Callable:
+    """A per-image draw like :func:`_draw` from the forward process's ``noise_fn(shape, generator)``
+    (Gaussian or simplex, :func:`pipeline.runs.noise_fn_of`): each image's noise from its own generator."""
     def draw(gens: list[th.Generator], shape, device) -> th.Tensor:
-        return th.cat([simplex_noise((1, *shape), octaves=octaves, persistence=persistence, frequency=frequency,
-                                     generator=g, device=device) for g in gens])
+        return th.cat([noise_fn((1, *shape), g) for g in gens])
     return draw
 
 

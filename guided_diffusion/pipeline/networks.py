@@ -7,6 +7,7 @@ flags is an error naming the file and the flags that shape the network.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch as th
 
@@ -81,11 +82,15 @@ def create_fpgan(data: DataFlags, fpgan: FPGANFlags) -> tuple[Generator, Discrim
     return gen, disc
 
 
-def load_weights(net: th.nn.Module, path: str, flag: str, what: str, hint: str | None = None) -> th.nn.Module:
-    """Load the state dict at ``path`` (the value of ``flag``) into ``net`` with ``strict=True``."""
+def load_weights(net: th.nn.Module, path: str, flag: str, what: str, hint: str | None = None,
+                 check: Callable[[str, dict], None] | None = None) -> th.nn.Module:
+    """Load the state dict at ``path`` (the value of ``flag``) into ``net`` with ``strict=True``;
+    ``check(path, state)`` may first refuse the file with a message of its own."""
     if not path:
         raise UserError(f"{flag}: required (a {what} checkpoint, e.g. model010000.pt)")
     state = ckpt.load(path)
+    if check is not None:
+        check(path, state)
     ckpt.check_state_dict(net, state, path, what, hint=hint)
     net.load_state_dict(state, strict=True)
     return net

@@ -30,7 +30,6 @@ from ..methods.fpgan import translate_to_healthy
 from ..resample import create_named_schedule_sampler
 from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
 from ..simplex import simplex_noise
-from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
@@ -69,7 +68,7 @@ from .devices import (
     wrap_network,
 )
 from .evaluate import scoring_of
-from .methods import DiffusionTranslation, NetworkTranslation, _draw, simplex_sampler
+from .methods import DiffusionTranslation, NetworkTranslation, per_image
 from .networks import (
     DAE_FLAGS_HINT,
     FPGAN_FLAGS_HINT,
@@ -261,7 +260,7 @@ def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
                         "(--class_cond True)")
     piece = DiffusionPiece(model, diffusion, sched.ema_rate,
                            create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
-                           noise_fn=training_noise(cfg.noise), p_uncond=sched.p_uncond)
+                           noise_fn=noise_fn_of(cfg.noise), p_uncond=sched.p_uncond)
     indices = _healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
     steps = sched.lr_anneal_steps
     precision = resolve_precision(cfg.speed.precision, cfg.model.use_fp16)
@@ -367,8 +366,9 @@ def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
     return summary
 
 
-def training_noise(noise: NoiseFlags):
-    """The forward process's noise of the noise flags, as ``noise_fn(shape, generator)``."""
+def noise_fn_of(noise: NoiseFlags):
+    """The forward process's noise of the noise flags, as ``noise_fn(shape, generator)``, for training
+    and (one image per generator) translation."""
     if noise.noise_type == "gaussian":
         return gaussian_noise
     return lambda shape, generator: simplex_noise(shape, octaves=noise.simplex_octaves,
@@ -376,9 +376,8 @@ def training_noise(noise: NoiseFlags):
                                                   frequency=noise.simplex_frequency, generator=generator)
 
 
-def _check_uncond_label(path: str) -> None:
+def _check_uncond_label(path: str, state: dict) -> None:
     """--guidance cfg needs a model with the "no class" label row; name the cause when it has none."""
-    state = ckpt.load(path)
     rows = state.get("label_emb.weight")
     if rows is not None and rows.shape[0] == NUM_CLASSES:
         raise UserError(f"{path}: made without the 'no class' label of classifier-free guidance; --guidance cfg "
@@ -409,9 +408,8 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     if cfg_guidance and not cfg.model.class_cond:
         raise UserError("--guidance cfg: needs a class-conditional model (--class_cond True) trained with --p_uncond")
     model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion, uncond_label=cfg_guidance)
-    if cfg_guidance and checkpoint_of(cfg):
-        _check_uncond_label(checkpoint_of(cfg))
-    load_weights(model, checkpoint_of(cfg), "--model_path", "diffusion model")
+    load_weights(model, checkpoint_of(cfg), "--model_path", "diffusion model",
+                 check=_check_uncond_label if cfg_guidance else None)
     for level in s.noise_level:  # before any image is translated
         if not 1 <= level <= diffusion.num_timesteps:
             raise UserError(f"--noise_level {level}: expected 1..{diffusion.num_timesteps} (steps of the process "
@@ -434,13 +432,10 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     elif cfg_guidance:
         decode_fn = make_cfg_model(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
         scale = s.guidance_scale
-    n = cfg.noise
-    draw = (_draw if n.noise_type == "gaussian"
-            else simplex_sampler(n.simplex_octaves, n.simplex_persistence, n.simplex_frequency))
     return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_levels=s.noise_level,
                                 use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, guidance=s.guidance, scale=scale,
-                                decode_fn=decode_fn, draw=draw, class_cond=cfg.model.class_cond,
-                                noise_type=n.noise_type)
+                                decode_fn=decode_fn, draw=per_image(noise_fn_of(cfg.noise)),
+                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type)
 
 
 def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
