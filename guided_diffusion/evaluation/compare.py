@@ -34,8 +34,6 @@ name built from its sampling flags ("DDIM, L=500, s=100"), or the folder's name.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -48,7 +46,17 @@ from PIL import Image, ImageDraw, ImageFont
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 from .protocols import Scoring, describe_rule
-from .results import METRICS, SUMMARY_JSON, heat_colormap, load_result, read_summary, score_folder, threshold_text
+from .results import (
+    METRICS,
+    SUMMARY_JSON,
+    csv_text,
+    format_value,
+    heat_colormap,
+    load_result,
+    read_summary,
+    score_folder,
+    threshold_text,
+)
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
@@ -155,13 +163,6 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(mean: Any, std: Any = None, interval: Any = None) -> str:
-    if mean is None:
-        return "n/a"
-    text = f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
-    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def _seconds(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -203,10 +204,10 @@ def format_comparison(runs: Sequence[Run]) -> str:
             row["method"].replace("|", "/"),
             str(row["protocol"]),
             threshold_text(run.summary),
-            _cell(row["dice_mean"], row["dice_std"], _stat(run.summary, "dice", "ci95")),
-            _cell(row["auroc_mean"], row["auroc_std"]),
-            _cell(row["auprc_mean"], row["auprc_std"]),
-            _cell(row["auprc_pooled"], None, run.summary.get("auprc_pooled_ci95")),
+            format_value(row["dice_mean"], row["dice_std"], _stat(run.summary, "dice", "ci95")),
+            format_value(row["auroc_mean"], row["auroc_std"]),
+            format_value(row["auprc_mean"], row["auprc_std"]),
+            format_value(row["auprc_pooled"], None, run.summary.get("auprc_pooled_ci95")),
             "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.3f}",
             str(row["n_images"] if row["n_images"] is not None else "n/a"),
             _seconds(row["seconds_per_image"]),
@@ -237,12 +238,7 @@ def _csv_value(value: Any) -> str:
 
 
 def format_comparison_csv(runs: Sequence[Run]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in comparison_rows(runs):
-        writer.writerow([_csv_value(row[c]) for c in CSV_COLUMNS])
-    return buffer.getvalue()
+    return csv_text(CSV_COLUMNS, comparison_rows(runs), _csv_value)
 
 
 # ---------------------------------------------------------------------------------

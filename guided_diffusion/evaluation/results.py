@@ -51,7 +51,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,8 +77,8 @@ from .protocols import (
 
 __all__ = [
     "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS", "ResultFileError",
-    "Scoring", "compute_metrics", "format_table", "is_done", "load_result", "load_slices", "read_metrics",
-    "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_table",
+    "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result", "load_slices",
+    "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_table",
 ]
 
 METRICS_CSV = "metrics.csv"
@@ -528,12 +528,19 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def _csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+def _metrics_cell(value: Any) -> str:
+    return _format_float(value) if isinstance(value, float) else str(value)
+
+
+def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]],
+             cell: Callable[[Any], str] = _metrics_cell) -> str:
+    """A CSV table: a header of ``columns``, then each row's values in that order, written by ``cell``
+    (default: metrics.csv's, a non-finite float empty)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_format_float(v) if isinstance(v, float) else str(v) for v in (row[c] for c in columns)])
+        writer.writerow([cell(row[c]) for c in columns])
     return buffer.getvalue()
 
 
@@ -569,10 +576,10 @@ def write_metrics(
 
     rows = [{**row, "label": int(row["label"])} for row in scores.rows]
     with atomic_write(folder / METRICS_CSV, "w") as f:
-        f.write(_csv_text(METRICS_COLUMNS, rows))
+        f.write(csv_text(METRICS_COLUMNS, rows))
     if scores.patients is not None:
         with atomic_write(folder / METRICS_VOLUME_CSV, "w") as f:
-            f.write(_csv_text(PATIENT_COLUMNS, scores.patients))
+            f.write(csv_text(PATIENT_COLUMNS, scores.patients))
     elif (folder / METRICS_VOLUME_CSV).exists():
         (folder / METRICS_VOLUME_CSV).unlink()  # a stale table of an earlier volume evaluation
     with atomic_write(folder / SUMMARY_JSON, "w") as f:
@@ -591,19 +598,18 @@ def _method_name(summary: Mapping[str, Any]) -> str:
     return "ours"
 
 
+def format_value(mean: Any, std: Any = None, interval: Any = None) -> str:
+    """A table cell: ``mean ± std [low, high]`` to 3 decimals, the parts that are given; "n/a" without a mean."""
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    return text + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
+
+
 def _mean_std(stats: Any) -> str:
-    if not isinstance(stats, Mapping) or stats.get("mean") is None:
+    if not isinstance(stats, Mapping):
         return "n/a"
-    text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-    if stats.get("ci95"):
-        text += " [{:.3f}, {:.3f}]".format(*stats["ci95"])
-    return text
-
-
-def _number(value: Any, interval: Any = None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
+    return format_value(stats.get("mean"), stats.get("std"), stats.get("ci95"))
 
 
 def threshold_text(summary: Mapping[str, Any]) -> str:
@@ -665,8 +671,8 @@ def format_table(summary: Mapping[str, Any], method: str | None = None) -> str:
             "",
             f"Threshold: {threshold_text(summary)} ({summary.get('threshold_description', '')}). "
             f"Post-processing: {_postprocessing_text(summary.get('postprocessing'))}. "
-            f"Pooled AUPRC {_number(summary.get('auprc_pooled'), summary.get('auprc_pooled_ci95'))}, "
-            f"pooled AUROC {_number(summary.get('auroc_pooled'))}; healthy slices with a positive pixel: "
+            f"Pooled AUPRC {format_value(summary.get('auprc_pooled'), None, summary.get('auprc_pooled_ci95'))}, "
+            f"pooled AUROC {format_value(summary.get('auroc_pooled'))}; healthy slices with a positive pixel: "
             f"{'n/a' if healthy is None else f'{healthy:.3f}'}.",
         ]
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ from .presets import (
     DEMO_SIMPLEX_FLAGS,
     DEMO_VAE_FLAGS,
 )
-from .tune import TUNE_CSV, fill_command, read_best
+from .tune import BEST_JSON, TUNE_CSV, fill_command, read_best
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,6 +140,10 @@ class Plan:
             self.written.append(parts[0])
         return os.path.join(self.out, *parts)
 
+    def tune_dir(self, key: str) -> str:
+        """Where ``tune_<key>`` writes its settings, tune.csv and best.json."""
+        return self.folder("tune", key)
+
     def log(self, stage: str) -> str:
         return self.folder("logs", stage)
 
@@ -154,7 +158,7 @@ class Plan:
 
     def tuned(self, key: str, name: str, flags: str, needs: tuple[str, ...]) -> Method:
         """tune.py on the validation split, then the test translation and evaluation it printed."""
-        tune_dir = self.folder("tune", key)
+        tune_dir = self.tune_dir(key)
         args = (f"--data_dir {self.data}/validation {self.common} {flags} {MAIN_EVALUATION} --out {tune_dir} "
                 f"--log_dir {self.log(key + '_tune')}")
         tune = Stage(f"tune_{key}", "tune.py", args, needs)
@@ -165,7 +169,7 @@ class Plan:
 
     def from_best(self, tuned_key: str, split: str, output: str, log: str, extra: str = "") -> Callable[[], str]:
         """The arguments of the translation ``tune_<tuned_key>`` chose, on the test or validation split."""
-        tune_dir = os.path.join(self.out, "tune", tuned_key)
+        tune_dir = self.tune_dir(tuned_key)
         labels = f"{self.data}/test_labels" if split == "testing" else ""
 
         def args() -> str:
@@ -183,7 +187,7 @@ class Plan:
         val = Stage(f"{key}_val", "classifier_sample_known.py",
                     self.from_best(tuned_key, "validation", self.folder("val", key), self.log(f"{key}_val_run"), extra),
                     needs)
-        tune_dir = os.path.join(self.out, "tune", tuned_key)
+        tune_dir = self.tune_dir(tuned_key)
         return Method(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key), self.folder("val", key),
                       (test, val))
 
@@ -310,7 +314,7 @@ def plan_stages(plan: Plan) -> tuple[list[Stage], list[Method]]:
     """Every stage of the plan in the order they may start, and its methods."""
     training, methods = PLANS[plan.cfg.driver.plan](plan)
     ddim = methods[0]
-    tune_dir = os.path.join(plan.out, "tune", ddim.key)
+    tune_dir = plan.tune_dir(ddim.key)
     stages = training + [s for m in methods for s in m.stages]
     stages.append(Stage("evaluate", "evaluate.py", lambda: shlex.join(
         fill_command(read_best(tune_dir)["evaluate"], "", "", ddim.test)[2:]), needs=(ddim.key,)))
@@ -416,16 +420,16 @@ def protocol_table(out: str) -> str:
     return "\n".join(lines)
 
 
-def tuning_lines(methods: Sequence[Method], out: str) -> list[str]:
+def tuning_lines(plan: Plan, methods: Sequence[Method]) -> list[str]:
     """What each tune.py run chose on the validation split, and its grid for the paper's method."""
     lines = ["| Method | chosen on validation | validation Dice (volume) | threshold |", "| --- | --- | --- | --- |"]
     for m in methods:
-        tune_dir = os.path.join(out, "tune", m.key)
-        if os.path.exists(os.path.join(tune_dir, "best.json")):
+        tune_dir = plan.tune_dir(m.key)
+        if os.path.exists(os.path.join(tune_dir, BEST_JSON)):
             best = read_best(tune_dir)
             threshold = "n/a" if best["threshold"] is None else f"{best['threshold']:.4g}"
             lines.append(f"| {resolve(m.name)} | {best['setting']} | {best['dice']:.3f} | {threshold} |")
-    grid = _read_csv(os.path.join(out, "tune", methods[0].key, TUNE_CSV))
+    grid = _read_csv(os.path.join(plan.tune_dir(methods[0].key), TUNE_CSV))
     lines += ["", f"The grid of {resolve(methods[0].name).split(':')[0]} (mean Dice per patient on validation):", "",
               "| L | s | Dice |", "| --- | --- | --- |"]
     lines += [f"| {r['noise_level']} | {float(r['scale']):g} | {_number(r['dice_mean'])} |" for r in grid]
@@ -440,7 +444,7 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
     lines = [f"# `make {plan.cfg.driver.plan}`: anomaly detection on the synthetic BRATS-like example", "",
              "Tiny networks trained for minutes on a CPU; see the README for the paper-scale commands. L, s (or W) "
              "and the thresholds were chosen on the validation split (data/brats/validation) with tune.py.", "",
-             "## Chosen on the validation split", "", *tuning_lines(methods, out), "",
+             "## Chosen on the validation split", "", *tuning_lines(plan, methods), "",
              "## The paper's method and the FLAIR intensity, four evaluations", "", protocol_table(out), "",
              f"Chance level: a mask of the same size as each Otsu mask, placed at random, has an expected Dice of "
              f"{chance_dice(ddim.test, [r['id'] for r in diseased]):.3f} on these diseased slices "

@@ -16,9 +16,7 @@ global threshold that is best on the validation folder itself: the threshold ``e
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import shlex
@@ -26,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..evaluation.protocols import Scoring
+from ..evaluation.results import csv_text
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
@@ -38,6 +37,7 @@ TUNE_CSV = "tune.csv"
 BEST_JSON = "best.json"
 PLACEHOLDERS = ("TEST_DIR", "TEST_LABELS", "TEST_OUTPUT_DIR")
 """The words of best.json's command lines that stand for the test set's folders."""
+TEST_DIR, TEST_LABELS, TEST_OUTPUT_DIR = PLACEHOLDERS
 
 
 @dataclass(frozen=True)
@@ -120,28 +120,31 @@ def _flatten(summary: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _command(script: str, cfg: TuneConfig, setting: Setting, val_folder: str) -> str:
-    """The command line that applies ``setting`` to the test set."""
-    if script == "evaluate.py":
-        e = cfg.evaluation
-        words = ["python", "scripts/evaluate.py", "TEST_OUTPUT_DIR", "--protocol", e.protocol]
-        if e.threshold == "val":  # the threshold chosen on the validation folder, applied unchanged
-            words += ["--threshold", "val", "--val_dir", val_folder]
-        else:
-            words += ["--threshold", validation_scoring(cfg).rule]
-        words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
-                                              ("min_component", e.min_component)) if v]
-        return shlex.join(words)
+def _evaluate_command(cfg: TuneConfig, val_folder: str) -> str:
+    """The evaluate.py line that scores the test translation as the validation was scored."""
+    e = cfg.evaluation
+    words = ["python", "scripts/evaluate.py", TEST_OUTPUT_DIR, "--protocol", e.protocol]
+    if e.threshold == "val":  # the threshold chosen on the validation folder, applied unchanged
+        words += ["--threshold", "val", "--val_dir", val_folder]
+    else:
+        words += ["--threshold", validation_scoring(cfg).rule]
+    words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
+                                          ("min_component", e.min_component)) if v]
+    return shlex.join(words)
+
+
+def _translate_command(cfg: TuneConfig, setting: Setting) -> str:
+    """The classifier_sample_known.py line that applies ``setting`` to the test set."""
     # evaluate.py scores the test set: the translation's own scoring flags are left at their defaults
     skip = {"data_dir", "label_dir", "output_dir", "log_dir", "model_path", "noise_levels", "classifier_scales",
             "guidance_scales", "out", *(f.name for f in dataclasses.fields(EvaluationFlags))}
-    flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, "TEST_OUTPUT_DIR")).items() if k not in skip}
+    flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, TEST_OUTPUT_DIR)).items() if k not in skip}
     defaults = flag_dict(config_defaults(SampleConfig))
     # the setting itself is written out even where it equals a default, so the line keeps its meaning
     scale = {"classifier": "classifier_scale", "cfg": "guidance_scale"}.get(cfg.sampling.guidance)
     chosen = {"noise_level", "use_ddim", "guidance", scale}
-    words = ["python", "scripts/classifier_sample_known.py", "--data_dir", "TEST_DIR", "--label_dir", "TEST_LABELS",
-             "--model_path", setting.checkpoint, "--output_dir", "TEST_OUTPUT_DIR"]
+    words = ["python", "scripts/classifier_sample_known.py", "--data_dir", TEST_DIR, "--label_dir", TEST_LABELS,
+             "--model_path", setting.checkpoint, "--output_dir", TEST_OUTPUT_DIR]
     for key, value in sorted(flags.items()):
         if key not in chosen and defaults.get(key, object()) == value:
             continue
@@ -192,15 +195,12 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
               "scale": choice.scale, "guidance": cfg.sampling.guidance, "dice": best["dice_mean"],
               "threshold_rule": best.get("threshold_rule"), "threshold": best.get("threshold"),
               "validation_folder": best["folder"], "scores": best,
-              "translate": _command("classifier_sample_known.py", cfg, choice, best["folder"]),
-              "evaluate": _command("evaluate.py", cfg, choice, best["folder"])}
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+              "translate": _translate_command(cfg, choice), "evaluate": _evaluate_command(cfg, best["folder"])}
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # a column any setting's summary has
+    table = csv_text(columns, [{c: r.get(c) for c in columns} for r in rows],
+                     cell=lambda value: "" if value is None else str(value))
     with atomic_write(os.path.join(out, TUNE_CSV), "w") as f:
-        f.write(buffer.getvalue())
+        f.write(table)
     with atomic_write(os.path.join(out, BEST_JSON), "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
