@@ -78,7 +78,8 @@ from .protocols import (
 __all__ = [
     "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS", "ResultFileError",
     "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result", "load_slices",
-    "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_table",
+    "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_scores",
+    "write_table",
 ]
 
 METRICS_CSV = "metrics.csv"
@@ -561,8 +562,14 @@ def write_metrics(
     :param options: the scoring options of :func:`compute_metrics`.
     :return: the summary as written.
     """
+    return write_scores(output_dir, Scoring(protocol=protocol, **options), extra_summary)
+
+
+def write_scores(output_dir: str | os.PathLike, scoring: Scoring,
+                 extra_summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`write_metrics` with its scoring given as a :class:`Scoring`."""
     extra_summary = dict(extra_summary or {})
-    scores = score_folder(output_dir, Scoring(protocol=protocol, **options))
+    scores = score_folder(output_dir, scoring)
     summary = scores.summary
     clashes = sorted(set(extra_summary) & set(summary))
     if clashes:

@@ -37,7 +37,7 @@ from typing import Callable, ClassVar, Sequence, Union
 import numpy as np
 
 from ..evaluation.compare import COMPARISON_CSV, COMPARISON_MD
-from ..evaluation.results import format_table, read_metrics, read_summary
+from ..evaluation.results import format_table, load_result, read_metrics, read_summary
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, TuneFlags
@@ -392,8 +392,8 @@ def chance_dice(folder: str, ids: Sequence[str]) -> float:
     2|M||G| / (N(|M|+|G|)) per image."""
     values = []
     for image_id in ids:
-        with np.load(os.path.join(folder, f"{image_id}.npz")) as z:
-            m, g, n = float(z["mask"].sum()), float(z["ground_truth"].sum()), z["mask"].size
+        result = load_result(os.path.join(folder, f"{image_id}.npz"), images=False)
+        m, g, n = float(result["mask"].sum()), float(result["ground_truth"].sum()), result["mask"].size
         values.append(2 * m * g / (n * (m + g)) if m + g else 1.0)
     return float(np.mean(values)) if values else float("nan")
 

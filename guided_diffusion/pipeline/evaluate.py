@@ -51,8 +51,7 @@ def scoring_of(evaluation: EvaluationFlags, seed: int = 0, val_dir: str | None =
 def evaluate_folder(cfg: EvaluateConfig) -> str:
     """Rewrite ``metrics.csv``, ``summary.json`` (and ``metrics_volume.csv`` for the volume
     protocol) and ``table.md`` of a folder from its ``.npz`` files alone; returns the table."""
-    options = dataclasses.asdict(scoring_of(cfg.evaluation, cfg.run.seed))
-    summary = results.write_metrics(cfg.results.run_dir, **options)
+    summary = results.write_scores(cfg.results.run_dir, scoring_of(cfg.evaluation, cfg.run.seed))
     return results.write_table(cfg.results.run_dir, summary)
 
 

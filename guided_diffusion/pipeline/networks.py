@@ -91,6 +91,5 @@ def load_weights(net: th.nn.Module, path: str, flag: str, what: str, hint: str |
     state = ckpt.load(path)
     if check is not None:
         check(path, state)
-    ckpt.check_state_dict(net, state, path, what, hint=hint)
-    net.load_state_dict(state, strict=True)
+    ckpt.apply_state_dict(net, state, path, what, hint=hint)
     return net

@@ -15,7 +15,6 @@ others. :func:`translate_folder` owns everything around it:
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..anomaly import anomaly_map
 from ..evaluation.protocols import Scoring
-from ..evaluation.results import is_done, save_result, write_metrics
+from ..evaluation.results import is_done, save_result, write_scores
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
@@ -125,7 +124,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     if count:
         extra["seconds_per_image"] = seconds / count
         extra["images_timed"] = count
-    return write_metrics(cfg.output_dir, extra_summary=extra, **dataclasses.asdict(cfg.scoring))
+    return write_scores(cfg.output_dir, cfg.scoring, extra)
 
 
 def _show_inputs(monitor, x: th.Tensor, info: dict, every: int) -> Callback:

@@ -61,9 +61,9 @@ def load_state_dict_into(module: th.nn.Module, path: str, what: str = "model") -
     apply_state_dict(module, load(path), path, what)
 
 
-def apply_state_dict(module: th.nn.Module, state, path: str, what: str = "model") -> None:
+def apply_state_dict(module: th.nn.Module, state, path: str, what: str = "model", hint: str | None = None) -> None:
     """Check ``state`` against ``module`` (:func:`check_state_dict`) and load it with ``strict=True``."""
-    check_state_dict(module, state, path, what)
+    check_state_dict(module, state, path, what, hint=hint)
     module.load_state_dict(state, strict=True)
 
 
