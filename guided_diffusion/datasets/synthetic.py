@@ -24,9 +24,15 @@ from scipy.ndimage import gaussian_filter
 
 from ..util.errors import UserError
 from .layout import (
+    CHEXPERT_CLASSES,
     MODALITIES,
+    TEST_LABELS,
+    TESTING,
+    TRAINING,
+    VALIDATION,
     brats_slice_filename,
     check_no_stray_files,
+    chexpert_image_filename,
     label_filename,
     leaf_name,
     save_npy,
@@ -99,7 +105,7 @@ def generate(
     use_brats = dataset in ("brats", "both")
     use_chexpert = dataset in ("chexpert", "both")
 
-    sizes = {"training": n_train, "testing": n_test, "validation": n_val}
+    sizes = {TRAINING: n_train, TESTING: n_test, VALIDATION: n_val}
     brats = _plan_brats(seed, sizes, tumour_fraction) if use_brats else []
     chest = _plan_chexpert(seed, sizes, tumour_fraction) if use_chexpert else []
     planned = [path for item in brats for path in item.files()] + [item.path() for item in chest]
@@ -110,14 +116,14 @@ def generate(
         for item in brats:
             channels, seg = brats_slice(item.rng(seed), _brain_shape(item.patient_rng(seed)), size, item.tumour)
             folder = os.path.join(staging, "brats", item.split, item.leaf)
-            leaf_seg = None if item.split == "testing" else seg  # test leaves: labels go to test_labels/
+            leaf_seg = None if item.split == TESTING else seg  # test leaves: labels go to test_labels/
             write_brats_leaf(folder, item.patient, item.slice_index, channels, leaf_seg)
-            if item.split == "testing":
-                os.makedirs(os.path.join(staging, "brats", "test_labels"), exist_ok=True)
-                write_nifti_gz(os.path.join(staging, "brats", "test_labels", label_filename(item.leaf)), seg)
+            if item.split == TESTING:
+                os.makedirs(os.path.join(staging, "brats", TEST_LABELS), exist_ok=True)
+                write_nifti_gz(os.path.join(staging, "brats", TEST_LABELS, label_filename(item.leaf)), seg)
         if use_chexpert:
-            for split in (name for name, n in sizes.items() if n or name != "validation"):
-                for label in ("healthy", "diseased"):
+            for split in (name for name, n in sizes.items() if n or name != VALIDATION):
+                for label in CHEXPERT_CLASSES:
                     os.makedirs(os.path.join(staging, "chexpert", split, label), exist_ok=True)
         for item in chest:
             image = chest_xray(item.rng(seed), size, item.diseased)  # (S, S) uint8
@@ -143,10 +149,10 @@ class _BratsItem:
         folder = os.path.join("brats", self.split, self.leaf)
         names = [brats_slice_filename(self.patient, seq, self.slice_index) for seq in MODALITIES]
         files = [os.path.join(folder, name) for name in names]
-        if self.split != "testing":  # training and validation leaves hold their seg
+        if self.split != TESTING:  # training and validation leaves hold their seg
             files.append(os.path.join(folder, brats_slice_filename(self.patient, "seg", self.slice_index)))
         else:
-            files.append(os.path.join("brats", "test_labels", label_filename(self.leaf)))
+            files.append(os.path.join("brats", TEST_LABELS, label_filename(self.leaf)))
         return files
 
     def rng(self, seed: int) -> np.random.Generator:
@@ -164,13 +170,13 @@ class _ChestItem:
     diseased: bool
 
     def path(self) -> str:
-        return os.path.join("chexpert", self.split, "diseased" if self.diseased else "healthy", self.name + ".npy")
+        return os.path.join("chexpert", self.split, CHEXPERT_CLASSES[int(self.diseased)], self.name)
 
     def rng(self, seed: int) -> np.random.Generator:
         return np.random.default_rng([seed, 1, _SPLIT_ID[self.split], self.index])
 
 
-_SPLIT_ID = {"training": 0, "testing": 1, "validation": 2}
+_SPLIT_ID = {TRAINING: 0, TESTING: 1, VALIDATION: 2}
 
 
 def _count(n: int, fraction: float) -> int:
@@ -210,7 +216,7 @@ def _plan_chexpert(seed: int, sizes: dict[str, int], effusion_fraction: float) -
         diseased = set(rng.permutation(n)[: _count(n, effusion_fraction)].tolist())
         studies = rng.integers(1, 4, size=n)
         for i in range(n):
-            name = f"patient{patient_number + i:05d}_study{studies[i]}"
+            name = chexpert_image_filename(f"patient{patient_number + i:05d}", f"study{studies[i]}")
             items.append(_ChestItem(split, i, name, i in diseased))
         patient_number += n
     return items
