@@ -150,3 +150,62 @@ def test_presets_parse_as_the_scripts_that_take_them():
         "cfg", ((20,), (30,), (50,)), (1.0, 3.0, 5.0), "val")
     demo = parsed(runs.SampleConfig, p.DEMO_MODEL_FLAGS, p.DEMO_DIFFUSION_FLAGS, p.DEMO_CLASSIFIER_FLAGS)
     assert (demo["image_size"], demo["classifier_num_head_channels"]) == (64, 32)
+
+
+def _changed_argv(config_cls) -> list[str]:
+    """A command line, written by hand from the declarations, that sets every flag of a config to a
+    value other than its default (so a round trip that drops or mangles a flag shows)."""
+    from guided_diffusion.util.flagspec import REQUIRED, _collect, str2bool
+    by_parser = {flags.parse_levels: "3,5", flags.parse_floats: "0.5,2", flags.parse_level_sets: "1,2+3",
+                 flags.parse_slice_range: "10,20"}
+    argv = []
+    for name, f in _collect(config_cls).items():
+        if f.nargs:
+            words = ["a.pt", "b.pt"]
+        elif f.choices:
+            words = [str([c for c in f.choices if c != f.default][-1])]
+        elif f.type is str2bool:
+            words = [str(not f.default)]
+        elif f.type is int:
+            words = [str((0 if f.default is REQUIRED else f.default) + 3)]
+        elif f.type is float:
+            words = ["0.375"]
+        elif f.type is str:
+            words = ["some/where"]
+        else:
+            words = [by_parser[f.type]]
+        argv += words if f.positional else [f"--{name}", *words]
+    return argv
+
+
+@pytest.mark.parametrize("config_cls", CONFIGS, ids=lambda c: c.__name__)
+def test_configs_round_trip_through_argv_and_dict(config_cls):
+    """A configuration is data: to_argv and from_dict invert parse_flags and flag_dict, for every
+    script's config, with every flag away from its default and after a trip through JSON."""
+    import json
+
+    from guided_diffusion.util.flagspec import from_dict, to_argv
+    cfg = parse_flags(config_cls, _changed_argv(config_cls))
+    assert parse_flags(config_cls, to_argv(cfg)) == cfg
+    assert parse_flags(config_cls, to_argv(cfg, full=True)) == cfg
+    assert from_dict(config_cls, json.loads(json.dumps(flag_dict(cfg)))) == cfg
+    assert len(to_argv(cfg, full=True)) == len(to_argv(cfg))  # every flag differs from its default here
+
+
+def test_from_dict_is_a_partial_config_and_names_bad_entries():
+    from guided_diffusion.util.flagspec import from_dict, to_argv
+    cfg = from_dict(runs.SampleConfig, {"noise_level": [20, 30], "classifier_scale": 50, "use_ddim": True},
+                    where="best.json")
+    assert cfg.sampling.noise_level == (20, 30) and cfg.sampling.classifier_scale == 50.0
+    assert cfg.sampling.use_ddim is True and cfg.model.num_channels == 128  # the rest: defaults
+    argv = to_argv(cfg)
+    assert len(argv) == 6 and {tuple(argv[i:i + 2]) for i in range(0, 6, 2)} == {
+        ("--use_ddim", "True"), ("--noise_level", "20,30"), ("--classifier_scale", "50.0")}
+    with pytest.raises(UserError, match=r"^best.json: SampleConfig takes no flag\(s\) --classifier_scal$"):
+        from_dict(runs.SampleConfig, {"classifier_scal": 1}, where="best.json")
+    with pytest.raises(UserError, match=r"^best.json: --use_ddim 'maybe': expected True or False"):
+        from_dict(runs.SampleConfig, {"use_ddim": "maybe"}, where="best.json")
+    with pytest.raises(UserError, match=r"^best.json: --num_channels: expected an integer, found 1.5$"):
+        from_dict(runs.SampleConfig, {"num_channels": 1.5}, where="best.json")
+    with pytest.raises(UserError, match=r"--guidance 'x': expected one of classifier, cfg, none$"):
+        from_dict(runs.SampleConfig, {"guidance": "x"}, where="best.json")

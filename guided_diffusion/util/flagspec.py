@@ -29,7 +29,8 @@ from typing import Any, Callable, ClassVar
 
 from .errors import UserError
 
-__all__ = ["Flag", "FlagGroup", "build_parser", "flag", "flag_dict", "parse_flags", "part", "str2bool"]
+__all__ = ["Flag", "FlagGroup", "build_parser", "config_defaults", "flag", "flag_dict", "from_dict", "parse_flags",
+           "part", "str2bool", "to_argv"]
 
 
 class _Required:
@@ -150,14 +151,20 @@ def _collect(config_cls) -> dict[str, Flag]:
 _METAVARS = {str2bool: "True|False", int: "N", float: "X", str: "TEXT"}
 
 
+def flag_text(value: Any) -> str:
+    """A flag's value as the command line writes it (the inverse of the flag's parser):
+    booleans ``True``/``False``, tuples comma-separated, items that are tuples joined by ``+``."""
+    if isinstance(value, tuple):
+        return ",".join("+".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
+
+
 def _format_default(value: Any) -> str:
     if value is REQUIRED:
         return "required"
     if value == "":
         return "none"
-    if isinstance(value, tuple):  # items that are tuples themselves are joined by +
-        return ",".join("+".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)
+    return flag_text(value)
 
 
 def build_parser(config_cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
@@ -232,11 +239,82 @@ def config_defaults(config_cls):
     return _build(config_cls, values)
 
 
+def _plain(value: Any) -> Any:
+    """JSON's lists back to the tuples the flag groups hold."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _coerce(f: Flag, value: Any, where: str) -> Any:
+    """``value`` for flag ``f`` from a dict: text goes through the flag's parser, other values are
+    checked against the flag's type; a value outside the choices is a :class:`UserError`."""
+    if isinstance(value, str) and f.type is not str and not f.nargs:
+        try:
+            value = f.type(value)
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            raise UserError(f"{where}: --{f.name} {value!r}: {err}") from None
+    value = _plain(value)
+    if f.nargs:
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{where}: --{f.name}: expected a list of text, found {value!r}")
+    elif f.type is str2bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: --{f.name}: expected True or False, found {value!r}")
+    elif f.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: --{f.name}: expected an integer, found {value!r}")
+    elif f.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: --{f.name}: expected a number, found {value!r}")
+        value = float(value)
+    elif f.type is str and not isinstance(value, str):
+        raise UserError(f"{where}: --{f.name}: expected text, found {value!r}")
+    if f.choices and value not in f.choices:
+        raise UserError(f"{where}: --{f.name} {value!r}: expected one of {', '.join(map(str, f.choices))}")
+    return value
+
+
+def from_dict(config_cls, values: dict[str, Any], where: str = "flags"):
+    """The config of ``config_cls`` from a flat ``{flag: value}`` dict (the inverse of
+    :func:`flag_dict`, e.g. read back from JSON); flags it omits keep their defaults (the
+    config's ``DEFAULTS`` applied), so a partial dict is a preset. A name the config does not
+    take, or a value of the wrong type, is a :class:`UserError` that starts with ``where``."""
+    flags = _collect(config_cls)
+    unknown = sorted(set(values) - set(flags))
+    if unknown:
+        raise UserError(f"{where}: {config_cls.__name__} takes no flag(s) {', '.join('--' + n for n in unknown)}")
+    merged = {name: f.default for name, f in flags.items()}
+    merged.update(getattr(config_cls, "DEFAULTS", {}))
+    merged.update({name: _coerce(flags[name], value, where) for name, value in values.items()})
+    missing = sorted(name for name, value in merged.items() if value is REQUIRED)
+    if missing:
+        raise UserError(f"{where}: missing required flag(s) {', '.join('--' + n for n in missing)}")
+    return _build(config_cls, merged)
+
+
+def to_argv(config, full: bool = False) -> list[str]:
+    """The command line that :func:`parse_flags` turns back into ``config`` (``parse_flags(type(c),
+    to_argv(c)) == c``): every flag that differs from the config's defaults, or all with ``full``,
+    in declaration order. Only where a process is launched does a config become text."""
+    config_cls = type(config)
+    flags = _collect(config_cls)
+    defaults = {name: f.default for name, f in flags.items()}
+    defaults.update(getattr(config_cls, "DEFAULTS", {}))
+    values = flag_dict(config)
+    argv: list[str] = []
+    for name, f in flags.items():
+        value = values[name]
+        if not full and value == defaults[name] and defaults[name] is not REQUIRED:
+            continue
+        words = list(value) if f.nargs else [flag_text(value)]
+        argv += words if f.positional else [f"--{name}", *words]
+    return argv
+
+
 def flag_dict(config) -> dict[str, Any]:
-    """All flags of a config instance as one flat ``{name: value}`` dict (for saved flags)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, FlagGroup):
-            out.update(dataclasses.asdict(value))
-    return out
+    """The flags of a config instance as one flat ``{name: value}`` dict (for saved flags): every
+    flag the config takes, in declaration order (a :func:`part` group's other fields are left out)."""
+    values: dict[str, Any] = {}
+    for name, _, only in _sections(type(config)):
+        group = dataclasses.asdict(getattr(config, name))
+        values.update({k: group[k] for k in (only or group)})
+    return values
