@@ -16,6 +16,7 @@ from .util.flags import CHANNELS, ClassifierFlags, DataFlags, DiffusionFlags, Mo
 from .util.flagspec import str2bool
 
 NUM_CLASSES = 2  # 0 = healthy, 1 = diseased, for both data sets
+HEALTHY = 0  # the class translation steers towards
 NULL_CLASS = NUM_CLASSES  # the extra "no class" label of classifier-free guidance
 DATASET_CHANNELS = {dataset: len(names) for dataset, names in CHANNELS.items()}
 

@@ -286,10 +286,6 @@ def _two_class_score(metric, labels: np.ndarray, scores: np.ndarray) -> float | 
     return float(metric(labels, scores))
 
 
-def _none_if_nan(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def dice_by_size(sizes: list[int], dices: list[float]) -> dict[str, Any]:
     """Mean Dice per quartile of lesion size (THOR): ``edges`` are the 0, 25, 50, 75 and 100th
     percentiles of the sizes (pixels, or voxels), quartile i holds the sizes in

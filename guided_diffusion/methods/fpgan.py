@@ -60,10 +60,10 @@ import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..script_util import HEALTHY
 from ..util.errors import UserError
 
 NUM_DOMAINS = 2  # 0 = healthy, 1 = diseased (script_util.NUM_CLASSES)
-HEALTHY = 0
 
 
 def one_hot_domains(c: th.Tensor, num_domains: int = NUM_DOMAINS) -> th.Tensor:

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import torch as th
 
 from ..anomaly import anomaly_map
+from ..script_util import HEALTHY
 
-HEALTHY = 0
 
 
 def image_seed(seed: int, image_id: str) -> int:

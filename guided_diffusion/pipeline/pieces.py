@@ -31,8 +31,6 @@ from ..util import logger
 from ..util.errors import UserError
 from .train import Piece, TrainConfig, Trainer, step_generator
 
-HEALTHY = 0
-
 
 class OneNetworkPiece(Piece):
     """A piece with one network ``net`` (file prefix ``model``), one optimizer (``opt``), wrapped in DDP."""

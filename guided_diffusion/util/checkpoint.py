@@ -410,14 +410,6 @@ def parse_checkpoint_name(name: str) -> tuple[str, int] | None:
     return match["prefix"], int(match["step"])
 
 
-def step_of(path: str) -> int:
-    """Step number in a checkpoint file name (model000100.pt -> 100)."""
-    parsed = parse_checkpoint_name(path)
-    if parsed is None:
-        raise CheckpointError(f"{path}: expected a name ending in NNNNNN.pt (the training step)")
-    return parsed[1]
-
-
 def list_checkpoints(log_dir: str, prefix: str = "model") -> list[tuple[int, str]]:
     """(step, path) of every ``<prefix>NNNNNN.pt`` in ``log_dir``, newest first."""
     if not os.path.isdir(log_dir):
