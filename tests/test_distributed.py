@@ -1,5 +1,6 @@
 """Scale and reliability (SPEC section 8): real multi-process runs with mpiexec and torchrun (gloo on CPU),
 a SIGKILL mid-run, distributed translation, and flat memory over a large folder."""
+import json
 import os
 import shutil
 import signal
@@ -197,6 +198,8 @@ def test_distributed_translation_equals_single_process(data, single, classifier,
     names = sorted(os.listdir(one))
     assert names == sorted(os.listdir(two))
     assert (one / "metrics.csv").read_text() == (two / "metrics.csv").read_text()
+    n_images = len(os.listdir(data / "testing"))
+    assert json.loads((two / "summary.json").read_text())["images_per_rank"] == [n_images // 2] * 2
     for n in names:
         if n.endswith(".npz"):
             with np.load(one / n) as a, np.load(two / n) as b:

@@ -240,6 +240,9 @@ def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, 
         assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 2
+    # each rank translated its share, not the whole folder (equal files cannot show duplicated work)
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["images_per_rank"] == [4]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["images_per_rank"] == [2, 2]
     for name in names:
         if name.endswith(".npz"):
             with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "two" / name) as b:

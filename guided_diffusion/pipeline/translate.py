@@ -67,8 +67,9 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
                      summary: Mapping[str, Any] | None = None) -> dict | None:
     """Translate ``dataset`` with ``method`` into ``cfg.output_dir`` and score it.
 
-    :param summary: extra keys for ``summary.json`` (the flags); ``method``, ``device`` and
-        ``seconds_per_image`` are added here.
+    :param summary: extra keys for ``summary.json`` (the flags); ``method``, ``device``,
+        ``images_per_rank`` (the images each rank translated in this run) and ``seconds_per_image``
+        are added here.
     :return: the summary on rank 0, None on the other ranks.
     """
     if cfg.batch_size < 1:
@@ -117,10 +118,10 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     finally:
         if bar is not None:
             bar.close()
-    dist_util.barrier()
+    per_rank = dist_util.all_gather_object(count)  # also waits for every rank's files
     if rank != 0:
         return None
-    extra = {"method": method.name, **(summary or {}), "device": str(device)}
+    extra = {"method": method.name, **(summary or {}), "device": str(device), "images_per_rank": per_rank}
     if count:
         extra["seconds_per_image"] = seconds / count
         extra["images_timed"] = count

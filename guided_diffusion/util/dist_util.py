@@ -101,6 +101,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather_object(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sync_params(params) -> None:
     """Broadcast parameters from rank 0 so every rank starts identical."""
     if not dist.is_initialized():
