@@ -46,6 +46,38 @@ def script(name, *argv):
     return _main(name)([str(a) for a in argv])
 
 
+@pytest.fixture
+def seen_by_training(monkeypatch):
+    """What the diffusion model's training loss and the classifier were really given (x_0, t, noise,
+    labels), recorded around the real calls while a script runs in this process."""
+    from guided_diffusion.gaussian_diffusion import GaussianDiffusion
+    from guided_diffusion.unet import EncoderUNetModel
+    calls = {"losses": [], "classifier_t": []}
+    losses, forward = GaussianDiffusion.training_losses, EncoderUNetModel.forward
+
+    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
+        calls["losses"].append({"x": x_start.detach().clone(), "t": t.clone(), "noise": noise.detach().clone(),
+                                "y": None if not model_kwargs or "y" not in model_kwargs else model_kwargs["y"].clone()})
+        return losses(self, model, x_start, t, model_kwargs=model_kwargs, noise=noise)
+
+    def classifier_forward(self, x, timesteps):
+        calls["classifier_t"].append(timesteps.clone())
+        return forward(self, x, timesteps)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", training_losses)
+    monkeypatch.setattr(EncoderUNetModel, "forward", classifier_forward)
+    return calls
+
+
+def low_frequency_share(noise: th.Tensor, below: float) -> float:
+    """Fraction of the power of (..., H, W) fields at spatial frequencies below ``below`` cycles per
+    pixel on both axes (white noise: about the fraction of such frequencies)."""
+    power = th.fft.fft2(noise).abs() ** 2
+    f = th.fft.fftfreq(noise.shape[-1]).abs()
+    low = th.maximum(f[:, None], f[None, :]) < below
+    return float(power[..., low].sum() / power.sum())
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -67,6 +99,39 @@ def test_the_extra_label_row_is_only_there_for_classifier_free_guidance():
     assert plain["label_emb.weight"].shape[0] == su.NUM_CLASSES == 2
     differ = {k for k in plain if plain[k].shape != cfg[k].shape}
     assert differ == {"label_emb.weight"} and cfg["label_emb.weight"].shape[0] == su.NULL_CLASS + 1 == 3
+
+
+def test_guidance_steers_towards_the_healthy_class():
+    """The classifier's gradient is that of log p(healthy | x_t), worked out by hand for a linear
+    classifier, and the translation hands class 0 to both the classifier and the network."""
+    from guided_diffusion.guidance import make_cond_fn
+    weight = th.tensor([[1.0, -2.0, 0.5, 0.0], [-1.0, 0.5, 2.0, 1.0]])  # (classes, pixels)
+
+    def classifier(x, t):
+        return x.reshape(len(x), -1) @ weight.T
+
+    x = th.tensor([[0.2, 0.4, -0.1, 0.3]]).reshape(1, 1, 2, 2)
+    grad = make_cond_fn(classifier, 10.0)(x, th.zeros(1, dtype=th.long), y=th.tensor([0]))
+    p = th.softmax(classifier(x, None), dim=-1)[0]
+    by_hand = 10.0 * (weight[0] - (p[:, None] * weight).sum(dim=0))  # d/dx log softmax_0 = w_0 - sum_k p_k w_k
+    th.testing.assert_close(grad.reshape(-1), by_hand)
+
+    seen = {"classifier": [], "network": []}
+
+    def cond_fn(x_t, t, y=None, **_):
+        seen["classifier"].append(y.clone())
+        return th.zeros_like(x_t)
+
+    def network(x_t, t, y=None):
+        seen["network"].append(y.clone())
+        return th.zeros(x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:])
+
+    diffusion = su.create_gaussian_diffusion(steps=30, learn_sigma=True)
+    for use_ddim in (True, False):
+        translate_batch(network, diffusion, cond_fn, th.rand(3, 1, 4, 4), ["a", "b", "c"], seed=0, noise_level=3,
+                        use_ddim=use_ddim)
+    assert seen["classifier"] and seen["network"]
+    assert all(y.tolist() == [su.HEALTHY] * 3 for y in seen["classifier"] + seen["network"]) and su.HEALTHY == 0
 
 
 def test_cfg_combines_the_two_predictions_and_at_w_0_is_the_conditional_ddim():
@@ -152,44 +217,85 @@ def test_denoising_autoencoder_trains_and_translates(data, tmp_path):
     assert summary["method"] == "DAE" and summary["n_images"] == 4
 
 
-def test_cfg_end_to_end_and_a_checkpoint_without_the_extra_label(data, tmp_path):
-    train = ["--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
-             "--lr_anneal_steps", 2]
+def test_cfg_end_to_end_and_a_checkpoint_without_the_extra_label(data, tmp_path, seen_by_training):
+    train = ["--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 8,
+             "--lr_anneal_steps", 6]
     script("image_train", *train, "--p_uncond", 0.2, "--log_dir", tmp_path / "cfg")
-    script("image_train", *train, "--log_dir", tmp_path / "plain")
+    dropped = th.cat([c["y"] for c in seen_by_training["losses"]])
+    # label dropout really reaches the loss: 48 labels, about a fifth "no class" (binomial 99.8 %: 3..19)
+    assert len(dropped) == 48 and 3 <= int((dropped == su.NULL_CLASS).sum()) <= 19
+    seen_by_training["losses"].clear()
+    script("image_train", *train[:-2], "--lr_anneal_steps", 2, "--log_dir", tmp_path / "plain")
+    assert not any((c["y"] == su.NULL_CLASS).any() for c in seen_by_training["losses"])
     common = ["--data_dir", data["test"], "--label_dir", data["labels"], *MODEL, "--class_cond", True, *QUIET,
               "--use_ddim", True, "--noise_level", 4, "--guidance", "cfg", "--guidance_scale", 2]
-    summary = script("classifier_sample_known", *common, "--model_path", tmp_path / "cfg" / "model000002.pt",
+    summary = script("classifier_sample_known", *common, "--model_path", tmp_path / "cfg" / "model000006.pt",
                      "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "log")
     assert summary["method"] == "DDIM, L=4, CFG W=2" and summary["n_images"] == 4
+    # the files are the guided DDIM of W = 2 worked out here: eps = 3 eps(x, t, healthy) - 2 eps(x, t, no class)
+    model, diffusion = su.create_model_and_diffusion(**{**su.model_and_diffusion_defaults(), "image_size": SIZE,
+                                                        "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+                                                        "num_heads": 1, "attention_resolutions": "8",
+                                                        "diffusion_steps": 50, "class_cond": True}, uncond_label=True)
+    model.load_state_dict(th.load(tmp_path / "cfg" / "model000006.pt", weights_only=True))
+    model.eval()
+
+    def by_hand(x, t, y=None):
+        cond = model(x, t, y=y)
+        uncond = model(x, t, y=th.full_like(y, su.NULL_CLASS))
+        return th.cat([3 * cond[:, :4] - 2 * uncond[:, :4], cond[:, 4:]], dim=1)
+
+    files = sorted((tmp_path / "out").glob("*.npz"))
+    for path in files[:2]:
+        with np.load(path) as z:
+            x = th.from_numpy(z["input"])[None]
+            with th.no_grad():
+                expected = translate_batch(model, diffusion, None, x, [path.stem], seed=0, noise_level=4,
+                                           use_ddim=True, decode_fn=by_hand)
+            np.testing.assert_allclose(z["healthy"], expected[0].numpy(), rtol=1e-4, atol=1e-5)
     from guided_diffusion.util.errors import UserError
     with pytest.raises(UserError, match=r"plain/model000002.pt: made without the 'no class' label.*--p_uncond"):
         script("classifier_sample_known", *common, "--model_path", tmp_path / "plain" / "model000002.pt",
                "--output_dir", tmp_path / "out2", "--log_dir", tmp_path / "log2")
 
 
-def test_simplex_diffusion_on_healthy_slices_translates_unguided(data, tmp_path):
+def test_simplex_diffusion_on_healthy_slices_translates_unguided(data, tmp_path, seen_by_training):
     noise = ["--noise_type", "simplex", "--simplex_frequency", 8, "--simplex_octaves", 3]
     result = script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", False, *noise, *QUIET,
-                    "--healthy_only", True, "--batch_size", 2, "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")
-    assert result["step"] == 2
+                    "--healthy_only", True, "--batch_size", 2, "--lr_anneal_steps", 4, "--log_dir", tmp_path / "m")
+    assert result["step"] == 4
+    calls = seen_by_training["losses"]
+    # the noise training really drew is simplex: most of its power below 1/4 cycle per pixel, where white
+    # noise keeps about the share of those frequencies, 49/256 (measured: simplex 0.9, Gaussian 0.19)
+    drawn = th.cat([c["noise"] for c in calls])
+    assert low_frequency_share(drawn, 1 / 4) > 0.6 > 0.3 > low_frequency_share(th.randn(drawn.shape), 1 / 4)
+    # --healthy_only: every image that reached a batch is one of the healthy training slices
+    from guided_diffusion.datasets.loaders import create_dataset
+    dataset = create_dataset(str(data["train"]), "brats", SIZE)
+    healthy = [dataset[i][0] for i in range(len(dataset)) if dataset[i][1]["y"] == 0]
+    assert 0 < len(healthy) < len(dataset)
+    for x in th.cat([c["x"] for c in calls]):
+        assert any(th.equal(x, h) for h in healthy)
     flags = json.loads((tmp_path / "m" / "flags_image_train.json").read_text())
     assert flags["noise_type"] == "simplex" and flags["healthy_only"] is True
     summary = script("classifier_sample_known", "--data_dir", data["test"], "--label_dir", data["labels"], *MODEL,
                      "--class_cond", False, *noise, *QUIET, "--use_ddim", False, "--guidance", "none",
-                     "--noise_level", 5, "--model_path", tmp_path / "m" / "model000002.pt",
+                     "--noise_level", 5, "--model_path", tmp_path / "m" / "model000004.pt",
                      "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "log")
     assert summary["method"] == "simplex DDPM, L=5, unguided"
 
 
-def test_noise_level_ensemble_and_classifier_max_t(data, tmp_path, capsys):
+def test_noise_level_ensemble_and_classifier_max_t(data, tmp_path, capsys, seen_by_training):
     script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
            "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")
     script("classifier_train", "--data_dir", data["train"], "--image_size", SIZE, *CLASSIFIER, "--diffusion_steps", 50,
-           *QUIET, "--batch_size", 4, "--iterations", 2, "--classifier_max_t", 5, "--log_dir", tmp_path / "c")
+           *QUIET, "--batch_size", 4, "--iterations", 4, "--classifier_max_t", 5, "--log_dir", tmp_path / "c")
+    # the classifier saw no timestep at or above --classifier_max_t (16 draws of 50 would have)
+    drawn = th.cat(seen_by_training["classifier_t"])
+    assert len(drawn) >= 16 and int(drawn.max()) < 5
     common = ["--data_dir", data["test"], "--label_dir", data["labels"], *MODEL, "--class_cond", True, *CLASSIFIER,
               *QUIET, "--use_ddim", True, "--model_path", tmp_path / "m" / "model000002.pt",
-              "--classifier_path", tmp_path / "c" / "model000002.pt"]
+              "--classifier_path", tmp_path / "c" / "model000004.pt"]
     single = {}
     for level in (3, 6):
         script("classifier_sample_known", *common, "--noise_level", level, "--output_dir", tmp_path / f"L{level}",
