@@ -234,7 +234,7 @@ def render_patient(rng: np.random.Generator, template: Template, size: int, tumo
     lesion_free = np.einsum("tkij,tc->ckij", tissues, contrast)  # (4, K, S, S)
     channels = lesion_free.copy()
     if tumour:
-        t = _random_tumour(rng, grid, tissues, brain, size)
+        t = _random_tumour(rng, grid, tissues, brain)
         tissues, brain = _sample(template, to_template(_mass_effect(grid, t)))
         lesion_free = np.einsum("tkij,tc->ckij", tissues, contrast)
         seg, strength, compartment = _draw_tumour(rng, t, grid, tissues[2], brain, size)
@@ -296,8 +296,7 @@ def _sample(template: Template, mni: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return tissues.reshape((len(template.tissues),) + mni.shape[1:]), brain.reshape(mni.shape[1:])
 
 
-def _random_tumour(rng: np.random.Generator, grid: np.ndarray, tissues: np.ndarray, brain: np.ndarray,
-                   size: int) -> Tumour:
+def _random_tumour(rng: np.random.Generator, grid: np.ndarray, tissues: np.ndarray, brain: np.ndarray) -> Tumour:
     """Size, shape, place and make-up of a tumour; its centre lies in the brain, mostly in white matter."""
     radius = float(np.exp(rng.uniform(np.log(10.0), np.log(30.0))))
     weights = np.where(brain > 0.9, tissues[2] + 0.3 * tissues[1], 0.0).ravel()
