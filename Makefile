@@ -1,6 +1,7 @@
 # make test : create .venv if needed, install the package with test extras, run the suite
 # make demo : train tiny networks on data/, translate, evaluate -> results/demo/
 # make compare: the demo plus the comparison methods, scored alike -> results/compare/
+# make compare-realistic: make compare on the realistic set (MNI152 anatomy), generated into results/realistic/
 # make bench: CPU/GPU benchmarks (benchmarks/)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test demo bench compare visdom clean
+.PHONY: venv test demo bench compare compare-realistic visdom clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +35,13 @@ bench: venv
 compare: venv
 	$(PY) scripts/demo.py --plan compare --out results/compare
 
+compare-realistic: venv
+	$(PY) scripts/make_realistic.py --out results/realistic
+	$(PY) scripts/demo.py --plan compare --data_dir results/realistic/brats --out results/compare-realistic
+
 # a local Visdom server on 127.0.0.1:8850 (open http://127.0.0.1:8850)
 visdom: venv
 	$(PY) -m guided_diffusion.util.visdom_server --port 8850
 
 clean:
-	rm -rf $(VENV) results/demo results/compare
+	rm -rf $(VENV) results/demo results/compare results/realistic results/compare-realistic

@@ -22,6 +22,8 @@ setup(
         # visdom 0.2.4 needs setuptools<81 at build time (see constraints.txt)
         "visdom": ["visdom>=0.2.4,<0.3", "tornado>=6.1,<6.5"],
         "mpi": ["mpi4py>=4.0,<5", "mpich>=4.2,<6"],
+        # scripts/make_realistic.py reads the MNI152 template and tissue maps nilearn ships in its wheel
+        "realistic": ["nilearn>=0.10,<0.15"],
         "dev": [
             "pytest>=8,<10",
             "visdom>=0.2.4,<0.3",
@@ -30,6 +32,7 @@ setup(
             "mpich>=4.2,<6",
             # test-only: an independent Dice (tests/test_evaluation.py); needs no other torch
             "torchmetrics>=1.4,<2",
+            "nilearn>=0.10,<0.15",
         ],
     },
 )

@@ -17,7 +17,7 @@ scan, which also keeps the gzipped files small.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -95,13 +95,7 @@ def generate(
     """
     if dataset not in DATASET_CHOICES:
         raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASET_CHOICES)}")
-    if size < MIN_SIZE:
-        raise UserError(f"--size {size}: expected at least {MIN_SIZE} pixels")
-    for flag, value in (("--n_train", n_train), ("--n_test", n_test), ("--n_val", n_val)):
-        if value < 0:
-            raise UserError(f"{flag} {value}: expected 0 or more")
-    if not 0.0 <= tumour_fraction <= 1.0:
-        raise UserError(f"--tumour_fraction {tumour_fraction}: expected a value in [0, 1]")
+    check_set_flags(size, n_train, n_test, n_val, tumour_fraction)
     use_brats = dataset in ("brats", "both")
     use_chexpert = dataset in ("chexpert", "both")
 
@@ -115,12 +109,7 @@ def generate(
     with staged_output(out) as staging:
         for item in brats:
             channels, seg = brats_slice(item.rng(seed), _brain_shape(item.patient_rng(seed)), size, item.tumour)
-            folder = os.path.join(staging, "brats", item.split, item.leaf)
-            leaf_seg = None if item.split == TESTING else seg  # test leaves: labels go to test_labels/
-            write_brats_leaf(folder, item.patient, item.slice_index, channels, leaf_seg)
-            if item.split == TESTING:
-                os.makedirs(os.path.join(staging, "brats", TEST_LABELS), exist_ok=True)
-                write_nifti_gz(os.path.join(staging, "brats", TEST_LABELS, label_filename(item.leaf)), seg)
+            write_brats_item(staging, item, channels, seg)
         if use_chexpert:
             for split in (name for name, n in sizes.items() if n or name != VALIDATION):
                 for label in CHEXPERT_CLASSES:
@@ -131,19 +120,42 @@ def generate(
     return {"brats": len(brats), "chexpert": len(chest)}
 
 
+def check_set_flags(size: int, n_train: int, n_test: int, n_val: int, tumour_fraction: float) -> None:
+    """Raise a UserError naming the flag when a generator's size, counts or tumour fraction is out of range."""
+    if size < MIN_SIZE:
+        raise UserError(f"--size {size}: expected at least {MIN_SIZE} pixels")
+    for flag, value in (("--n_train", n_train), ("--n_test", n_test), ("--n_val", n_val)):
+        if value < 0:
+            raise UserError(f"{flag} {value}: expected 0 or more")
+    if not 0.0 <= tumour_fraction <= 1.0:
+        raise UserError(f"--tumour_fraction {tumour_fraction}: expected a value in [0, 1]")
+
+
+def write_brats_item(staging: str, item: "BratsItem", channels: dict[str, np.ndarray], seg: np.ndarray) -> None:
+    """Write one planned slice under ``staging/brats/``: its leaf, and for a test slice its label file."""
+    folder = os.path.join(staging, "brats", item.split, item.leaf)
+    leaf_seg = None if item.split == TESTING else seg  # test leaves: labels go to test_labels/
+    write_brats_leaf(folder, item.patient, item.slice_index, channels, leaf_seg)
+    if item.split == TESTING:
+        os.makedirs(os.path.join(staging, "brats", TEST_LABELS), exist_ok=True)
+        write_nifti_gz(os.path.join(staging, "brats", TEST_LABELS, label_filename(item.leaf)), seg)
+
+
 # ---------------------------------------------------------------------------
 # Plans: names and labels of every item, known before any pixel is drawn.
 
 
 @dataclass(frozen=True)
-class _BratsItem:
+class BratsItem:
+    """One planned BRATS slice: its split, leaf folder and file names (``tumour``: the cartoon draws one)."""
+
     split: str
     index: int  # within the split
     leaf: str
     patient: str
     patient_index: int
     slice_index: int
-    tumour: bool
+    tumour: bool = False
 
     def files(self) -> list[str]:
         folder = os.path.join("brats", self.split, self.leaf)
@@ -156,10 +168,10 @@ class _BratsItem:
         return files
 
     def rng(self, seed: int) -> np.random.Generator:
-        return np.random.default_rng([seed, 0, _SPLIT_ID[self.split], self.index])
+        return np.random.default_rng([seed, 0, SPLIT_ID[self.split], self.index])
 
     def patient_rng(self, seed: int) -> np.random.Generator:
-        return np.random.default_rng([seed, 0, _SPLIT_ID[self.split], self.patient_index, 1])
+        return np.random.default_rng([seed, 0, SPLIT_ID[self.split], self.patient_index, 1])
 
 
 @dataclass(frozen=True)
@@ -173,34 +185,36 @@ class _ChestItem:
         return os.path.join("chexpert", self.split, CHEXPERT_CLASSES[int(self.diseased)], self.name)
 
     def rng(self, seed: int) -> np.random.Generator:
-        return np.random.default_rng([seed, 1, _SPLIT_ID[self.split], self.index])
+        return np.random.default_rng([seed, 1, SPLIT_ID[self.split], self.index])
 
 
-_SPLIT_ID = {TRAINING: 0, TESTING: 1, VALIDATION: 2}
+SPLIT_ID = {TRAINING: 0, TESTING: 1, VALIDATION: 2}
+"""A split's number in the seeds of its random generators."""
 
 
-def _count(n: int, fraction: float) -> int:
+def fraction_count(n: int, fraction: float) -> int:
+    """``fraction`` of ``n``, rounded half up."""
     return int(np.floor(n * fraction + 0.5))
 
 
-def _plan_brats(seed: int, sizes: dict[str, int], tumour_fraction: float) -> list[_BratsItem]:
+def plan_brats_leaves(sizes: dict[str, int]) -> list[BratsItem]:
+    """The names of every slice of each split (``sizes``: slices per split, in the order training,
+    testing, validation), SLICES_PER_PATIENT consecutive slices per patient; later splits continue the
+    patient and leaf numbers, so no patient is in two splits."""
     items = []
-    patient_number = 1  # test patients continue the numbering: no patient is in both splits
+    patient_number = 1
     leaf_number = 1
-    for split, n in sizes.items():  # training, testing, validation: later splits continue the numbers
-        order = np.random.default_rng([seed, 0, _SPLIT_ID[split]]).permutation(n)
-        tumours = set(order[: _count(n, tumour_fraction)].tolist())
+    for split, n in sizes.items():
         for i in range(n):
             patient_index, k = divmod(i, SLICES_PER_PATIENT)
             items.append(
-                _BratsItem(
+                BratsItem(
                     split=split,
                     index=i,
                     leaf=leaf_name(leaf_number),
                     patient=f"{patient_number + patient_index:03d}",
                     patient_index=patient_index,
                     slice_index=FIRST_SLICE + k,
-                    tumour=i in tumours,
                 )
             )
             leaf_number += 1
@@ -208,12 +222,20 @@ def _plan_brats(seed: int, sizes: dict[str, int], tumour_fraction: float) -> lis
     return items
 
 
+def _plan_brats(seed: int, sizes: dict[str, int], tumour_fraction: float) -> list[BratsItem]:
+    tumours = {}
+    for split, n in sizes.items():
+        order = np.random.default_rng([seed, 0, SPLIT_ID[split]]).permutation(n)
+        tumours[split] = set(order[: fraction_count(n, tumour_fraction)].tolist())
+    return [replace(item, tumour=item.index in tumours[item.split]) for item in plan_brats_leaves(sizes)]
+
+
 def _plan_chexpert(seed: int, sizes: dict[str, int], effusion_fraction: float) -> list[_ChestItem]:
     items = []
     patient_number = 1
     for split, n in sizes.items():
-        rng = np.random.default_rng([seed, 1, _SPLIT_ID[split]])
-        diseased = set(rng.permutation(n)[: _count(n, effusion_fraction)].tolist())
+        rng = np.random.default_rng([seed, 1, SPLIT_ID[split]])
+        diseased = set(rng.permutation(n)[: fraction_count(n, effusion_fraction)].tolist())
         studies = rng.integers(1, 4, size=n)
         for i in range(n):
             name = chexpert_image_filename(f"patient{patient_number + i:05d}", f"study{studies[i]}")

@@ -441,9 +441,9 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
     out, ddim = plan.out, methods[0]
     summary, rows = read_summary(ddim.test), read_metrics(ddim.test)
     diseased = [r for r in rows if r["label"] == 1]
-    lines = [f"# `make {plan.cfg.driver.plan}`: anomaly detection on the synthetic BRATS-like example", "",
+    lines = [f"# `make {plan.cfg.driver.plan}`: anomaly detection on {plan.data}", "",
              "Tiny networks trained for minutes on a CPU; see the README for the paper-scale commands. L, s (or W) "
-             "and the thresholds were chosen on the validation split (data/brats/validation) with tune.py.", "",
+             f"and the thresholds were chosen on the validation split ({plan.data}/validation) with tune.py.", "",
              "## Chosen on the validation split", "", *tuning_lines(plan, methods), "",
              "## The paper's method and the FLAIR intensity, four evaluations", "", protocol_table(out), "",
              f"Chance level: a mask of the same size as each Otsu mask, placed at random, has an expected Dice of "

@@ -1,4 +1,5 @@
-"""The scripts that write data sets: prepare_brats.py, prepare_chexpert.py and make_synthetic.py."""
+"""The scripts that write data sets: prepare_brats.py, prepare_chexpert.py, make_synthetic.py and
+make_realistic.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from typing import ClassVar
 from ..datasets.layout import VALIDATION
 from ..datasets.prepare_brats import prepare_brats
 from ..datasets.prepare_chexpert import prepare_chexpert
+from ..datasets.realistic import generate_realistic
 from ..datasets.synthetic import generate
 from ..util.errors import UserError
 from ..util.flags import (
@@ -57,6 +59,18 @@ class SyntheticConfig:
     SCRIPT: ClassVar[str] = "make_synthetic"
 
 
+@dataclass(frozen=True)
+class RealisticConfig:
+    """scripts/make_realistic.py"""
+
+    synthetic: SyntheticFlags = part("size", "n_train", "n_test", "n_val", "tumour_fraction")
+    output: OutputFlags
+    run: RunFlags = part("seed")
+    SCRIPT: ClassVar[str] = "make_realistic"
+    # make compare's training size, 4 test and 4 validation patients, a tumour in every patient (as in BraTS)
+    DEFAULTS: ClassVar[dict] = {"size": 64, "n_train": 48, "n_test": 16, "n_val": 16, "tumour_fraction": 1.0}
+
+
 def run_prepare_brats(cfg: PrepareBratsConfig) -> dict:
     r = cfg.release
     return prepare_brats(r.src, cfg.output.out, slice_range=r.slice_range, test_fraction=cfg.split.test_fraction,
@@ -91,3 +105,9 @@ def run_make_synthetic(cfg: SyntheticConfig) -> dict:
     which = "both" if set(names) == set(DATASETS) else names[0]
     return generate(cfg.output.out, dataset=which, size=s.size, n_train=s.n_train, n_test=s.n_test,
                     n_val=s.n_val, tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)
+
+
+def run_make_realistic(cfg: RealisticConfig) -> dict:
+    s = cfg.synthetic
+    return generate_realistic(cfg.output.out, size=s.size, n_train=s.n_train, n_test=s.n_test, n_val=s.n_val,
+                              tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)
