@@ -307,6 +307,12 @@ def _lookup(summary: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _key_cell(key: str, value: Any) -> str:
+    """A cell showing summary.json's ``key`` (a dotted path) to 3 decimals, its exact value in data-value."""
+    data = "" if value is None else f" data-value=\"{value!r}\""
+    return f"<td class=\"num\" data-key=\"{_e(key)}\"{data}>{_number(value)}</td>"
+
+
 def _summary_section(summary: Mapping[str, Any]) -> str:
     rows = []
     for key, name in SUMMARY_KEYS:
@@ -317,8 +323,7 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
             extra = format_value(0.0, stats.get("std"), stats.get("ci95"))[5:] + f" (n = {stats.get('n', 0)})"
         elif key == "auprc_pooled" and summary.get("auprc_pooled_ci95"):
             extra = " [{:.3f}, {:.3f}]".format(*summary["auprc_pooled_ci95"])
-        data = "" if value is None else f" data-value=\"{value!r}\""
-        rows.append([_e(name), f"<td class=\"num\" data-key=\"{key}\"{data}>{_number(value)}</td>", _e(extra.strip())])
+        rows.append([_e(name), _key_cell(key, value), _e(extra.strip())])
     table = html_table(["metric", "value", "± std [95 % interval] (n)"], rows, cls="summary")
     size = summary.get("dice_by_size") or {}
     edges = size.get("edges")
@@ -327,7 +332,7 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
         span = "n/a" if not edges else f"{edges[q]:g} – {edges[q + 1]:g}"
         mean = (size.get("mean") or [None] * 4)[q]
         size_rows.append([f"quartile {q + 1}", span, str((size.get("n") or [0] * 4)[q]),
-                          f"<td class=\"num\" data-key=\"dice_by_size.mean.{q}\">{_number(mean)}</td>"])
+                          _key_cell(f"dice_by_size.mean.{q}", mean)])
     by_size = html_table(["lesion size", f"{size.get('unit', 'pixels')}", "n", "mean Dice"], size_rows)
     return f"<h2>Summary</h2>\n{table}\n<h3>Dice by lesion size</h3>\n{by_size}"
 
