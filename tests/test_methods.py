@@ -277,6 +277,9 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
     assert all(r["threshold_rule"] == "best" and r["protocol"] == "volume" for r in rows)
     assert json.loads((tmp_path / "tune" / "best.json").read_text())["threshold"] == pytest.approx(
         float(rows[dice.index(max(dice))]["threshold"]))
+    page = (tmp_path / "tune" / "report.html").read_text()  # the grid as a heat map, each setting's own page linked
+    assert "report/tune_grid.png" in page and f"{best['setting']}</a> (chosen)" in page
+    assert all(f'href="{r["setting"]}/report.html"' in page for r in rows)
     # a rerun translates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "tune").rglob("*.npz")}
     script("tune", *argv)

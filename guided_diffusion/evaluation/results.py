@@ -377,6 +377,17 @@ def _channel_names(channels: int) -> tuple[str, ...]:
     return tuple(f"channel {c}" for c in range(channels))
 
 
+def _wrap(title: str, font, width: float) -> list[str]:
+    """The title's lines: its parts (separated by three spaces) joined while they fit ``width`` pixels."""
+    lines: list[str] = []
+    for part in title.split("   ") if title else []:
+        if lines and font.getlength(lines[-1] + "   " + part) <= width:
+            lines[-1] += "   " + part
+        else:
+            lines.append(part)
+    return lines
+
+
 def render_panel(
     input: np.ndarray,
     healthy: np.ndarray,
@@ -397,7 +408,8 @@ def render_panel(
     (low, high); default the map's own, min(0, minimum) to maximum), its colour bar with the two ends
     written beside it, the mask (``mask_caption``: the Otsu mask, or the evaluated one) and, when
     given, the ground truth. Each (H, W) tile is enlarged by an integer factor (nearest neighbour) to
-    at least 128 pixels per side. Height: ``PANEL_TITLE`` + 3 (``PANEL_CAPTION`` + tile) + 4 gaps.
+    at least 128 pixels per side. Height: ``PANEL_TITLE`` per title line (one when the title fits, or is
+    empty) + 3 (``PANEL_CAPTION`` + tile) + 4 gaps.
     """
     channels, height, width = input.shape
     names = _channel_names(channels)
@@ -414,20 +426,23 @@ def render_panel(
     tile_h, tile_w = height * zoom, width * zoom
     n_cols = max(len(r) for r in rows)
     row_h = PANEL_CAPTION + tile_h
-    canvas = Image.new("RGB", (n_cols * tile_w + (n_cols + 1) * _GAP,
-                               PANEL_TITLE + len(rows) * row_h + (len(rows) + 1) * _GAP), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
+    panel_w = n_cols * tile_w + (n_cols + 1) * _GAP
     font = ImageFont.load_default()
-    draw.text((_GAP, 2), title, fill=_TEXT, font=font)
+    lines = _wrap(title, font, panel_w - 2 * _GAP)
+    title_h = PANEL_TITLE * max(1, len(lines))
+    canvas = Image.new("RGB", (panel_w, title_h + len(rows) * row_h + (len(rows) + 1) * _GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((_GAP, 2 + k * PANEL_TITLE), line, fill=_TEXT, font=font)
     for i, row in enumerate(rows):
-        top = PANEL_TITLE + _GAP + i * (row_h + _GAP)
+        top = title_h + _GAP + i * (row_h + _GAP)
         for j, (caption, tile) in enumerate(row):
             left = _GAP + j * (tile_w + _GAP)
             draw.text((left + 1, top), caption, fill=_TEXT, font=font)
             big = tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
             canvas.paste(Image.fromarray(big, mode="RGB"), (left, top + PANEL_CAPTION))
     # the colour bar's ends, right of its ramp (row 3, column 2)
-    left, top = _GAP + (tile_w + _GAP) + (width // 3 or 1) * zoom + 3, PANEL_TITLE + _GAP + 2 * (row_h + _GAP) + PANEL_CAPTION
+    left, top = _GAP + (tile_w + _GAP) + (width // 3 or 1) * zoom + 3, title_h + _GAP + 2 * (row_h + _GAP) + PANEL_CAPTION
     draw.text((left, top), f"{scale[1]:.3g}", fill=_TEXT, font=font)
     draw.text((left, top + tile_h - 12), f"{scale[0]:.3g}", fill=_TEXT, font=font)
     return np.asarray(canvas)
