@@ -203,10 +203,17 @@ def test_run_page_in_a_browser(run_dir, browser):
 
 
 def test_comparison_and_tuning_pages_in_a_browser(run_dir, browser, tmp_path):
-    folder, _ = run_dir
+    folder, cases = run_dir
     out = tmp_path / "compare"
     assert _script("evaluate")([str(folder)]) == 0  # the run's own page, which the comparison links to
     assert _script("compare")([str(folder), str(folder), "--names", "A,B", "--out", str(out)])["examples"]
+    with Image.open(out / "comparison.png") as im:  # each method's map on its run's scale, 0..2, not its own
+        figure = np.asarray(im.convert("RGB"))
+    top, left = 20 + GAP, GAP + (TILE + GAP)  # the first example (p0_s1) under the first method
+    amap = cases["p0_s1"][0]
+    np.testing.assert_array_equal(figure[top : top + TILE : ZOOM, left : left + TILE : ZOOM], heat_colormap(amap / 2.0))
+    bar = figure[-28 + 2, left : left + TILE]  # the colour bar row under the column: cold to hot
+    np.testing.assert_array_equal(bar[[0, -1]], heat_colormap(np.array([0.0, 1.0])))
     page, errors, requests = _open(browser, out / REPORT_HTML)
     page.mouse.wheel(0, 5000)
     page.wait_for_load_state("networkidle")
