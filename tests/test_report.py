@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.anomaly import otsu_mask
 from guided_diffusion.evaluation.report import REPORT_HTML, SUMMARY_KEYS, write_tune_report
 from guided_diffusion.evaluation.results import heat_colormap, method_name, panel_title, save_result
 

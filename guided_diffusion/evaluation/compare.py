@@ -66,6 +66,7 @@ from .results import (
     read_summary,
     score_folder,
     threshold_text,
+    write_panel,
 )
 
 COMPARISON_MD = "comparison.md"
@@ -456,9 +457,8 @@ def write_comparison_report(out: Path, rescored: Rescored, ids: Sequence[str]) -
             for k, (run, shown, scale) in enumerate(zip(runs, rescored.shown, rescored.scales)):
                 item = shown[image_id]
                 name = f"{k}_{image_id}.png"
-                with atomic_write(tiles / name, "wb") as f:
-                    Image.fromarray(report.thumbnail(result["input"], item.map, item.mask, result["ground_truth"],
-                                                     scale), mode="RGB").save(f, format="PNG")
+                write_panel(tiles / name, report.thumbnail(result["input"], item.map, item.mask,
+                                                           result["ground_truth"], scale))
                 dice_text = "no Dice" if not math.isfinite(item.dice) else f"Dice {item.dice:.3f}"
                 cells.append(f"<img class=\"thumb\" loading=\"lazy\" src=\"{report.ASSETS}/tiles/{html.escape(name)}\" "
                              f"alt=\"{html.escape(run.name)}: {html.escape(image_id)}\"><br>{dice_text}")

@@ -233,8 +233,7 @@ def draw_run(folder: str | os.PathLike, scores: Scores, summary: Mapping[str, An
                         render_panel(result["input"], result["healthy"], amap, mask, gt, title=title, scale=scale,
                                      map_caption=map_caption,
                                      mask_caption=_mask_caption(summary)))
-            with atomic_write(thumbs / f"{member.id}.png", "wb") as f:
-                Image.fromarray(thumbnail(result["input"], amap, mask, gt, scale), mode="RGB").save(f, format="PNG")
+            write_panel(thumbs / f"{member.id}.png", thumbnail(result["input"], amap, mask, gt, scale))
             brain = unit.brain[z] if unit.brain is not None else brain_of(result["input"])
             if gt is not None:
                 counts["tumour"] += np.histogram(amap[gt], edges)[0]
