@@ -17,6 +17,8 @@ setup(
         "scipy>=1.11,<2",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        # the plots of report.html (guided_diffusion/evaluation/report.py)
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         # visdom 0.2.4 needs setuptools<81 at build time (see constraints.txt)
@@ -33,6 +35,9 @@ setup(
             # test-only: an independent Dice (tests/test_evaluation.py); needs no other torch
             "torchmetrics>=1.4,<2",
             "nilearn>=0.10,<0.15",
+            # test-only: drives the system's Chromium (/usr/bin/chromium) over the DevTools protocol
+            # (tests/test_report.py); never run `playwright install`, no browser is downloaded
+            "playwright>=1.45,<2",
         ],
     },
 )

@@ -48,6 +48,7 @@ def test_demo_plan_tunes_on_validation_then_runs_what_tune_printed(tmp_path):
         ddim_row = next(csv.DictReader(f))
     assert float(ddim_row["threshold"]) == pytest.approx(best["threshold"])  # same validation folder, same fit
     report = (out / "report.md").read_text()
+    assert "(ddim/report.html)" in report and (out / "ddim" / "report.html").is_file()  # the test run's page
     level = "+".join(map(str, best["noise_level"]))
     assert f"| DDIM (paper): L={level}; s={best['scale']:g} | {best['setting']} | {best['dice']:.3f} |" in report
     assert sum(line.startswith(f"| {what} |") for _, what, _ in PROTOCOL_ROWS for line in report.splitlines()) == 8

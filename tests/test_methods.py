@@ -345,7 +345,7 @@ def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, 
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 2
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 4  # + report.html, report/
     # each rank translated its share, not the whole folder (equal files cannot show duplicated work)
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["images_per_rank"] == [4]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["images_per_rank"] == [2, 2]
@@ -386,6 +386,9 @@ def test_tune_chooses_on_validation_and_prints_runnable_commands(data, validatio
     assert all(r["threshold_rule"] == "best" and r["protocol"] == "volume" for r in rows)
     assert json.loads((tmp_path / "tune" / "best.json").read_text())["threshold"] == pytest.approx(
         float(rows[dice.index(max(dice))]["threshold"]))
+    page = (tmp_path / "tune" / "report.html").read_text()  # the grid as a heat map, each setting's own page linked
+    assert "report/tune_grid.png" in page and f"{best['setting']}</a> (chosen)" in page
+    assert all(f'href="{r["setting"]}/report.html"' in page for r in rows)
     # a rerun translates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "tune").rglob("*.npz")}
     script("tune", *argv)

@@ -80,6 +80,7 @@ def test_translate_writes_every_pinned_file(trained, tmp_path, use_ddim):
     ids = sorted(os.listdir(f"{DATA}/brats/testing"))
     files = set(os.listdir(out))
     assert {f"{i}.npz" for i in ids} | {f"{i}.png" for i in ids} | {"metrics.csv", "summary.json"} <= files
+    assert "report.html" in files and {f"{i}.png" for i in ids} <= set(os.listdir(out / "report" / "thumbs"))
     for i in ids:
         with np.load(out / f"{i}.npz") as z:
             assert z["input"].shape == (4, 64, 64) and z["healthy"].shape == (4, 64, 64)

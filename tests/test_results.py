@@ -139,15 +139,16 @@ def test_panel_layout_for_one_channel_with_ground_truth():
     panel = render_panel(
         case["input"], case["healthy"], case["anomaly"], otsu_mask(case["anomaly"]), _square_gt(30)
     )
-    # Row 3 holds heat map, mask and ground truth: 3 columns.
-    assert panel.shape == (16 + 3 * (12 + 128) + 4 * 4, 3 * 128 + 4 * 4, 3) and panel.dtype == np.uint8
+    # Row 3 holds heat map, colour bar, mask and ground truth: 4 columns.
+    assert panel.shape == (16 + 3 * (12 + 128) + 4 * 4, 4 * 128 + 5 * 4, 3) and panel.dtype == np.uint8
     big = np.zeros((1, 200, 300), dtype=np.float32)
     panel = render_panel(big, big, big[0], big[0] > 0)
-    assert panel.shape == (16 + 3 * (12 + 200) + 4 * 4, 2 * 300 + 3 * 4, 3)  # no enlargement
+    assert panel.shape == (16 + 3 * (12 + 200) + 4 * 4, 3 * 300 + 4 * 4, 3)  # no enlargement
 
 
 def test_panel_names_what_it_shows(tmp_path):
-    """The title line carries the id, label and Otsu Dice; every tile has a caption strip with text in it."""
+    """The title line carries the id, label and Otsu Dice; every tile has a caption strip with text in it
+    (row 3: the map, its colour bar, the mask, the ground truth)."""
     gt = _square_gt(30)
     case = _save(tmp_path, "a", np.random.default_rng(6), gt)
     mask = otsu_mask(case["anomaly"])
@@ -163,7 +164,7 @@ def test_panel_names_what_it_shows(tmp_path):
     assert (untitled[:16] == untitled[0, 0]).all()  # no title: an empty title line
     background = untitled[0, 0]
     tile, gap, caption = 128, 4, 12
-    for row, n_tiles in enumerate((4, 4, 3)):
+    for row, n_tiles in enumerate((4, 4, 4)):
         top = 16 + gap + row * (caption + tile + gap)
         for col in range(n_tiles):
             left = gap + col * (tile + gap)

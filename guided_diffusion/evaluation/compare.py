@@ -24,16 +24,23 @@ Outputs of :func:`write_comparison`:
     empty.
 ``comparison.png``
     One row per example slice (ids present in every run; diseased first, then by id),
-    columns: the input, each method's anomaly map as a heat map (each scaled from
-    min(0, its minimum) to its maximum, as in the per-image panels), and the ground
-    truth. The input tile shows the FLAIR channel (index 3) of a 4-channel BRATS image,
-    where tumours are brightest, and channel 0 otherwise.
+    columns: the input, each method's anomaly map as scored (post-processed where the flags
+    say so) on that run's one colour scale (min(0, the run's smallest value) to its largest,
+    as in its panels; a colour bar with both ends under each column), and the ground truth.
+    The input tile shows the FLAIR channel (index 3) of a 4-channel BRATS image, where
+    tumours are brightest, and channel 0 otherwise.
+``report.html``
+    The page of the comparison (:mod:`~guided_diffusion.evaluation.report`): the table, one row
+    per method and evaluation as in ``comparison.md``, each linking to its run's own page, and
+    the example slices across methods, each tile the map with its evaluated mask and Dice
+    (tiles in ``report/tiles/``).
 
 A method's name is, in order: the one given in ``names``, the summary's ``method``, a
 name built from its sampling flags ("DDIM, L=500, s=100"), or the folder's name.
 """
 from __future__ import annotations
 
+import html
 import math
 import os
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
+from . import report
 from .protocols import Scoring, describe_rule
 from .results import (
     METRICS,
@@ -52,10 +60,13 @@ from .results import (
     csv_text,
     format_value,
     heat_colormap,
+    heat_tile,
     load_result,
+    map_scale,
     read_summary,
     score_folder,
     threshold_text,
+    write_panel,
 )
 
 COMPARISON_MD = "comparison.md"
@@ -74,6 +85,7 @@ CSV_COLUMNS = (
 _MIN_TILE = 128
 _GAP = 4
 _HEADER = 20
+_BAR = 28  # the colour bar row: the ramp, then its two ends
 _BACKGROUND = (32, 32, 32)
 _TEXT = (235, 235, 235)
 
@@ -271,9 +283,13 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
 
 
-def _heat(amap: np.ndarray) -> np.ndarray:
-    low, high = min(0.0, float(amap.min())), float(amap.max())
-    return heat_colormap((amap - low) / (high - low) if high > low else np.zeros_like(amap))
+@dataclass
+class Shown:
+    """What a run shows of one example slice: its scored map, evaluated mask and Dice (NaN: none)."""
+
+    map: np.ndarray  # (H, W) float32, post-processed as scored
+    mask: np.ndarray  # (H, W) bool
+    dice: float
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
@@ -284,17 +300,24 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def render_comparison(runs: Sequence[Run], ids: Sequence[str]) -> Image.Image:
-    """The figure: a header row of column names, then one row per id (see the module docstring)."""
+def render_comparison(runs: Sequence[Run], ids: Sequence[str], shown: Sequence[Mapping[str, Shown]] | None = None,
+                      scales: Sequence[tuple[float, float]] | None = None) -> Image.Image:
+    """The figure: a header row of column names, one row per id, a colour bar row (see the module
+    docstring). ``shown``/``scales``: per run, the scored maps of the ids and the run's colour scale
+    (from :func:`rescore`); without them the stored maps, each run's scale over the ids shown."""
     if not ids:
         raise ValueError("no example ids: the runs have no <id>.npz file in common")
     rows = []
     input_title = "input"
-    for image_id in ids:
-        results = [load_result(run.folder / f"{image_id}.npz") for run in runs]
-        shown, input_title = display_channel(results[0]["input"])
+    results_of = [[load_result(run.folder / f"{image_id}.npz") for run in runs] for image_id in ids]
+    maps = [[shown[k][i].map if shown is not None else results[k]["anomaly"] for k in range(len(runs))]
+            for i, results in zip(ids, results_of)]
+    if scales is None:
+        scales = [map_scale([row[k] for row in maps]) for k in range(len(runs))]
+    for image_id, results, row_maps in zip(ids, results_of, maps):
+        picture, input_title = display_channel(results[0]["input"])
         gt = next((r["ground_truth"] for r in results if r["ground_truth"] is not None), None)
-        tiles = [_grey(shown)] + [_heat(r["anomaly"]) for r in results]
+        tiles = [_grey(picture)] + [heat_tile(m, sc) for m, sc in zip(row_maps, scales)]
         tiles.append(_grey(gt.astype(np.float32)) if gt is not None else None)
         rows.append((image_id, results[0]["label"], tiles))
     titles = [input_title] + [run.name for run in runs] + ["ground truth"]
@@ -304,8 +327,16 @@ def render_comparison(runs: Sequence[Run], ids: Sequence[str]) -> Image.Image:
     tile_h, tile_w = height * scale, width * scale
     n_cols = len(titles)
     canvas = Image.new("RGB", (n_cols * tile_w + (n_cols + 1) * _GAP,
-                               _HEADER + len(rows) * tile_h + (len(rows) + 1) * _GAP), _BACKGROUND)
+                               _HEADER + len(rows) * tile_h + (len(rows) + 1) * _GAP + _BAR), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
+    bar_top = _HEADER + len(rows) * tile_h + (len(rows) + 1) * _GAP
+    ramp = heat_colormap(np.linspace(0.0, 1.0, tile_w)[None].repeat(_BAR // 2, axis=0))  # (BAR/2, tile_w, 3)
+    for k, (low, high) in enumerate(scales):  # each run's colour bar under its column
+        left = _GAP + (k + 1) * (tile_w + _GAP)
+        canvas.paste(Image.fromarray(ramp, mode="RGB"), (left, bar_top))
+        draw.text((left, bar_top + _BAR // 2 + 1), f"{low:.3g}", fill=_TEXT, font=ImageFont.load_default())
+        text = f"{high:.3g}"
+        draw.text((left + tile_w - draw.textlength(text) - 1, bar_top + _BAR // 2 + 1), text, fill=_TEXT)
     font = ImageFont.load_default()
     for j, title in enumerate(titles):
         draw.text((_GAP + j * (tile_w + _GAP) + 2, 4), _fit(draw, title, font, tile_w - 4), fill=_TEXT, font=font)
@@ -325,17 +356,34 @@ def render_comparison(runs: Sequence[Run], ids: Sequence[str]) -> Image.Image:
     return canvas
 
 
-def rescore(runs: Sequence[Run], scorings: Sequence[Scoring]) -> list[Run]:
+@dataclass
+class Rescored:
+    """:func:`rescore`'s runs with their new summaries, and per run its colour scale and the example
+    slices as scored."""
+
+    runs: list[Run]
+    scales: list[tuple[float, float]]
+    shown: list[dict[str, Shown]]
+
+
+def rescore(runs: Sequence[Run], scorings: Sequence[Scoring], ids: Sequence[str] = ()) -> Rescored:
     """The runs with their summaries recomputed from their ``.npz`` files, one :class:`Scoring`
-    per run; the stored summary's other keys (method, flags, time per image) are kept."""
+    per run; the stored summary's other keys (method, flags, time per image) are kept. Of the
+    ``ids`` the scored map, the evaluated mask and the Dice are kept for the figures."""
     if len(scorings) != len(runs):
         raise ValueError(f"expected one scoring per run ({len(runs)}), got {len(scorings)}")
-    out = []
+    out = Rescored([], [], [])
+    wanted = set(ids)
     for run, scoring in zip(runs, scorings):
-        summary = score_folder(run.folder, scoring).summary
+        scores = score_folder(run.folder, scoring)
+        summary = scores.summary
         for key, value in run.summary.items():
             summary.setdefault(key, value)
-        out.append(Run(run.name, run.folder, summary))
+        out.runs.append(Run(run.name, run.folder, summary))
+        out.scales.append(map_scale([u.maps for u in scores.units]))
+        dice_of = {row["id"]: row["dice"] for row in scores.rows}
+        out.shown.append({m.id: Shown(u.maps[z], u.masks[z], dice_of[m.id])
+                          for u in scores.units for z, m in enumerate(u.members) if m.id in wanted})
     return out
 
 
@@ -349,7 +397,9 @@ def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: 
     """
     if examples < 0:
         raise UserError(f"--examples {examples}: expected 0 or more")
-    runs = rescore(runs, scorings if scorings is not None else [Scoring()] * len(runs))
+    ids = example_ids(runs, examples)
+    rescored = rescore(runs, scorings if scorings is not None else [Scoring()] * len(runs), ids)
+    runs = rescored.runs
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -363,10 +413,59 @@ def write_comparison(runs: Sequence[Run], out_dir: str | os.PathLike, examples: 
     with atomic_write(out / COMPARISON_CSV, "w") as f:
         f.write(format_comparison_csv(runs))
     files.append(out / COMPARISON_CSV)
-    ids = example_ids(runs, examples)
     if ids:
-        figure = render_comparison(runs, ids)
+        figure = render_comparison(runs, ids, rescored.shown, rescored.scales)
         with atomic_write(out / COMPARISON_PNG, "wb") as f:
             figure.save(f, format="PNG")
         files.append(out / COMPARISON_PNG)
+    files.append(write_comparison_report(out, rescored, ids))
     return {"table": table, "files": files, "examples": ids}
+
+
+def write_comparison_report(out: Path, rescored: Rescored, ids: Sequence[str]) -> Path:
+    """``<out>/report.html``: the table (one row per method and evaluation, as comparison.md) and the
+    example slices across methods, each tile its thumbnail with the evaluated mask and its Dice."""
+    runs = rescored.runs
+    rows = []
+    for run, row in zip(runs, comparison_rows(runs)):
+        own = run.folder / report.REPORT_HTML
+        name = html.escape(row["method"])
+        if own.is_file():
+            name = f"<a href=\"{html.escape(Path(os.path.relpath(own, out)).as_posix())}\">{name}</a>"
+        rows.append([name, html.escape(str(row["protocol"])), html.escape(threshold_text(run.summary)),
+                     html.escape(format_value(row["dice_mean"], row["dice_std"], _stat(run.summary, "dice", "ci95"))),
+                     html.escape(format_value(row["auroc_mean"], row["auroc_std"])),
+                     html.escape(format_value(row["auprc_mean"], row["auprc_std"])),
+                     html.escape(format_value(row["auprc_pooled"], None, run.summary.get("auprc_pooled_ci95"))),
+                     html.escape(format_value(row["image_auroc"])), html.escape(str(row["n_images"])),
+                     html.escape(_seconds(row["seconds_per_image"]))])
+    first = runs[0].summary
+    header = ["method", "protocol", "threshold", "Dice (oracle)" if first.get("threshold_rule") == "best" else "Dice",
+              "AUROC", "AUPRC", "pooled AUPRC", "image AUROC", "images", "s / image"]
+    notes = "".join(f"<p><b>{html.escape(n.replace('**', ''))}</b></p>" for n in _notes(runs))
+    body = [f"<h2>Methods</h2>\n{report.html_table(header, rows)}\n{notes}"
+            f"<p class=\"note\">Protocol {html.escape(str(first.get('protocol')))}: "
+            f"{html.escape(first.get('protocol_description', ''))}. Threshold: "
+            f"{html.escape(_threshold_description(runs))}.</p>"]
+    if ids:
+        tiles = out / report.ASSETS / "tiles"
+        tiles.mkdir(parents=True, exist_ok=True)
+        grid = []
+        for image_id in ids:
+            result = load_result(runs[0].folder / f"{image_id}.npz")
+            cells = [f"{html.escape(image_id)}<br>{'diseased' if result['label'] == 1 else 'healthy'}"]
+            for k, (run, shown, scale) in enumerate(zip(runs, rescored.shown, rescored.scales)):
+                item = shown[image_id]
+                name = f"{k}_{image_id}.png"
+                write_panel(tiles / name, report.thumbnail(result["input"], item.map, item.mask,
+                                                           result["ground_truth"], scale))
+                dice_text = "no Dice" if not math.isfinite(item.dice) else f"Dice {item.dice:.3f}"
+                cells.append(f"<img class=\"thumb\" loading=\"lazy\" src=\"{report.ASSETS}/tiles/{html.escape(name)}\" "
+                             f"alt=\"{html.escape(run.name)}: {html.escape(image_id)}\"><br>{dice_text}")
+            grid.append(cells)
+        body.append("<h2>The same slices across methods</h2>\n<p class=\"note\">Each tile: the input, the map on "
+                    "its run's colour scale, the evaluated mask (red) and the ground truth (green; both yellow).</p>\n"
+                    + report.html_table(["slice"] + [run.name for run in runs], grid, cls="tiles"))
+    path = out / report.REPORT_HTML
+    report.write_html(path, report.html_page("Comparison", "\n".join(body)))
+    return path

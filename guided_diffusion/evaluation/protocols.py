@@ -171,6 +171,7 @@ class Scores:
     rows: list[dict[str, Any]]
     patients: list[dict[str, Any]] | None
     summary: dict[str, Any] = field(default_factory=dict)
+    units: list[Unit] = field(default_factory=list)  # the scored units: post-processed maps and evaluated masks
 
 
 # ---------------------------------------------------------------------------------- units
@@ -472,4 +473,4 @@ def score_units(units: list[Unit], scoring: Scoring, fit: SearchResult | None) -
         "bootstrap": {"n": scoring.bootstrap, "seed": scoring.seed, "unit": pooled.unit_name,
                       "units": pooled.n_clusters if pooled.weights is not None else None},
     }
-    return Scores(rows, patients, summary)
+    return Scores(rows, patients, summary, units)

@@ -10,10 +10,13 @@ Files in an output folder (names pinned by SPEC 6a):
     it is known; ``patient`` (str) and ``slice`` (int), where the loader knows them (BRATS:
     from the file names); plus any ``extra`` arrays the caller adds (ignored by the metrics).
 ``<id>.png``
-    A panel that names what it shows: a title (id, label, Dice), row 1 the input channels,
-    row 2 the healthy reconstruction's channels, row 3 the anomaly heat map (scaled to its
-    maximum), the Otsu mask and, when known, the ground truth, each tile captioned. Tiles
-    under 128 pixels are enlarged (nearest neighbour).
+    A panel that names what it shows: a title (id, patient and slice where known, label, Dice),
+    row 1 the input channels, row 2 the healthy reconstruction's channels, row 3 the anomaly heat
+    map with its colour bar, the mask and, when known, the ground truth, each tile captioned.
+    Tiles under 128 pixels are enlarged (nearest neighbour). :func:`save_result` draws the Otsu
+    mask on the map's own scale; scoring the folder (a translation's end, ``evaluate.py``;
+    :func:`guided_diffusion.evaluation.report.write_run`) redraws every panel with the mask of
+    that evaluation, its Dice and the method in the title, on one colour scale for the run.
 ``metrics.csv``
     Exactly the columns ``id,label,dice,auroc,auprc``, one row per ``.npz`` file,
     sorted by id. A metric the protocol does not score for an image (no ground truth,
@@ -78,8 +81,8 @@ from .protocols import (
 __all__ = [
     "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS", "ResultFileError",
     "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result", "load_slices",
-    "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_scores",
-    "write_table",
+    "map_scale", "panel_title", "read_metrics", "read_summary", "render_panel", "save_result", "score_and_write", "score_folder", "write_metrics", "write_scores",
+    "write_panel", "write_table",
 ]
 
 METRICS_CSV = "metrics.csv"
@@ -228,11 +231,33 @@ def save_result(
     npz_path, png_path = folder / f"{id}.npz", folder / f"{id}.png"
     with atomic_write(npz_path, "wb") as f:
         np.savez_compressed(f, **arrays)
-    title = f"{id}   label {arrays['label']}" + (f"   Otsu Dice {dice(mask_np, gt):.3f}" if gt is not None else "")
-    panel = render_panel(x, x_healthy, amap, mask_np, gt, title=title)
-    with atomic_write(png_path, "wb") as f:
-        Image.fromarray(panel, mode="RGB").save(f, format="PNG")
+    title = panel_title(id, int(arrays["label"]), patient, slice,
+                        f"Otsu Dice {dice(mask_np, gt):.3f}" if gt is not None else "")
+    write_panel(png_path, render_panel(x, x_healthy, amap, mask_np, gt, title=title))
     return npz_path, png_path
+
+
+def write_panel(path: str | os.PathLike, panel: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 picture (a panel of :func:`render_panel`, a thumbnail) as a PNG, atomically;
+    the fastest zlib level, since every evaluation redraws a split's panels."""
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(panel, mode="RGB").save(f, format="PNG", compress_level=1)
+
+
+def panel_title(id: str, label: int, patient: str | None = None, slice: int | None = None, *parts: str) -> str:
+    """A panel's title: the id, the patient and slice where known, the label, then ``parts``
+    (the method with its settings, the evaluation and its Dice), separated by wide gaps."""
+    where = " ".join(p for p in (f"patient {patient}" if patient is not None else "",
+                                 f"slice {slice}" if slice is not None else "") if p)
+    return "   ".join(p for p in (id, where, f"label {label}", *parts) if p)
+
+
+def map_scale(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """One colour scale for a run's anomaly maps: from min(0, the smallest value) to the largest
+    (so a healthy slice with small values stays dark next to a tumour)."""
+    low = min([0.0] + [float(m.min()) for m in maps if m.size])
+    high = max([low] + [float(m.max()) for m in maps if m.size])
+    return low, high
 
 
 def load_result(path: str | os.PathLike, *, images: bool = True) -> dict[str, Any]:
@@ -328,10 +353,21 @@ def _grey_tile(image: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
 
 
-def _heat_tile(amap: np.ndarray) -> np.ndarray:
-    low, high = min(0.0, float(amap.min())), float(amap.max())
+def heat_tile(amap: np.ndarray, scale: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8 heat map on ``scale`` (low, high); default: this map's own,
+    min(0, its minimum) to its maximum."""
+    low, high = scale if scale is not None else map_scale([amap])
     scaled = (amap - low) / (high - low) if high > low else np.zeros_like(amap)
     return heat_colormap(scaled)
+
+
+def _colour_bar_tile(height: int, width: int) -> np.ndarray:
+    """(H, W, 3): the heat ramp, high at the top, in the left third; the rest is background (for the labels)."""
+    tile = np.empty((height, width, 3), dtype=np.uint8)
+    tile[:] = _BACKGROUND
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(max(1, width // 3), axis=1)
+    tile[:, : ramp.shape[1]] = heat_colormap(ramp)
+    return tile
 
 
 def _channel_names(channels: int) -> tuple[str, ...]:
@@ -342,6 +378,17 @@ def _channel_names(channels: int) -> tuple[str, ...]:
     return tuple(f"channel {c}" for c in range(channels))
 
 
+def _wrap(title: str, font, width: float) -> list[str]:
+    """The title's lines: its parts (separated by three spaces) joined while they fit ``width`` pixels."""
+    lines: list[str] = []
+    for part in title.split("   ") if title else []:
+        if lines and font.getlength(lines[-1] + "   " + part) <= width:
+            lines[-1] += "   " + part
+        else:
+            lines.append(part)
+    return lines
+
+
 def render_panel(
     input: np.ndarray,
     healthy: np.ndarray,
@@ -350,40 +397,55 @@ def render_panel(
     ground_truth: np.ndarray | None = None,
     *,
     title: str = "",
+    scale: tuple[float, float] | None = None,
+    map_caption: str = "anomaly map",
+    mask_caption: str = "Otsu mask",
 ) -> np.ndarray:
     """The PNG panel of one result as an (rows, cols, 3) uint8 image, labelled so that it reads alone.
 
-    A title line (``title``: the id, label and Dice), then three rows, each tile captioned: the C
-    input channels ("input t1", ...); the C channels of the healthy reconstruction (both clipped to
-    [0, 1]); the anomaly heat map (scaled to its maximum), the Otsu mask and, when given, the ground
-    truth. Each (H, W) tile is enlarged by an integer factor (nearest neighbour) to at least 128
-    pixels per side. Height: ``PANEL_TITLE`` + 3 (``PANEL_CAPTION`` + tile) + 4 gaps.
+    A title line (``title``: the id, patient and slice, label, method and Dice), then three rows,
+    each tile captioned: the C input channels ("input t1", ...); the C channels of the healthy
+    reconstruction (both clipped to [0, 1]); the anomaly heat map on ``scale`` (the run's shared
+    (low, high); default the map's own, min(0, minimum) to maximum), its colour bar with the two ends
+    written beside it, the mask (``mask_caption``: the Otsu mask, or the evaluated one) and, when
+    given, the ground truth. Each (H, W) tile is enlarged by an integer factor (nearest neighbour) to
+    at least 128 pixels per side. Height: ``PANEL_TITLE`` per title line (one when the title fits, or is
+    empty) + 3 (``PANEL_CAPTION`` + tile) + 4 gaps.
     """
     channels, height, width = input.shape
     names = _channel_names(channels)
+    scale = scale if scale is not None else map_scale([anomaly])
     rows = [
         [(f"input {n}", _grey_tile(c)) for n, c in zip(names, input)],
         [(f"healthy {n}", _grey_tile(c)) for n, c in zip(names, healthy)],
-        [("anomaly map", _heat_tile(anomaly)), ("Otsu mask", _grey_tile(mask.astype(np.float32)))],
+        [(map_caption, heat_tile(anomaly, scale)), ("colour scale", _colour_bar_tile(height, width)),
+         (mask_caption, _grey_tile(mask.astype(np.float32)))],
     ]
     if ground_truth is not None:
         rows[2].append(("ground truth", _grey_tile(ground_truth.astype(np.float32))))
-    scale = max(1, math.ceil(_MIN_TILE / min(height, width)))
-    tile_h, tile_w = height * scale, width * scale
+    zoom = max(1, math.ceil(_MIN_TILE / min(height, width)))
+    tile_h, tile_w = height * zoom, width * zoom
     n_cols = max(len(r) for r in rows)
     row_h = PANEL_CAPTION + tile_h
-    canvas = Image.new("RGB", (n_cols * tile_w + (n_cols + 1) * _GAP,
-                               PANEL_TITLE + len(rows) * row_h + (len(rows) + 1) * _GAP), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
+    panel_w = n_cols * tile_w + (n_cols + 1) * _GAP
     font = ImageFont.load_default()
-    draw.text((_GAP, 2), title, fill=_TEXT, font=font)
+    lines = _wrap(title, font, panel_w - 2 * _GAP)
+    title_h = PANEL_TITLE * max(1, len(lines))
+    canvas = Image.new("RGB", (panel_w, title_h + len(rows) * row_h + (len(rows) + 1) * _GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((_GAP, 2 + k * PANEL_TITLE), line, fill=_TEXT, font=font)
     for i, row in enumerate(rows):
-        top = PANEL_TITLE + _GAP + i * (row_h + _GAP)
+        top = title_h + _GAP + i * (row_h + _GAP)
         for j, (caption, tile) in enumerate(row):
             left = _GAP + j * (tile_w + _GAP)
             draw.text((left + 1, top), caption, fill=_TEXT, font=font)
-            big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            big = tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
             canvas.paste(Image.fromarray(big, mode="RGB"), (left, top + PANEL_CAPTION))
+    # the colour bar's ends, right of its ramp (row 3, column 2)
+    left, top = _GAP + (tile_w + _GAP) + (width // 3 or 1) * zoom + 3, title_h + _GAP + 2 * (row_h + _GAP) + PANEL_CAPTION
+    draw.text((left, top), f"{scale[1]:.3g}", fill=_TEXT, font=font)
+    draw.text((left, top + tile_h - 12), f"{scale[0]:.3g}", fill=_TEXT, font=font)
     return np.asarray(canvas)
 
 
@@ -568,6 +630,13 @@ def write_metrics(
 def write_scores(output_dir: str | os.PathLike, scoring: Scoring,
                  extra_summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:func:`write_metrics` with its scoring given as a :class:`Scoring`."""
+    return score_and_write(output_dir, scoring, extra_summary)[0]
+
+
+def score_and_write(output_dir: str | os.PathLike, scoring: Scoring,
+                    extra_summary: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Scores]:
+    """:func:`write_scores`, also returning the :class:`Scores` (with their units: the maps and
+    masks the numbers came from) for the panels and the report."""
     extra_summary = dict(extra_summary or {})
     scores = score_folder(output_dir, scoring)
     summary = scores.summary
@@ -591,7 +660,20 @@ def write_scores(output_dir: str | os.PathLike, scoring: Scoring,
         (folder / METRICS_VOLUME_CSV).unlink()  # a stale table of an earlier volume evaluation
     with atomic_write(folder / SUMMARY_JSON, "w") as f:
         f.write(text)
-    return summary
+    return summary, scores
+
+
+def method_name(summary: Mapping[str, Any]) -> str:
+    """The method with its settings: the summary's ``method`` (with L and s or W where its flags
+    hold them), a name built from its sampling flags, else "ours"."""
+    flags = summary.get("flags")
+    settings = ""
+    if isinstance(flags, Mapping) and "noise_level" in flags:
+        guidance = flags.get("guidance", "classifier")
+        scale = {"classifier": ("s", "classifier_scale"), "cfg": ("W", "guidance_scale")}.get(guidance)
+        settings = f"L={flags['noise_level']}" + (f", {scale[0]}={flags[scale[1]]}" if scale and scale[1] in flags else "")
+    name = _method_name(summary)
+    return f"{name} ({settings})" if settings and settings not in name else name
 
 
 def _method_name(summary: Mapping[str, Any]) -> str:
@@ -630,7 +712,7 @@ def threshold_text(summary: Mapping[str, Any]) -> str:
     return name if value is None else f"{name} {value:.4g}"
 
 
-def _postprocessing_text(post: Any) -> str:
+def postprocessing_text(post: Any) -> str:
     if not isinstance(post, Mapping):
         return "none"
     steps = ["brain mask" if post.get("brain_mask") else "",
@@ -677,7 +759,7 @@ def format_table(summary: Mapping[str, Any], method: str | None = None) -> str:
         lines += [
             "",
             f"Threshold: {threshold_text(summary)} ({summary.get('threshold_description', '')}). "
-            f"Post-processing: {_postprocessing_text(summary.get('postprocessing'))}. "
+            f"Post-processing: {postprocessing_text(summary.get('postprocessing'))}. "
             f"Pooled AUPRC {format_value(summary.get('auprc_pooled'), None, summary.get('auprc_pooled_ci95'))}, "
             f"pooled AUROC {format_value(summary.get('auroc_pooled'))}; healthy slices with a positive pixel: "
             f"{'n/a' if healthy is None else f'{healthy:.3f}'}.",

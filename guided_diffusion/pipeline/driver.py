@@ -37,6 +37,7 @@ from typing import Callable, ClassVar, Sequence, Union
 import numpy as np
 
 from ..evaluation.compare import COMPARISON_CSV, COMPARISON_MD
+from ..evaluation.report import REPORT_HTML
 from ..evaluation.results import format_table, load_result, read_metrics, read_summary
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
@@ -454,8 +455,9 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
         with open(os.path.join(out, COMPARISON_MD)) as f:
             lines += ["## Every method (volume protocol, threshold chosen on validation)", "", f.read(), "",
                       "![comparison](comparison.png)", ""]
-    lines += ["## Panels", "", "Each panel names its tiles: input channels; healthy reconstruction; anomaly map, "
-              "Otsu mask, ground truth.", ""]
+    lines += ["## Panels", "", f"The whole test run, worst patient first: [its page]({os.path.relpath(ddim.test, out)}/"
+              f"{REPORT_HTML}). Each panel names its tiles: input channels; healthy reconstruction; anomaly map on "
+              "the run's colour scale with its colour bar, the mask of the evaluation above, ground truth.", ""]
     for r in diseased[:4] + [r for r in rows if r["label"] == 0][:1]:
         lines += [f"![{r['id']}]({os.path.relpath(ddim.test, out)}/{r['id']}.png)", ""]
     lines += ["## What ran", "", "| stage | seconds | command |", "| --- | --- | --- |"]
@@ -479,5 +481,7 @@ def run_demo(cfg: DemoConfig) -> str:
     start = time.perf_counter()
     runs = run_stages(stages, plan.log(""), cfg.driver.jobs)
     report = write_report(plan, methods, runs)
+    page = os.path.join(methods[0].test, REPORT_HTML)  # the page of the paper's method's test run
     print(f"\nwrote {report} ({time.perf_counter() - start:.0f} s)")
+    print(f"report: {os.path.abspath(page)}  (open it in a browser)")
     return report

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..evaluation import results
+from ..evaluation import report, results
 from ..evaluation.compare import load_runs, write_comparison
 from ..evaluation.protocols import Scoring
 from ..util.errors import UserError
@@ -50,8 +50,9 @@ def scoring_of(evaluation: EvaluationFlags, seed: int = 0, val_dir: str | None =
 
 def evaluate_folder(cfg: EvaluateConfig) -> str:
     """Rewrite ``metrics.csv``, ``summary.json`` (and ``metrics_volume.csv`` for the volume
-    protocol) and ``table.md`` of a folder from its ``.npz`` files alone; returns the table."""
-    summary = results.write_scores(cfg.results.run_dir, scoring_of(cfg.evaluation, cfg.run.seed))
+    protocol), ``table.md``, the panels (with this evaluation's masks) and ``report.html`` of a folder
+    from its ``.npz`` files alone; returns the table."""
+    summary = report.write_run(cfg.results.run_dir, scoring_of(cfg.evaluation, cfg.run.seed))
     return results.write_table(cfg.results.run_dir, summary)
 
 

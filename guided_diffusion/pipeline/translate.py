@@ -10,8 +10,8 @@ others. :func:`translate_folder` owns everything around it:
 * Visdom: the input channels, the ground truth, intermediate states every ``visdom_every``
   steps, the healthy reconstruction and the anomaly heat map of each batch's first image;
 * timing (the method's time per image, synchronised on CUDA), saving
-  (:func:`evaluation.results.save_result`), the barrier and, on rank 0, ``metrics.csv`` and
-  ``summary.json`` over the whole folder.
+  (:func:`evaluation.results.save_result`), the barrier and, on rank 0, ``metrics.csv``,
+  ``summary.json``, the panels with the evaluated masks and ``report.html`` over the whole folder.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..anomaly import anomaly_map
 from ..evaluation.protocols import Scoring
-from ..evaluation.results import is_done, save_result, write_scores
+from ..evaluation.report import write_run
+from ..evaluation.results import is_done, save_result
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
@@ -125,7 +126,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     if count:
         extra["seconds_per_image"] = seconds / count
         extra["images_timed"] = count
-    return write_scores(cfg.output_dir, cfg.scoring, extra)
+    return write_run(cfg.output_dir, cfg.scoring, extra)
 
 
 def _show_inputs(monitor, x: th.Tensor, info: dict, every: int) -> Callback:

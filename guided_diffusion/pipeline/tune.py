@@ -9,6 +9,8 @@ evaluation flags and keeps the setting with the best mean Dice:
 ``<out>/tune.csv``     one row per setting: checkpoint, L, scale and every number of its summary
 ``<out>/best.json``    the best setting, its scores and, under ``--threshold val``, the threshold,
                        and the two command lines that apply it to the test set
+``<out>/report.html``  the validation Dice over L and s (or W) as a heat map per checkpoint, the choice
+                       outlined, and the settings, each linking to its own page
 
 Under ``--threshold val`` (or ``auto`` with a slice or volume protocol) a setting is scored with the
 global threshold that is best on the validation folder itself: the threshold ``evaluate.py
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..evaluation.protocols import Scoring
+from ..evaluation.report import write_tune_report
 from ..evaluation.results import csv_text
 from ..util import dist_util, logger
 from ..util.errors import UserError
@@ -204,5 +207,6 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
     with atomic_write(os.path.join(out, BEST_JSON), "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
+    write_tune_report(out, rows, record, {"cfg": "W"}.get(cfg.sampling.guidance, "s"))
     return record
 
