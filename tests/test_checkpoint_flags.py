@@ -15,6 +15,8 @@ from guided_diffusion.pipeline.cli import run_script
 from guided_diffusion.pipeline.networks import (
     complete_from_checkpoints,
     create_classifier_net,
+    create_dae,
+    create_fpgan,
     create_unet_and_diffusion,
     create_vae,
     load_weights,
@@ -121,8 +123,8 @@ def test_contradictions_are_one_error_listing_each_with_the_value_needed(ckpts):
 
 def test_resuming_and_the_comparison_methods_take_their_flags_from_the_run(ckpts, tmp_path):
     log_dir = tmp_path / "train"
-    runs._write_flags(from_dict(runs.ImageTrainConfig, {**MODEL, "log_dir": str(log_dir)}), str(log_dir)) \
-        if os.makedirs(log_dir) is None else None
+    os.makedirs(log_dir)
+    runs._write_flags(from_dict(runs.ImageTrainConfig, {**MODEL, "log_dir": str(log_dir)}), str(log_dir))
     cfg = _complete(runs.ImageTrainConfig, ["--log_dir", log_dir, "--resume_checkpoint", "auto"])
     assert (cfg.model.num_channels, cfg.model.channel_mult, cfg.diffusion.diffusion_steps) == (32, "1,2", 40)
     fresh = _complete(runs.ImageTrainConfig, ["--log_dir", log_dir])  # not resuming: the flags as given
@@ -133,6 +135,17 @@ def test_resuming_and_the_comparison_methods_take_their_flags_from_the_run(ckpts
     assert (cfg.vae.vae_width, cfg.vae.vae_depth, cfg.vae.latent_dim, cfg.data.image_size) == (16, 4, 8, 64)
     with pytest.raises(UserError, match="--vae_depth 6: .*needs --vae_depth 4"):
         _complete(runs.VAETranslateConfig, ["--model_path", path, "--vae_depth", 6])
+    fpgan = {"image_size": 64, "fpgan_width": 8, "fpgan_res_blocks": 1, "fpgan_d_width": 8, "fpgan_d_depth": 2}
+    path = _save(tmp_path / "fpgan", runs.FPGANTrainConfig, fpgan, lambda c: create_fpgan(c.data, c.fpgan)[0])
+    cfg = _complete(runs.FPGANTranslateConfig, ["--model_path", path])
+    assert (cfg.fpgan.fpgan_width, cfg.fpgan.fpgan_res_blocks, cfg.data.image_size) == (8, 1, 64)
+    dae = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+           "attention_resolutions": ""}
+    path = _save(tmp_path / "dae", runs.DAETrainConfig, dae, lambda c: create_dae(c.data, c.model))
+    cfg = _complete(runs.DAETranslateConfig, ["--model_path", path])
+    assert (cfg.model.num_channels, cfg.model.channel_mult, cfg.model.attention_resolutions, cfg.data.image_size) == (
+        32, "1,2", "", 32)
+    load_weights(create_dae(cfg.data, cfg.model), path, "--model_path", "DAE")
 
 
 @pytest.mark.parametrize("script, flags, message", [

@@ -195,8 +195,10 @@ class CheckpointFlags:
 
 
 def flags_file(checkpoint: str, train_script: str) -> str:
-    """The saved flags of the training run that wrote ``checkpoint`` (a file or its folder)."""
-    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint) or "."
+    """The one name of the flags a training run saves beside its checkpoints,
+    ``<folder>/flags_<train_script>.json``, for ``checkpoint`` (a file, or the run's folder)."""
+    folder = checkpoint if os.path.isdir(checkpoint) or not os.path.splitext(checkpoint)[1] else \
+        os.path.dirname(checkpoint) or "."
     return os.path.join(folder, f"flags_{train_script}.json")
 
 
@@ -283,16 +285,21 @@ def complete_from_checkpoints(cfg, given: frozenset[str] | set[str]):
                 known.setdefault(name, (value, where))
                 if name in given and not _same(name, values[name], value, size):
                     wrong.setdefault(name, (value, []))[1].append(where)
-    problems = [_contradiction(name, values[name], needed, files) for name, (needed, files) in wrong.items()] + problems
+    problems = [_contradiction(name, values[name], needed, files, image_size)
+                for name, (needed, files) in wrong.items()] + problems
     if problems:
         raise UserError(f"{len(problems)} flag(s) contradict the checkpoints: " + "; ".join(problems))
     values.update({name: value for name, (value, _) in known.items() if name not in given})
     return from_dict(config_cls, values, "flags")
 
 
-def _contradiction(name: str, given: Any, needed: Any, files: list[str]) -> str:
+def _contradiction(name: str, given: Any, needed: Any, files: list[str], image_size: int) -> str:
     where = " and ".join(files)
     if name == "image_size":
         return (f"--image_size {given} differs from the checkpoint's image size: the network was trained on "
                 f"{needed} x {needed} images ({where}); give --image_size {needed} or leave it out")
-    return f"--{name} {flag_text(given)}: {where} needs --{name} {flag_text(needed)}"
+    text = f"--{name} {flag_text(given)}: {where} needs --{name} {flag_text(needed)}"
+    if name.endswith("attention_resolutions") and any(w.startswith("the tensor shapes") for w in files):
+        text += (f" (the shapes show attention levels, read as resolutions of --image_size {image_size}: "
+                 "if the image size is what differs, give the checkpoint's --image_size)")
+    return text

@@ -84,6 +84,7 @@ from .networks import (
     create_fpgan,
     create_unet_and_diffusion,
     create_vae,
+    flags_file,
     load_weights,
 )
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
@@ -221,7 +222,7 @@ def _dataset(data: DataFlags, what: str, data_dir: str | None = None, label_dir:
 def _write_flags(cfg, log_dir: str) -> None:
     """Save every flag of the run beside its checkpoints (rank 0)."""
     if dist_util.is_main_process():
-        with atomic_write(os.path.join(log_dir, f"flags_{cfg.SCRIPT}.json"), "w") as f:
+        with atomic_write(flags_file(log_dir, cfg.SCRIPT), "w") as f:
             json.dump(flag_dict(cfg), f, indent=2, sort_keys=True, default=str)
 
 
@@ -420,7 +421,7 @@ def _check_uncond_label(path: str, state: dict) -> None:
 def _warn_beyond_classifier_range(classifier_path: str, diffusion, levels) -> None:
     """Warn when translation asks the classifier about timesteps it was not trained on
     (classifier_train.py --classifier_max_t, read from the flags saved beside the checkpoint)."""
-    saved = os.path.join(os.path.dirname(classifier_path) or ".", "flags_classifier_train.json")
+    saved = flags_file(classifier_path, "classifier_train")
     try:
         with open(saved) as f:
             max_t = int(json.load(f).get("classifier_max_t") or 0)
