@@ -298,7 +298,7 @@ def _contradiction(name: str, given: Any, needed: Any, files: list[str], image_s
     if name == "image_size":
         return (f"--image_size {given} differs from the checkpoint's image size: the network was trained on "
                 f"{needed} x {needed} images ({where}); give --image_size {needed} or leave it out")
-    text = f"--{name} {flag_text(given)}: {where} needs --{name} {flag_text(needed)}"
+    text = f"--{name} {flag_text(given)}: the checkpoint needs --{name} {flag_text(needed)} ({where})"
     if name.endswith("attention_resolutions") and any(w.startswith("the tensor shapes") for w in files):
         text += (f" (the shapes show attention levels, read as resolutions of --image_size {image_size}: "
                  "if the image size is what differs, give the checkpoint's --image_size)")
