@@ -310,13 +310,10 @@ def from_dict(config_cls, values: dict[str, Any], where: str = "flags"):
     :func:`flag_dict`, e.g. read back from JSON); flags it omits keep their defaults (the
     config's ``DEFAULTS`` applied), so a partial dict is a preset. A name the config does not
     take, or a value of the wrong type, is a :class:`UserError` that starts with ``where``."""
-    flags = _collect(config_cls)
-    unknown = sorted(set(values) - set(flags))
-    if unknown:
-        raise UserError(f"{where}: {config_cls.__name__} takes no flag(s) {', '.join('--' + n for n in unknown)}")
-    merged = {name: f.default for name, f in flags.items()}
+    typed = coerce_flags(config_cls, values, where)
+    merged = {name: f.default for name, f in _collect(config_cls).items()}
     merged.update(getattr(config_cls, "DEFAULTS", {}))
-    merged.update({name: _coerce(flags[name], value, where) for name, value in values.items()})
+    merged.update(typed)
     missing = sorted(name for name, value in merged.items() if value is REQUIRED)
     if missing:
         raise UserError(f"{where}: missing required flag(s) {', '.join('--' + n for n in missing)}")
