@@ -152,8 +152,8 @@ def test_training_from_a_checkpoint_of_other_flags_or_a_pickle(call, testset, tm
     proc = call("image_train", training_argv("image_train", testset, tmp_path / "a", "--learn_sigma", False,
                                              "--resume_checkpoint", tmp_path / "a" / "model000001.pt"))
     # resuming takes the network flags from the run: a given flag that contradicts them is named
-    assert_user_error(proc, r"--learn_sigma False: the checkpoint needs --learn_sigma True \(.*a/flags_image_train.json",
-                      tmp_path / "a")
+    assert_user_error(proc, r"--learn_sigma False: the checkpoint needs --learn_sigma True "
+                            r"\(.*a/flags_image_train.json", tmp_path / "a")
     evil = tmp_path / "model000001.pt"
     evil.write_bytes(pickle.dumps(Exception("not a tensor")))
     proc = call("classifier_train", training_argv("classifier_train", testset, tmp_path / "b",

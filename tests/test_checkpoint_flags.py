@@ -110,7 +110,8 @@ def test_contradictions_are_one_error_listing_each_with_the_value_needed(ckpts):
         _complete(runs.SampleConfig, argv)
     text = str(err.value)
     assert text.startswith("3 flag(s) contradict the checkpoints")
-    for wrong, needed in (("--num_channels 64", "--num_channels 32"), ("--classifier_width 64", "--classifier_width 32"),
+    for wrong, needed in (("--num_channels 64", "--num_channels 32"),
+                          ("--classifier_width 64", "--classifier_width 32"),
                           ("--classifier_depth 2", "--classifier_depth 1")):
         assert f"{wrong}: " in text and f"needs {needed}" in text, text
     with pytest.raises(UserError, match=r"--image_size 128 differs from the checkpoint's image size: the network was "
@@ -174,7 +175,8 @@ def test_help_speaks_of_each_script_and_never_cites_the_spec():
     scoring = build_parser(evaluate.EvaluateConfig).format_help()
     assert "seeds the bootstrap" in scoring and "initial weights" not in scoring
     classifier = build_parser(runs.ClassifierTrainConfig).format_help()
-    for ignored in ("--learn_sigma", "--use_kl", "--predict_xstart", "--rescale_learned_sigmas", "--timestep_respacing"):
+    for ignored in ("--learn_sigma", "--use_kl", "--predict_xstart", "--rescale_learned_sigmas",
+                    "--timestep_respacing"):
         assert ignored not in classifier, ignored
     assert "--diffusion_steps" in classifier  # the noising uses it
     assert parse_flags(runs.ClassifierTrainConfig, ["--learn_sigma", "True"])  # presets still pass them
@@ -211,7 +213,8 @@ def test_tune_applies_its_choice_and_its_test_command_scores_as_evaluate(ckpts, 
     assert "--num_samples" not in words and "--progress" not in words  # tuning-only
     assert words[words.index("--median") + 1] == "3" and words[words.index("--protocol") + 1] == "slice"
     assert words[words.index("--use_ddim") + 1] == "True"
-    assert record["flags"]["median"] == 3 and record["flags"]["use_ddim"] is True and "num_samples" not in record["flags"]
+    assert record["flags"]["median"] == 3 and record["flags"]["use_ddim"] is True
+    assert "num_samples" not in record["flags"] and "progress" not in record["flags"]
     assert record["flags"]["num_channels"] == 32  # the checkpoint's, as data
     # --test_dir applied the choice: the test folder is translated, and its numbers are evaluate.py's
     assert sorted(p.name for p in out.glob("*.npz")) == sorted(f"{n}.npz" for n in os.listdir(test))
