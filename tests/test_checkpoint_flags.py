@@ -98,6 +98,15 @@ def test_a_checkpoint_without_saved_flags_is_read_from_its_shapes(ckpts):
     assert (cfg.classifier.classifier_width, cfg.classifier.classifier_depth, cfg.classifier.classifier_channel_mult,
             cfg.data.image_size) == (32, 1, "1,2", 64)  # the attention pool tells the image size
     load_weights(create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)[0], ckpts["bare"], "--model_path", "m")
+    # a bare classifier's attention pool tells the image size, at which the UNet's attention levels are read
+    unet = lambda c: create_unet_and_diffusion(c.data, c.model, c.diffusion)[0]  # noqa: E731
+    big = _save(ckpts["root"] / "bare32", runs.ImageTrainConfig, {**MODEL, "image_size": 32, "attention_resolutions":
+                                                                   "16"}, unet, saved=False)
+    small = _save(ckpts["root"] / "bare32_clf", runs.ClassifierTrainConfig, {**CLASSIFIER, "image_size": 32},
+                  lambda c: create_classifier_net(c.data, c.classifier, c.diffusion)[0], saved=False)
+    cfg = _complete(runs.SampleConfig, ["--model_path", big, "--classifier_path", small])
+    assert (cfg.data.image_size, cfg.model.attention_resolutions) == (32, "16")
+    load_weights(create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)[0], big, "--model_path", "m")
     # the original README's way, every flag given and agreeing, still works
     full = _complete(runs.SampleConfig, ["--model_path", ckpts["bare"], *_words(MODEL)])
     assert full.model.num_channels == 32

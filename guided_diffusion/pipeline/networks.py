@@ -290,7 +290,12 @@ def complete_from_checkpoints(cfg, given: frozenset[str] | set[str]):
     if problems:
         raise UserError(f"{len(problems)} flag(s) contradict the checkpoints: " + "; ".join(problems))
     values.update({name: value for name, (value, _) in known.items() if name not in given})
-    return from_dict(config_cls, values, "flags")
+    done = from_dict(config_cls, values, "flags")
+    if values.get("image_size", image_size) != image_size and any(w.startswith("the tensor shapes") for _, w in
+                                                                   known.values()):
+        # shapes were read at the old --image_size (attention levels as resolutions): read them again
+        return complete_from_checkpoints(done, given)
+    return done
 
 
 def _contradiction(name: str, given: Any, needed: Any, files: list[str], image_size: int) -> str:
