@@ -184,8 +184,7 @@ def test_help_speaks_of_each_script_and_never_cites_the_spec():
     scoring = build_parser(evaluate.EvaluateConfig).format_help()
     assert "seeds the bootstrap" in scoring and "initial weights" not in scoring
     classifier = build_parser(runs.ClassifierTrainConfig).format_help()
-    for ignored in ("--learn_sigma", "--use_kl", "--predict_xstart", "--rescale_learned_sigmas",
-                    "--timestep_respacing"):
+    for ignored in ("--learn_sigma", "--use_kl", "--predict_xstart", "--rescale_learned_sigmas"):
         assert ignored not in classifier, ignored
     assert "--diffusion_steps" in classifier  # the noising uses it
     assert parse_flags(runs.ClassifierTrainConfig, ["--learn_sigma", "True"])  # presets still pass them

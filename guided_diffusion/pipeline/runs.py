@@ -145,8 +145,7 @@ class ClassifierTrainConfig(_TrainingConfig):
                                                     CLASSIFIER_FLAGS + ("diffusion_steps", "noise_schedule")),)
     # the diffusion flags that the classifier's noising does not use: accepted (the original README's
     # presets pass them) but not listed in --help
-    HIDDEN: ClassVar[tuple] = ("learn_sigma", "use_kl", "predict_xstart", "rescale_learned_sigmas",
-                               "timestep_respacing")
+    HIDDEN: ClassVar[tuple] = ("learn_sigma", "use_kl", "predict_xstart", "rescale_learned_sigmas")
 
 
 @dataclass(frozen=True)
