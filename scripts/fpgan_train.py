@@ -1,6 +1,6 @@
 r"""Train the FixedPoint-GAN baseline (Siddiquee et al. 2019) on healthy and diseased images.
 
-Example (SPEC section 9: 150 epochs, batch 10, lr 1e-4, lambda_cls 1, lambda_gp = lambda_rec = lambda_id = 10):
+Example (the paper's settings: 150 epochs, batch 10, lr 1e-4, lambda_cls 1, lambda_gp = lambda_rec = lambda_id = 10):
     python scripts/fpgan_train.py --data_dir data/brats/training --dataset brats --image_size 256 \
         --log_dir results/fpgan
 Stops after --iterations N (critic steps) when N > 0, else after --epochs passes over the images.

@@ -1,4 +1,4 @@
-"""Generate the small synthetic BRATS-like and CheXpert-like data sets (SPEC section 5).
+"""Generate the small synthetic BRATS-like and CheXpert-like data sets.
 
 Example (the command that made the repository's data/ folder is in data/README.md):
 

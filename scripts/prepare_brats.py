@@ -1,4 +1,4 @@
-"""Turn a BraTS training release (2020, 2021 or 2023 glioma) into the BRATS slice layout (SPEC section 5).
+"""Turn a BraTS training release (2020, 2021 or 2023 glioma) into the BRATS slice layout.
 
 Input (--release auto tells them apart by the patient folders' names):
   2020: SRC/BraTS20_Training_XXX/BraTS20_Training_XXX_{t1,t1ce,t2,flair,seg}.nii[.gz]

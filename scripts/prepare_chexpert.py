@@ -1,4 +1,4 @@
-"""Turn CheXpert as published (CheXpert-v1.0-small: its CSV and images) into the CheXpert layout (SPEC section 5).
+"""Turn CheXpert as published (CheXpert-v1.0-small: its CSV and images) into the CheXpert layout.
 
 --csv is the release's CSV (e.g. CheXpert-v1.0-small/train.csv, header Path,Sex,Age,
 Frontal/Lateral,AP/PA,No Finding,...,Pleural Effusion,...; labels 1.0, 0.0, -1.0 or empty);

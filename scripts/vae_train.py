@@ -1,6 +1,6 @@
 r"""Train the VAE baseline (cAAE, Chen & Konukoglu 2018) on the healthy training images.
 
-Example (SPEC section 9: 500 epochs, batch 10, lr 1e-4):
+Example (the paper's settings: 500 epochs, batch 10, lr 1e-4):
     python scripts/vae_train.py --data_dir data/brats/training --dataset brats --image_size 256 \
         --log_dir results/vae
 Stops after --iterations N when N > 0, else after --epochs passes over the healthy images.

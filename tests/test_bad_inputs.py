@@ -151,7 +151,9 @@ def test_training_from_a_checkpoint_of_other_flags_or_a_pickle(call, testset, tm
     assert call("image_train", training_argv("image_train", testset, tmp_path / "a")).returncode == 0
     proc = call("image_train", training_argv("image_train", testset, tmp_path / "a", "--learn_sigma", False,
                                              "--resume_checkpoint", tmp_path / "a" / "model000001.pt"))
-    assert_user_error(proc, r"000001.pt: does not fit the .*diffusion model.*--learn_sigma", tmp_path / "a")
+    # resuming takes the network flags from the run: a given flag that contradicts them is named
+    assert_user_error(proc, r"--learn_sigma False: the checkpoint needs --learn_sigma True "
+                            r"\(.*a/flags_image_train.json", tmp_path / "a")
     evil = tmp_path / "model000001.pt"
     evil.write_bytes(pickle.dumps(Exception("not a tensor")))
     proc = call("classifier_train", training_argv("classifier_train", testset, tmp_path / "b",
@@ -218,10 +220,12 @@ def test_label_file_with_the_wrong_name(translate, nets, testset, tmp_path):
 
 
 def test_checkpoint_from_other_flags(translate, nets, testset, tmp_path):
-    proc = translate(nets, testset, tmp_path / "o", "--learn_sigma", False)
-    assert_user_error(proc, r"model000000.pt: does not fit the diffusion model.*--learn_sigma", tmp_path / "o")
-    proc = translate(nets, testset, tmp_path / "o", "--classifier_width", 64)
-    assert_user_error(proc, r"classifier000000.pt: does not fit the classifier", tmp_path / "o")
+    # checkpoints without saved flags: their tensor shapes tell, and every contradiction is named at once
+    proc = translate(nets, testset, tmp_path / "o", "--learn_sigma", False, "--classifier_width", 64)
+    assert_user_error(proc, r"2 flag\(s\) contradict the checkpoints: --learn_sigma False: the checkpoint needs "
+                            r"--learn_sigma True \(the tensor shapes of .*model000000.pt\); --classifier_width 64: the "
+                            r"checkpoint needs --classifier_width 32 \(the tensor shapes of .*classifier000000.pt\)",
+                      tmp_path / "o")
 
 
 def test_pickle_with_code_as_checkpoint(translate, nets, testset, tmp_path):

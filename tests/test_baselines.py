@@ -20,7 +20,7 @@ from guided_diffusion.evaluation.results import METRICS_COLUMNS, read_summary, s
 from guided_diffusion.methods.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
 from guided_diffusion.methods.vae import VAE, kl_divergence, reconstruction_loss
 from guided_diffusion.pipeline.cli import run_main
-from guided_diffusion.util.checkpoint import CheckpointError
+from guided_diffusion.util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -225,9 +225,10 @@ def test_bad_flags_name_the_flag(data, tmp_path, capsys):
         _train("fpgan", data, tmp_path / "d", "--resume_checkpoint", str(tmp_path / "other.pt"))
     with pytest.raises(ValueError, match="--model_path"):
         _translate("vae", data, "", tmp_path / "e")
-    # a checkpoint from other network flags: the error names the file and the flags to check
+    # a flag that contradicts the checkpoint's run: the error names it, the value needed and the saved flags
     _train("vae", data, tmp_path / "f", "--iterations", "1")
-    with pytest.raises(CheckpointError, match="model000001.pt.*--vae_width"):
+    needed = r"--vae_width 8: the checkpoint needs --vae_width \d+ \(.*f/flags_vae_train.json"
+    with pytest.raises(UserError, match=needed):
         _translate("vae", data, tmp_path / "f" / "model000001.pt", tmp_path / "g", "--vae_width", "8")
     # through run_main: one line, exit status 2
     main = _script("vae_train")

@@ -22,8 +22,9 @@ from typing import Any, Callable, Sequence
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
-from ..util.flagspec import parse_flags
+from ..util.flagspec import parse_command, parse_flags
 from ..util.monitor import Monitor
+from .networks import complete_from_checkpoints
 
 
 def resolve_log_dir(log_dir: str, script: str) -> str:
@@ -40,11 +41,13 @@ def _description(doc: str | None) -> str:
 
 
 def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None = None, doc: str | None = None):
-    """Parse ``argv`` into ``config_cls`` and call ``run(cfg, monitor=...)`` inside the launch's
+    """Parse ``argv`` into ``config_cls``, take the flags it did not give from its checkpoints
+    (:func:`~.networks.complete_from_checkpoints`), and call ``run(cfg, monitor=...)`` inside the launch's
     process group (torchrun or mpiexec), with the log folder resolved and the logger configured
     (rank 0 writes). Returns what ``run`` returns."""
     script = config_cls.SCRIPT
-    cfg = parse_flags(config_cls, argv, _description(doc), prog=f"{script}.py")
+    cfg, given = parse_command(config_cls, argv, _description(doc), prog=f"{script}.py")
+    cfg = complete_from_checkpoints(cfg, given)  # the network flags not given are the checkpoints'
     dist_util.setup_dist()
     try:
         main_process = dist_util.is_main_process()

@@ -19,6 +19,7 @@ class _ScoringConfig:
 
     evaluation: EvaluationFlags
     run: RunFlags = part("seed")
+    HELP: ClassVar[dict] = {"seed": "seeds the bootstrap's resampling of patients (--bootstrap)"}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class PrepareBratsConfig:
     run: RunFlags = part("seed", "progress")
     SCRIPT: ClassVar[str] = "prepare_brats"
     DEFAULTS: ClassVar[dict] = {"val_fraction": 0.0}  # no validation/ unless asked for
+    HELP: ClassVar[dict] = {"seed": "seeds the patient-level split"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class PrepareChexpertConfig:
     run: RunFlags = part("seed", "progress")
     SCRIPT: ClassVar[str] = "prepare_chexpert"
     DEFAULTS: ClassVar[dict] = {"image_size": 256, "val_fraction": 0.0}
+    HELP: ClassVar[dict] = {"image_size": "side the images are resized to in pixels (bilinear, aspect ratio not kept)",
+                            "seed": "seeds the patient-level split"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class SyntheticConfig:
     output: OutputFlags
     run: RunFlags = part("seed")
     SCRIPT: ClassVar[str] = "make_synthetic"
+    HELP: ClassVar[dict] = {"seed": "seeds the generated images and tumours"}
 
 
 @dataclass(frozen=True)

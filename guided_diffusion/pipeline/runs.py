@@ -70,7 +70,13 @@ from .devices import (
 from .evaluate import scoring_of
 from .methods import DiffusionTranslation, NetworkTranslation, per_image
 from .networks import (
+    CLASSIFIER_FLAGS,
+    DAE_FLAGS,
     DAE_FLAGS_HINT,
+    FPGAN_FLAGS,
+    UNET_FLAGS,
+    VAE_FLAGS,
+    CheckpointFlags,
     FPGAN_FLAGS_HINT,
     VAE_FLAGS_HINT,
     create_classifier_net,
@@ -78,6 +84,7 @@ from .networks import (
     create_fpgan,
     create_unet_and_diffusion,
     create_vae,
+    flags_file,
     load_weights,
 )
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
@@ -118,6 +125,7 @@ class ImageTrainConfig(_TrainingConfig):
     timesteps: TimestepFlags
     speed: SpeedFlags
     SCRIPT: ClassVar[str] = "image_train"
+    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("resume_checkpoint", "image_train", UNET_FLAGS + ("p_uncond",)),)
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,11 @@ class ClassifierTrainConfig(_TrainingConfig):
     speed: SpeedFlags
     SCRIPT: ClassVar[str] = "classifier_train"
     DEFAULTS: ClassVar[dict] = {"iterations": 150000}
+    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("resume_checkpoint", "classifier_train",
+                                                    CLASSIFIER_FLAGS + ("diffusion_steps", "noise_schedule")),)
+    # the diffusion flags that the classifier's noising does not use: accepted (the original README's
+    # presets pass them) but not listed in --help
+    HIDDEN: ClassVar[tuple] = ("learn_sigma", "use_kl", "predict_xstart", "rescale_learned_sigmas")
 
 
 @dataclass(frozen=True)
@@ -147,31 +160,51 @@ class SampleConfig(_TranslationConfig):
     speed: SpeedFlags
     SCRIPT: ClassVar[str] = "classifier_sample_known"
     VISDOM_ENV: ClassVar[str] = "translate"
+    # every network and diffusion flag not given is the checkpoints' (their saved flags, else their shapes)
+    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("model_path", "image_train", UNET_FLAGS, shapes="unet"),
+                                    CheckpointFlags("classifier_path", "classifier_train", CLASSIFIER_FLAGS,
+                                                    shapes="classifier"))
 
 
-def _baseline_config(script: str, base: type, defaults: dict, **groups: type) -> type:
-    """The config of a baseline's script: ``base``'s groups and the method's own (by field name)."""
+def _baseline_config(script: str, base: type, defaults: dict, checkpoint: CheckpointFlags | None = None,
+                     **groups: type) -> type:
+    """The config of a baseline's script: ``base``'s groups and the method's own (by field name);
+    ``checkpoint``: the flags its checkpoint carries."""
     return make_dataclass(f"{script.title().replace('_', '')}Config", list(groups.items()), bases=(base,),
                           frozen=True, namespace={"SCRIPT": script, "DEFAULTS": defaults,
+                                                  "CHECKPOINTS": (checkpoint,) if checkpoint else (),
                                                   "__doc__": f"scripts/{script}.py", "__module__": __name__})
+
+
+def _resumed(script: str, names: tuple[str, ...]) -> CheckpointFlags:
+    return CheckpointFlags("resume_checkpoint", script, names)
+
+
+def _translated(script: str, names: tuple[str, ...]) -> CheckpointFlags:
+    return CheckpointFlags("model_path", script, names)
 
 
 # the baselines at SPEC section 9's settings: 256 x 256, batch 10, 500 (VAE) or 150 (FixedPoint-GAN) epochs
 _TRAINING = {"image_size": 256, "batch_size": 10, "save_interval": 1000}
 _TRANSLATION = {"image_size": 256, "batch_size": 8}
-VAETrainConfig = _baseline_config("vae_train", _TrainingConfig, {**_TRAINING, "epochs": 500}, length=LengthFlags,
-                                  vae=VAEFlags, vae_losses=VAELossFlags)
-FPGANTrainConfig = _baseline_config("fpgan_train", _TrainingConfig, {**_TRAINING, "epochs": 150}, length=LengthFlags,
-                                    fpgan=FPGANFlags, fpgan_losses=FPGANLossFlags)
-VAETranslateConfig = _baseline_config("vae_translate", _TranslationConfig, _TRANSLATION, vae=VAEFlags)
-FPGANTranslateConfig = _baseline_config("fpgan_translate", _TranslationConfig, _TRANSLATION, fpgan=FPGANFlags)
+VAETrainConfig = _baseline_config("vae_train", _TrainingConfig, {**_TRAINING, "epochs": 500},
+                                  _resumed("vae_train", VAE_FLAGS), length=LengthFlags, vae=VAEFlags,
+                                  vae_losses=VAELossFlags)
+FPGANTrainConfig = _baseline_config("fpgan_train", _TrainingConfig, {**_TRAINING, "epochs": 150},
+                                    _resumed("fpgan_train", FPGAN_FLAGS), length=LengthFlags, fpgan=FPGANFlags,
+                                    fpgan_losses=FPGANLossFlags)
+VAETranslateConfig = _baseline_config("vae_translate", _TranslationConfig, _TRANSLATION,
+                                      _translated("vae_train", VAE_FLAGS), vae=VAEFlags)
+FPGANTranslateConfig = _baseline_config("fpgan_translate", _TranslationConfig, _TRANSLATION,
+                                        _translated("fpgan_train", FPGAN_FLAGS), fpgan=FPGANFlags)
 # the DAE with Kascenas et al.'s batch 16 and 2100 epochs of 32 batches; their UNet is the model flags'
 _DAE_TRAINING = {"image_size": 256, "batch_size": 16, "iterations": 67200, "save_interval": 5000,
                  "class_cond": False}
-DAETrainConfig = _baseline_config("dae_train", _TrainingConfig, _DAE_TRAINING, length=LengthFlags, model=ModelFlags,
-                                  dae=DAEFlags)
+DAETrainConfig = _baseline_config("dae_train", _TrainingConfig, _DAE_TRAINING,
+                                  _resumed("dae_train", DAE_FLAGS + ("noise_res", "noise_std")), length=LengthFlags,
+                                  model=ModelFlags, dae=DAEFlags)
 DAETranslateConfig = _baseline_config("dae_translate", _TranslationConfig, {**_TRANSLATION, "class_cond": False},
-                                      model=ModelFlags)
+                                      _translated("dae_train", DAE_FLAGS), model=ModelFlags)
 
 
 # -------------------------------------------------------------------------------- shared steps
@@ -188,7 +221,7 @@ def _dataset(data: DataFlags, what: str, data_dir: str | None = None, label_dir:
 def _write_flags(cfg, log_dir: str) -> None:
     """Save every flag of the run beside its checkpoints (rank 0)."""
     if dist_util.is_main_process():
-        with atomic_write(os.path.join(log_dir, f"flags_{cfg.SCRIPT}.json"), "w") as f:
+        with atomic_write(flags_file(log_dir, cfg.SCRIPT), "w") as f:
             json.dump(flag_dict(cfg), f, indent=2, sort_keys=True, default=str)
 
 
@@ -387,7 +420,7 @@ def _check_uncond_label(path: str, state: dict) -> None:
 def _warn_beyond_classifier_range(classifier_path: str, diffusion, levels) -> None:
     """Warn when translation asks the classifier about timesteps it was not trained on
     (classifier_train.py --classifier_max_t, read from the flags saved beside the checkpoint)."""
-    saved = os.path.join(os.path.dirname(classifier_path) or ".", "flags_classifier_train.json")
+    saved = flags_file(classifier_path, "classifier_train")
     try:
         with open(saved) as f:
             max_t = int(json.load(f).get("classifier_max_t") or 0)

@@ -8,7 +8,8 @@ evaluation flags and keeps the setting with the best mean Dice:
 ``<out>/<setting>/``   the validation folder's translation (result files; a rerun resumes it)
 ``<out>/tune.csv``     one row per setting: checkpoint, L, scale and every number of its summary
 ``<out>/best.json``    the best setting, its scores and, under ``--threshold val``, the threshold,
-                       and the two command lines that apply it to the test set
+                       the test translation's flags (``flags``, data) and the two command lines
+                       that apply it to the test set (the translation scores as evaluate.py will)
 ``<out>/report.html``  the validation Dice over L and s (or W) as a heat map per checkpoint, the choice
                        outlined, and the settings, each linking to its own page
 
@@ -32,7 +33,7 @@ from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import EvaluationFlags, OutputFlags, SamplingFlags, TranslateFlags, TuneFlags
-from ..util.flagspec import config_defaults, flag_dict, part
+from ..util.flagspec import config_defaults, flag_dict, flag_text, from_dict, part, to_argv
 from .evaluate import scoring_of
 from .runs import SampleConfig, run_translation
 
@@ -41,6 +42,12 @@ BEST_JSON = "best.json"
 PLACEHOLDERS = ("TEST_DIR", "TEST_LABELS", "TEST_OUTPUT_DIR")
 """The words of best.json's command lines that stand for the test set's folders."""
 TEST_DIR, TEST_LABELS, TEST_OUTPUT_DIR = PLACEHOLDERS
+SCALE_NAMES = {"classifier": "s", "cfg": "W"}
+"""What the scale of each guidance is called: s (classifier guidance), W (classifier-free guidance)."""
+TUNING_ONLY = ("num_samples", "progress")
+"""Flags of the tuning run that the test translation does not carry over."""
+FOLDERS = ("data_dir", "label_dir", "output_dir", "log_dir")
+"""The test translation's flags that best.json leaves to whoever applies it."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class TuneConfig(SampleConfig):
     tune: TuneFlags
     output: OutputFlags
     SCRIPT: ClassVar[str] = "tune"
+    HELP: ClassVar[dict] = {"num_samples": "translate the first N images of each validation translation (-1: all; "
+                                           "not carried over to the test set)"}
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,13 @@ class Setting:
     checkpoint: str
     noise_level: tuple[int, ...]  # one level, or the levels of an ensemble
     scale: float  # s for classifier guidance, W for classifier-free guidance, unused without guidance
+    guidance: str = "classifier"
 
     @property
     def name(self) -> str:
         stem = os.path.splitext(os.path.basename(self.checkpoint))[0]
-        return f"{stem}_L{self.levels}_s{self.scale:g}"
+        letter = SCALE_NAMES.get(self.guidance)
+        return f"{stem}_L{self.levels}" + (f"_{letter}{self.scale:g}" if letter else "")
 
     @property
     def levels(self) -> str:
@@ -79,7 +90,7 @@ def grid(cfg: TuneConfig) -> list[Setting]:
     scales = {"classifier": t.classifier_scales, "cfg": t.guidance_scales, "none": (0.0,)}[guidance]
     if not cfg.translation.model_path:
         raise UserError("--model_path: required (one or more diffusion model checkpoints to compare)")
-    return [Setting(path, level, scale) for path in cfg.translation.model_path for level in t.noise_levels
+    return [Setting(path, level, scale, guidance) for path in cfg.translation.model_path for level in t.noise_levels
             for scale in scales]
 
 
@@ -123,36 +134,58 @@ def _flatten(summary: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _evaluate_command(cfg: TuneConfig, val_folder: str) -> str:
-    """The evaluate.py line that scores the test translation as the validation was scored."""
+def applied_evaluation(cfg: TuneConfig, val_folder: str) -> EvaluationFlags:
+    """The evaluation flags that score the test translation as the validation was scored: the
+    threshold chosen on the validation folder (``--threshold val --val_dir``) or the same rule."""
     e = cfg.evaluation
-    words = ["python", "scripts/evaluate.py", TEST_OUTPUT_DIR, "--protocol", e.protocol]
-    if e.threshold == "val":  # the threshold chosen on the validation folder, applied unchanged
-        words += ["--threshold", "val", "--val_dir", val_folder]
-    else:
-        words += ["--threshold", validation_scoring(cfg).rule]
+    if e.threshold == "val":
+        return dataclasses.replace(e, val_dir=val_folder)
+    return dataclasses.replace(e, threshold=validation_scoring(cfg).rule)
+
+
+def applied_config(cfg: TuneConfig, setting: Setting, val_folder: str, test_dir: str = TEST_DIR,
+                test_labels: str = TEST_LABELS, output_dir: str = TEST_OUTPUT_DIR) -> SampleConfig:
+    """classifier_sample_known.py's config that applies ``setting`` to the test set: the tuning run's
+    flags but the tuning-only ones, the evaluation of the validation, the test folders."""
+    sample = setting_config(cfg, setting, output_dir)
+    defaults = config_defaults(SampleConfig)
+    run = dataclasses.replace(sample.run, progress=defaults.run.progress, log_dir="")
+    translation = dataclasses.replace(sample.translation, num_samples=defaults.translation.num_samples)
+    data = dataclasses.replace(sample.data, data_dir=test_dir, label_dir=test_labels)
+    return dataclasses.replace(sample, run=run, translation=translation, data=data,
+                               evaluation=applied_evaluation(cfg, val_folder))
+
+
+def applied_flags(config: SampleConfig) -> dict[str, Any]:
+    """The test translation's flags as data (best.json's ``flags``): what differs from the script's
+    defaults, and the chosen setting even where it is a default (so the record keeps its meaning)."""
+    values = flag_dict(config)
+    defaults = flag_dict(config_defaults(SampleConfig))
+    chosen = {"noise_level", "use_ddim", "guidance", {"classifier": "classifier_scale", "cfg": "guidance_scale"}.get(
+        config.sampling.guidance)}
+    return {k: v for k, v in values.items() if k not in FOLDERS and (k in chosen or v != defaults[k])}
+
+
+def _translate_command(config: SampleConfig) -> str:
+    """The classifier_sample_known.py line of a test config (placeholders for the folders)."""
+    flags = applied_flags(config)
+    argv = ["--data_dir", TEST_DIR, "--label_dir", TEST_LABELS, "--output_dir", TEST_OUTPUT_DIR,
+            *to_argv(from_dict(SampleConfig, flags))]
+    given = set(argv)
+    for name, value in flags.items():  # the chosen setting, even at its default
+        if f"--{name}" not in given:
+            argv += [f"--{name}", flag_text(value)]
+    return shlex.join(["python", "scripts/classifier_sample_known.py", *argv])
+
+
+def _evaluate_command(config: SampleConfig) -> str:
+    """The evaluate.py line that scores the test translation as the validation was scored."""
+    e = config.evaluation
+    words = ["python", "scripts/evaluate.py", TEST_OUTPUT_DIR, "--protocol", e.protocol, "--threshold", e.threshold]
+    if e.threshold == "val":
+        words += ["--val_dir", e.val_dir]
     words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
                                           ("min_component", e.min_component)) if v]
-    return shlex.join(words)
-
-
-def _translate_command(cfg: TuneConfig, setting: Setting) -> str:
-    """The classifier_sample_known.py line that applies ``setting`` to the test set."""
-    # evaluate.py scores the test set: the translation's own scoring flags are left at their defaults
-    skip = {"data_dir", "label_dir", "output_dir", "log_dir", "model_path", "noise_levels", "classifier_scales",
-            "guidance_scales", "out", *(f.name for f in dataclasses.fields(EvaluationFlags))}
-    flags = {k: v for k, v in flag_dict(setting_config(cfg, setting, TEST_OUTPUT_DIR)).items() if k not in skip}
-    defaults = flag_dict(config_defaults(SampleConfig))
-    # the setting itself is written out even where it equals a default, so the line keeps its meaning
-    scale = {"classifier": "classifier_scale", "cfg": "guidance_scale"}.get(cfg.sampling.guidance)
-    chosen = {"noise_level", "use_ddim", "guidance", scale}
-    words = ["python", "scripts/classifier_sample_known.py", "--data_dir", TEST_DIR, "--label_dir", TEST_LABELS,
-             "--model_path", setting.checkpoint, "--output_dir", TEST_OUTPUT_DIR]
-    for key, value in sorted(flags.items()):
-        if key not in chosen and defaults.get(key, object()) == value:
-            continue
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        words += [f"--{key}", text]
     return shlex.join(words)
 
 
@@ -174,8 +207,15 @@ def fill_command(command: str, test_dir: str, test_labels: str, output_dir: str)
 
 
 def tune(cfg: TuneConfig, monitor=None) -> dict:
-    """Translate and score the validation folder for every setting; write tune.csv and best.json."""
+    """Translate and score the validation folder for every setting; write tune.csv and best.json;
+    with ``--test_dir``, translate and score the test folder with the chosen setting (``"test"``
+    of the returned record holds its summary)."""
     settings = grid(cfg)
+    t = cfg.tune
+    if t.test_dir and not t.test_output_dir:
+        raise UserError(f"--test_dir {t.test_dir}: needs --test_output_dir (where its translation goes)")
+    if (t.test_label_dir or t.test_output_dir) and not t.test_dir:
+        raise UserError("--test_label_dir and --test_output_dir: need --test_dir (the test folder to translate)")
     out = cfg.output.out
     rows = []
     for i, setting in enumerate(settings):
@@ -194,11 +234,13 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
                         "validation folder hold ground truth?)")
     best = max(scored, key=lambda r: (r["dice_mean"], -rows.index(r)))  # the first of equals
     choice = next(s for s in settings if s.name == best["setting"])
+    test = applied_config(cfg, choice, best["folder"])
     record = {"setting": best["setting"], "checkpoint": choice.checkpoint, "noise_level": choice.noise_level,
-              "scale": choice.scale, "guidance": cfg.sampling.guidance, "dice": best["dice_mean"],
+              "scale": choice.scale, "scale_name": SCALE_NAMES.get(cfg.sampling.guidance),
+              "guidance": cfg.sampling.guidance, "dice": best["dice_mean"],
               "threshold_rule": best.get("threshold_rule"), "threshold": best.get("threshold"),
-              "validation_folder": best["folder"], "scores": best,
-              "translate": _translate_command(cfg, choice), "evaluate": _evaluate_command(cfg, best["folder"])}
+              "validation_folder": best["folder"], "scores": best, "flags": applied_flags(test),
+              "translate": _translate_command(test), "evaluate": _evaluate_command(test)}
     columns = list(dict.fromkeys(k for r in rows for k in r))  # a column any setting's summary has
     table = csv_text(columns, [{c: r.get(c) for c in columns} for r in rows],
                      cell=lambda value: "" if value is None else str(value))
@@ -208,5 +250,18 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
     write_tune_report(out, rows, record, {"cfg": "W"}.get(cfg.sampling.guidance, "s"))
+    if t.test_dir:
+        record = {**record, "test": apply_best(record, t.test_dir, t.test_label_dir, t.test_output_dir,
+                                               cfg.run.log_dir, monitor)}
     return record
+
+
+def apply_best(best: dict, test_dir: str, test_label_dir: str, output_dir: str, log_dir: str = "",
+               monitor=None) -> dict | None:
+    """Translate ``test_dir`` with best.json's setting (its ``flags``) into ``output_dir``, scored as
+    the validation was: the summary (on rank 0), the numbers evaluate.py prints for that folder."""
+    flags = {**best["flags"], "data_dir": test_dir, "label_dir": test_label_dir, "output_dir": output_dir,
+             "log_dir": log_dir}
+    logger.log(f"test: {best['setting']} on {test_dir}")
+    return run_translation(from_dict(SampleConfig, flags, f"{BEST_JSON} flags"), monitor=monitor)
 

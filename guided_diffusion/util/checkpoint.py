@@ -164,6 +164,30 @@ def _classifier_flag_pair(module: th.nn.Module, own: dict, state: dict) -> tuple
     return file_flags, own_flags
 
 
+def network_kind(state: dict) -> str | None:
+    """"unet" (guided diffusion's UNetModel), "classifier" (its EncoderUNetModel) or None (neither)."""
+    return _network_kind(state)
+
+
+def unet_flags(state: dict, image_size: int | None) -> dict:
+    """``{"--flag": value as text}`` of what a UNet's state dict fixes (attention levels as
+    resolutions of ``image_size``)."""
+    return _unet_flags(state, image_size)
+
+
+def classifier_flags(state: dict, image_size: int | None) -> dict:
+    """``{"--flag": value as text}`` of what a classifier's state dict fixes. The number of levels is
+    the one count that reads the input blocks as a layout (else only width, pool and data set); an
+    attention pool tells the image size, which then places the attention levels."""
+    fits = [levels for levels in range(1, 9) if _encoder_layout(state, levels) is not None]
+    levels = fits[0] if len(fits) == 1 else 0
+    size = _pool_image_size(state, levels) if levels else None
+    flags = _classifier_flags(state, levels, size or image_size)
+    if "channel_mult" in flags:
+        flags["--classifier_channel_mult"] = flags.pop("channel_mult")
+    return flags
+
+
 def _network_kind(state: dict) -> str | None:
     """"unet", "classifier" (the encoder half alone) or None (neither)."""
     if "time_embed.0.weight" not in state or "input_blocks.0.0.weight" not in state:

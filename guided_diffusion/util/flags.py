@@ -124,7 +124,7 @@ class DiffusionFlags(FlagGroup):
     diffusion_steps: int = flag(1000, "T, the steps of the diffusion process")
     noise_schedule: str = flag("linear", "beta schedule", choices=("linear", "cosine"))
     timestep_respacing: str = flag("", "sample on a subset of the T steps: ddimN or N1,N2,... section counts "
-                                       "(none: all T); --noise_level counts these steps", metavar="SPEC")
+                                       "(none: all T); --noise_level counts these steps", metavar="RESPACING")
     use_kl: bool = flag(False, "train on the variational bound alone")
     predict_xstart: bool = flag(False, "the UNet predicts x_0 instead of the noise")
     rescale_timesteps: bool = flag(False, "hand the networks t * 1000 / T")
@@ -278,6 +278,10 @@ class TuneFlags(FlagGroup):
                                     metavar="S1,S2,...", parse=parse_floats)
     guidance_scales: tuple = flag((1.0, 3.0), "classifier-free guidance scales W to try (--guidance cfg)",
                                   metavar="W1,W2,...", parse=parse_floats)
+    test_dir: str = flag("", "then translate this test folder with the chosen setting and score it as evaluate.py "
+                             "would (none: only print the command lines)", metavar="DIR")
+    test_label_dir: str = flag("", "the --label_dir of --test_dir", metavar="DIR")
+    test_output_dir: str = flag("", "where the translation of --test_dir goes", metavar="DIR")
 
 
 @dataclass(frozen=True)

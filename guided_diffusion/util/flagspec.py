@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from .errors import UserError
 
-__all__ = ["Flag", "FlagGroup", "build_parser", "config_defaults", "flag", "flag_dict", "from_dict", "parse_flags",
-           "part", "str2bool", "to_argv"]
+__all__ = ["Flag", "FlagGroup", "build_parser", "coerce_flags", "config_defaults", "flag", "flag_dict", "from_dict",
+           "parse_command", "parse_flags", "part", "str2bool", "to_argv"]
 
 
 class _Required:
@@ -167,15 +168,23 @@ def _format_default(value: Any) -> str:
     return flag_text(value)
 
 
-def build_parser(config_cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one section per group of ``config_cls``."""
+def build_parser(config_cls, description: str = "", prog: str | None = None,
+                 defaults: bool = True) -> argparse.ArgumentParser:
+    """An argparse parser with one section per group of ``config_cls``. No flag may be abbreviated
+    (``--classifier_scal`` is an error, not ``--classifier_scale``). The config's ``HELP``
+    (``{flag: text}``) says what a shared flag means to this script; its ``HIDDEN`` flags are
+    accepted (presets pass them) but not listed. Without ``defaults`` the parsed namespace holds
+    only the flags that were given (see :func:`parse_command`)."""
     flags = _collect(config_cls)
     overrides = dict(getattr(config_cls, "DEFAULTS", {}))
-    unknown = sorted(set(overrides) - set(flags))
+    helps = dict(getattr(config_cls, "HELP", {}))
+    hidden = set(getattr(config_cls, "HIDDEN", ()))
+    unknown = sorted((set(overrides) | set(helps) | hidden) - set(flags))
     if unknown:
-        raise TypeError(f"{config_cls.__name__}.DEFAULTS: no such flag(s) {', '.join(unknown)}")
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        raise TypeError(f"{config_cls.__name__}: DEFAULTS, HELP or HIDDEN name no such flag(s) {', '.join(unknown)}")
+    extra = {} if defaults else {"argument_default": argparse.SUPPRESS}
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, **extra)
     sections: dict[str, argparse._ArgumentGroup] = {}
     done: set[str] = set()
     for _, group, only in _sections(config_cls):
@@ -186,7 +195,8 @@ def build_parser(config_cls, description: str = "", prog: str | None = None) -> 
             if f.group not in sections:
                 sections[f.group] = parser.add_argument_group(f.group, group.ABOUT or None)
             default = overrides.get(f.name, f.default)
-            kwargs: dict[str, Any] = dict(type=f.type, help=f"{f.help} (default: {_format_default(default)})")
+            text = f"{helps.get(f.name, f.help)} (default: {_format_default(default)})"
+            kwargs: dict[str, Any] = dict(type=f.type, help=argparse.SUPPRESS if f.name in hidden else text)
             if f.choices:  # checked after parsing, so the error reads like every other one
                 kwargs["metavar"] = "|".join(map(str, f.choices))
             if f.nargs:
@@ -201,8 +211,8 @@ def build_parser(config_cls, description: str = "", prog: str | None = None) -> 
                 sections[f.group].add_argument(f.name, **kwargs)
                 continue
             if default is REQUIRED:
-                kwargs["required"] = True
-            else:
+                kwargs["required"] = defaults
+            elif defaults:
                 kwargs["default"] = default
             sections[f.group].add_argument(f"--{f.name}", **kwargs)
     return parser
@@ -224,11 +234,22 @@ def parse_flags(config_cls, argv=None, description: str = "", prog: str | None =
     A value outside a flag's choices is a :class:`~guided_diffusion.util.errors.UserError`
     naming the flag; a value argparse cannot convert exits with argparse's usage message.
     """
+    return parse_command(config_cls, argv, description, prog)[0]
+
+
+def parse_command(config_cls, argv=None, description: str = "", prog: str | None = None):
+    """``(config, given)``: :func:`parse_flags`'s config, and the names of the flags the command
+    line gave (a frozenset; positionals count as given), so that what the user did not say can be
+    taken from elsewhere (a checkpoint's saved flags) and what the user said can be checked."""
+    if argv is None:
+        argv = sys.argv[1:]
+    argv = list(argv)
     values = vars(build_parser(config_cls, description, prog).parse_args(argv))
     for name, f in _collect(config_cls).items():
         if f.choices and values[name] not in f.choices:
             raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
-    return _build(config_cls, values)
+    given = frozenset(vars(build_parser(config_cls, description, prog, defaults=False).parse_args(argv)))
+    return _build(config_cls, values), given
 
 
 def config_defaults(config_cls):
@@ -273,18 +294,26 @@ def _coerce(f: Flag, value: Any, where: str) -> Any:
     return value
 
 
+def coerce_flags(config_cls, values: dict[str, Any], where: str = "flags") -> dict[str, Any]:
+    """``values`` (``{flag: value or text}``) as the typed values the config's flags hold; a name
+    the config does not take or a value that does not parse is a :class:`UserError` starting with
+    ``where``."""
+    flags = _collect(config_cls)
+    unknown = sorted(set(values) - set(flags))
+    if unknown:
+        raise UserError(f"{where}: {config_cls.__name__} takes no flag(s) {', '.join('--' + n for n in unknown)}")
+    return {name: _coerce(flags[name], value, where) for name, value in values.items()}
+
+
 def from_dict(config_cls, values: dict[str, Any], where: str = "flags"):
     """The config of ``config_cls`` from a flat ``{flag: value}`` dict (the inverse of
     :func:`flag_dict`, e.g. read back from JSON); flags it omits keep their defaults (the
     config's ``DEFAULTS`` applied), so a partial dict is a preset. A name the config does not
     take, or a value of the wrong type, is a :class:`UserError` that starts with ``where``."""
-    flags = _collect(config_cls)
-    unknown = sorted(set(values) - set(flags))
-    if unknown:
-        raise UserError(f"{where}: {config_cls.__name__} takes no flag(s) {', '.join('--' + n for n in unknown)}")
-    merged = {name: f.default for name, f in flags.items()}
+    typed = coerce_flags(config_cls, values, where)
+    merged = {name: f.default for name, f in _collect(config_cls).items()}
     merged.update(getattr(config_cls, "DEFAULTS", {}))
-    merged.update({name: _coerce(flags[name], value, where) for name, value in values.items()})
+    merged.update(typed)
     missing = sorted(name for name, value in merged.items() if value is REQUIRED)
     if missing:
         raise UserError(f"{where}: missing required flag(s) {', '.join('--' + n for n in missing)}")
