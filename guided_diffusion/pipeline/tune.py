@@ -249,7 +249,7 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
     with atomic_write(os.path.join(out, BEST_JSON), "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
-    write_tune_report(out, rows, record, {"cfg": "W"}.get(cfg.sampling.guidance, "s"))
+    write_tune_report(out, rows, record, SCALE_NAMES.get(cfg.sampling.guidance) or "scale")
     if t.test_dir:
         record = {**record, "test": apply_best(record, t.test_dir, t.test_label_dir, t.test_output_dir,
                                                cfg.run.log_dir, monitor)}
