@@ -30,6 +30,8 @@ setup(
             "mpich>=4.2,<6",
             # test-only: an independent Dice (tests/test_evaluation.py); needs no other torch
             "torchmetrics>=1.4,<2",
+            # test-only: a second NIfTI reader that checks detect.py's output geometry (tests/test_bundle.py)
+            "SimpleITK>=2.3,<3",
         ],
     },
 )

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar
 from .errors import UserError
 
 __all__ = ["Flag", "FlagGroup", "build_parser", "config_defaults", "flag", "flag_dict", "from_dict", "parse_flags",
-           "part", "str2bool", "to_argv"]
+           "parse_known_flags", "part", "str2bool", "to_argv"]
 
 
 class _Required:
@@ -56,10 +56,12 @@ def str2bool(text) -> bool:
 
 def flag(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
          parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-         positional: bool = False) -> Any:
+         positional: bool = False, short: str | None = None) -> Any:
     """Declare a flag as a field of a :class:`FlagGroup`: its default, one line of help,
-    optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool."""
-    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional)
+    optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool; ``short`` is
+    a one-letter alias (``-i`` for ``--input``)."""
+    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional,
+                short=short)
     if isinstance(default, (list, dict, set)):
         raise TypeError("flag defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -78,6 +80,7 @@ class Flag:
     nargs: str | None
     positional: bool
     group: str
+    short: str | None = None
 
     def declaration(self) -> tuple:
         """What must agree when two groups declare the same name."""
@@ -104,7 +107,7 @@ class FlagGroup:
             if parse not in (str2bool, int, float, str) and meta["parse"] is None:
                 raise TypeError(f"{cls.__name__}.{f.name}: type {kind} needs parse=")
             out.append(Flag(f.name, parse, f.default, meta["help"], meta["choices"], meta["metavar"],
-                            meta["nargs"], meta["positional"], cls.NAME))
+                            meta["nargs"], meta["positional"], cls.NAME, meta.get("short")))
         return out
 
     @classmethod
@@ -204,7 +207,8 @@ def build_parser(config_cls, description: str = "", prog: str | None = None) -> 
                 kwargs["required"] = True
             else:
                 kwargs["default"] = default
-            sections[f.group].add_argument(f"--{f.name}", **kwargs)
+            names = [f"-{f.short}"] if f.short else []
+            sections[f.group].add_argument(*names, f"--{f.name}", **kwargs)
     return parser
 
 
@@ -229,6 +233,20 @@ def parse_flags(config_cls, argv=None, description: str = "", prog: str | None =
         if f.choices and values[name] not in f.choices:
             raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
     return _build(config_cls, values)
+
+
+def parse_known_flags(config_cls, argv=None, description: str = "", prog: str | None = None):
+    """Like :func:`parse_flags`, but the words ``config_cls`` does not take are returned, not
+    refused: ``(config, rest)``, for a script whose further flags depend on its own (export_bundle.py
+    reads a translation script's flags after its ``--method``)."""
+    parser = build_parser(config_cls, description, prog)
+    parser.allow_abbrev = False  # a further script's --output_dir must not pass for an abbreviation
+    namespace, rest = parser.parse_known_args(argv)
+    values = vars(namespace)
+    for name, f in _collect(config_cls).items():
+        if f.choices and values[name] not in f.choices:
+            raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
+    return _build(config_cls, values), rest
 
 
 def config_defaults(config_cls):
