@@ -347,3 +347,33 @@ def test_detect_refuses_a_bundle_for_another_dataset(tmp_path, capsys):
     assert detect_main(["--bundle", str(bundle), "-i", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     line = _error(capsys)
     assert str(bundle / "bundle.json") in line and "chexpert" in line
+
+
+def test_torchrun_shares_the_patients_and_writes_what_one_process_writes(intensity_bundle, tmp_path):
+    """Two processes (torchrun, gloo on the CPU): rank 0 takes patients 0 and 2, rank 1 patient 1; the files
+    are byte for byte those of one process, and summary.csv holds every patient once."""
+    import subprocess
+    import sys
+
+    from guided_diffusion.util.dist_util import _free_port
+
+    src = tmp_path / "release"
+    for k in range(3):
+        _write_patient(src / f"BraTS2021_0000{k}", _names(f"BraTS2021_0000{k}"))
+    script = str(REPO / "scripts" / "detect.py")
+
+    def argv(out):
+        return [script, "--bundle", str(intensity_bundle), "-i", str(src), "-o", str(out), "--progress", "False"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert detect_main(argv(tmp_path / "one")[1:]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port()), *argv(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert "rank 0: 2 of 3 patients" in two.stdout and "rank 1: 1 of 3 patients" in two.stdout
+    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_file())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.is_file())
+    assert len(names) == 7  # 3 x (anomaly, mask) and summary.csv
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
