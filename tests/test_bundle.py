@@ -315,7 +315,7 @@ def test_detect_writes_the_input_space_and_the_tumour_voxels(intensity_bundle, t
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
 
 
-def test_detect_reads_four_files_given_by_modality(intensity_bundle, tmp_path):
+def test_detect_reads_four_files_given_by_modality(intensity_bundle, tmp_path, capsys):
     paths = _write_patient(tmp_path / "scans", _names("case7"))
     out = tmp_path / "out"
     argv = ["--bundle", str(intensity_bundle), "-i", *(f"{seq}={paths[seq]}" for seq in ("t1", "t1ce", "t2", "flair")),
@@ -324,6 +324,11 @@ def test_detect_reads_four_files_given_by_modality(intensity_bundle, tmp_path):
     mask = np.asarray(nib.load(out / "case7_mask.nii.gz").dataobj)
     assert mask[TUMOUR].all() and int(mask.sum()) == 36
     assert next(csv.DictReader(open(out / "summary.csv")))["dice_3d"] == ""  # no seg given
+    # another bundle's rerun into the same folder would skip this patient and mix the rows: refused
+    other = _export("intensity", tmp_path, "--threshold", "0.7", "--slice_range", "5,14")
+    before = (out / "case7_mask.nii.gz").read_bytes()
+    assert detect_main([*argv[:1], str(other), *argv[2:]]) == 2
+    assert "another bundle" in _error(capsys) and (out / "case7_mask.nii.gz").read_bytes() == before
 
 
 @pytest.mark.parametrize("problem", ["missing", "shape", "affine", "2d"])

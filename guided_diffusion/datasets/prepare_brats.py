@@ -185,12 +185,12 @@ def find_brats_patients(
     return chosen, patients
 
 
-def check_patient(folder: str, release: BratsRelease, files: dict[str, str],
-                  slice_range: tuple[int, int]) -> BratsPatient:
-    """The patient of ``folder`` once its volumes ``files`` (seq -> path, seg optional) are checked
-    from their headers: 3-D, one shape and one affine, deep enough for ``slice_range``."""
-    folder = os.path.normpath(folder)
-    name = os.path.basename(folder)
+def check_patient(folder: str, release: BratsRelease, files: dict[str, str], slice_range: tuple[int, int],
+                  name: str | None = None) -> BratsPatient:
+    """The patient of ``folder`` (named ``name``, else after the folder) once its volumes ``files``
+    (seq -> path, seg optional) are checked from their headers: 3-D, one shape and one affine, deep
+    enough for ``slice_range``."""
+    name = name or os.path.basename(os.path.normpath(folder))
     reference = MODALITIES[0]
     shapes = {seq: _volume_shape(path) for seq, path in files.items()}
     affines = {seq: read_nifti_affine(path) for seq, path in files.items()}

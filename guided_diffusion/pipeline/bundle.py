@@ -120,10 +120,11 @@ def _weights_entry(path: str, file: str, what: str) -> dict:
 
 def _method_settings(script: str, cfg) -> dict:
     """The method in words and its settings (what a reader of bundle.json looks for first)."""
+    if script == "intensity_translate":
+        return {"script": script, "name": f"{cfg.intensity.channel} intensity"}
     if script != SampleConfig.SCRIPT:
         return {"script": script, "name": {"vae_translate": "VAE", "fpgan_translate": "FixedPoint-GAN",
-                                           "dae_translate": "DAE"}.get(script, f"{cfg.intensity.channel} intensity"
-                                           if script == "intensity_translate" else script)}
+                                           "dae_translate": "DAE"}[script]}
     s = cfg.sampling
     settings = {"script": script, "name": "diffusion translation", "sampler": "DDIM" if s.use_ddim else "DDPM",
                 "guidance": s.guidance, "noise_level": list(s.noise_level),

@@ -35,17 +35,23 @@ from ..datasets.brats import network_input
 from ..datasets.common import check_fits, crop_from_size
 from ..datasets.layout import MODALITIES, SEG, leaf_name
 from ..datasets.nifti import nifti_like_bytes, read_nifti_image
-from ..datasets.prepare_brats import NORMALISERS, RELEASES, BratsPatient, check_patient, load_patient, \
-    read_patient_folder
+from ..datasets.prepare_brats import (
+    NORMALISERS,
+    RELEASES,
+    BratsPatient,
+    check_patient,
+    load_patient,
+    read_patient_folder,
+)
 from ..evaluation.postprocess import PostProcessing, brain_of, process_map, process_mask
 from ..evaluation.results import result_map
 from ..evaluation.thresholds import otsu_masks
 from ..util import dist_util, logger
 from ..util.errors import MissingInputError, UserError
-from ..util.fileio import atomic_save_bytes, atomic_write, ensure_writable_dir
+from ..util.fileio import atomic_save_bytes, atomic_write, ensure_writable_dir, sha256_of
 from ..util.flags import DataFlags, DetectFlags, RunFlags, SpeedFlags
 from ..util.flagspec import part
-from .bundle import Bundle, load_bundle
+from .bundle import BUNDLE_JSON, Bundle, load_bundle
 
 SUMMARY_CSV = "summary.csv"
 ROWS_DIR = ".detect"  # one finished patient's row each: the marker that it is done
@@ -86,15 +92,17 @@ def _patient_of_files(pairs: Sequence[str], slice_range: tuple[int, int]) -> Bra
     if missing:
         raise MissingInputError(f"--input: no {missing[0]}=FILE (expected the four volumes t1=, t1ce=, t2=, flair=, "
                                 "and seg= optionally)")
-    name = os.path.basename(files["flair"])
-    for suffix in sorted({s for r in RELEASES.values() for s in r.suffixes("flair")}, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = name[: -len(next(s for s in _NIFTI_SUFFIXES + ("",) if name.endswith(s)))] or name
-    patient = check_patient(os.path.dirname(os.path.abspath(files["flair"])), RELEASES["2021"], files, slice_range)
-    return BratsPatient(name, name, name, patient.files, patient.shape)
+    return check_patient(os.path.dirname(os.path.abspath(files["flair"])), RELEASES["2021"], files, slice_range,
+                         name=_stem(os.path.basename(files["flair"])))
+
+
+def _stem(file_name: str) -> str:
+    """A patient's name from its FLAIR file: without the release's ending (``_flair.nii.gz``, ``-t2f.nii``),
+    else without ``.nii[.gz]``."""
+    endings = sorted({s for r in RELEASES.values() for s in r.suffixes("flair")} | set(_NIFTI_SUFFIXES), key=len,
+                     reverse=True)
+    ending = next((e for e in endings if file_name.lower().endswith(e)), "")
+    return file_name[: len(file_name) - len(ending)] or file_name
 
 
 def _has_volumes(folder: str) -> bool:
@@ -234,6 +242,24 @@ def process_patient(bundle: Bundle, method, patient: BratsPatient, out: str, dev
     return row
 
 
+def _claim_output(out: str, bundle: Bundle) -> None:
+    """OUT holds the results of one bundle: the first run records its bundle.json's SHA-256, a later
+    run with another bundle is refused (its finished patients would be skipped, the rows mixed)."""
+    os.makedirs(os.path.join(out, ROWS_DIR), exist_ok=True)
+    digest = sha256_of(os.path.join(bundle.folder, BUNDLE_JSON))
+    path = os.path.join(out, ROWS_DIR, "bundle.sha256")
+    if os.path.isfile(path):
+        with open(path) as f:
+            found = f.read().strip()
+        if found != digest:
+            raise UserError(f"--output {out}: holds the results of another bundle (bundle.json SHA-256 {found}, "
+                            f"this one {digest}); choose a new folder")
+        return
+    if dist_util.is_main_process():
+        with atomic_write(path, "w") as f:
+            f.write(digest + "\n")
+
+
 def _done(out: str, name: str) -> bool:
     return all(os.path.isfile(os.path.join(out, f)) for f in (f"{name}_anomaly.nii.gz", f"{name}_mask.nii.gz",
                                                                 os.path.join(ROWS_DIR, f"{name}.json")))
@@ -279,7 +305,7 @@ def detect(cfg: DetectConfig) -> list[dict] | None:
             raise UserError(f"--batch_size {cfg.data.batch_size}: expected a positive integer")
         patients = find_patients(d.input, bundle.slice_range)
         ensure_writable_dir(d.output, "--output")
-        os.makedirs(os.path.join(d.output, ROWS_DIR), exist_ok=True)
+        _claim_output(d.output, bundle)
         rank, world = dist_util.get_rank(), dist_util.get_world_size()
         todo = [p for i, p in enumerate(patients) if i % world == rank and not _done(d.output, p.name)]
         logger.log(f"rank {rank}: {len(todo)} of {len(patients)} patients to process")
