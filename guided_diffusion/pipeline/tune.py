@@ -127,7 +127,8 @@ def _evaluate_command(cfg: TuneConfig, val_folder: str) -> str:
     if e.threshold == "val":  # the threshold chosen on the validation folder, applied unchanged
         words += ["--threshold", "val", "--val_dir", val_folder]
     else:
-        words += ["--threshold", validation_scoring(cfg).rule]
+        rule = validation_scoring(cfg).rule
+        words += ["--threshold", e.threshold if rule == "fixed" else rule]  # a given number stays that number
     words += [f"--{k}={v}" for k, v in (("brain_mask", e.brain_mask), ("median", e.median),
                                           ("min_component", e.min_component)) if v]
     return shlex.join(words)
