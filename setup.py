@@ -38,6 +38,8 @@ setup(
             # test-only: drives the system's Chromium (/usr/bin/chromium) over the DevTools protocol
             # (tests/test_report.py); never run `playwright install`, no browser is downloaded
             "playwright>=1.45,<2",
+            # test-only: a second NIfTI reader that checks detect.py's output geometry (tests/test_bundle.py)
+            "SimpleITK>=2.3,<3",
         ],
     },
 )

@@ -54,7 +54,18 @@ def test_demo_plan_tunes_on_validation_then_runs_what_tune_printed(tmp_path):
     assert sum(line.startswith(f"| {what} |") for _, what, _ in PROTOCOL_ROWS for line in report.splitlines()) == 8
     ran = next(line for line in report.splitlines() if line.startswith("| ddim |"))
     assert f"--noise_level {','.join(map(str, best['noise_level']))}" in ran  # the arguments read after tuning
-    assert set(json.loads((out / "timings.json").read_text())) >= {"train_model", "tune_ddim", "ddim", "eval_paper"}
+    assert set(json.loads((out / "timings.json").read_text())) >= {"train_model", "tune_ddim", "ddim", "eval_paper",
+                                                                    "bundle", "detect"}
+    # the plan ends with tune.py's choice as a bundle, applied to whole raw volumes
+    record = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert record["method"]["noise_level"] == best["noise_level"] and record["threshold"]["rule"] == "val"
+    assert record["threshold"]["value"] == pytest.approx(best["threshold"])
+    with open(out / "detect" / "summary.csv") as f:
+        patients = [r["patient"] for r in csv.DictReader(f)]
+    assert patients == ["BraTS2021_00000", "BraTS2021_00001"]
+    assert all((out / "detect" / f"{p}_{kind}").is_file() for p in patients
+               for kind in ("anomaly.nii.gz", "mask.nii.gz", "overlay.png"))
+    assert "## From the bundle to NIfTI masks" in report and "| BraTS2021_00001 |" in report
 
 
 def test_stages_wait_for_what_they_need_and_a_failure_stops_the_plan(tmp_path):

@@ -218,6 +218,23 @@ def test_fpr_threshold_on_healthy_brain_pixels(test_set, val_set):
     assert default["threshold"] == 7.0 and default["dice"]["mean"] == approx(F(37, 63))
 
 
+def test_a_given_threshold_is_applied_unchanged(test_set):
+    """--threshold 5.5 (a number, as a bundle holds it): the ">= 6" column of test_best_threshold_slice,
+    5/6, with no search; --threshold 7.5 is val's ">= 8" column, 37/63. Text that is neither a rule
+    nor a number is refused."""
+    _, s = compute_metrics(test_set, "slice", threshold="5.5")
+    assert (s["threshold_rule"], s["threshold"], s["threshold_fit"]) == ("fixed", 5.5, None)
+    assert s["dice"]["mean"] == approx(F(5, 6)) and "5.5, given" in s["threshold_description"]
+    assert compute_metrics(test_set, "slice", threshold="7.5")[1]["dice"]["mean"] == approx(F(37, 63))
+    with pytest.raises(UserError, match="--threshold 'high'"):
+        compute_metrics(test_set, "slice", threshold="high")
+    # tune.py's evaluate.py line keeps a given number (there is no rule named "fixed" to write)
+    from guided_diffusion.pipeline.tune import TuneConfig, _evaluate_command
+    from guided_diffusion.util.flagspec import parse_flags
+    tuning = parse_flags(TuneConfig, ["--out", "o", "--protocol", "volume", "--threshold", "5.5"])
+    assert "--threshold 5.5" in _evaluate_command(tuning, "val_folder")
+
+
 def test_threshold_flags_are_checked(test_set, val_set):
     with pytest.raises(UserError, match="--threshold val: needs --val_dir"):
         compute_metrics(test_set, "volume", threshold="val")

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from guided_diffusion.pipeline import driver, evaluate, prepare, presets, runs, tune
+from guided_diffusion.pipeline import bundle, detect, driver, evaluate, prepare, presets, runs, tune
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, flag_dict, parse_flags, part
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def script_configs():
     """Every script's config class (a dataclass with a SCRIPT name)."""
     found = []
-    for module in (runs, evaluate, prepare, driver, tune, visdom_server):
+    for module in (runs, evaluate, prepare, driver, tune, bundle, detect, visdom_server):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ and (
                     hasattr(obj, "SCRIPT") or obj is visdom_server.VisdomServerConfig):
@@ -157,7 +157,7 @@ def _changed_argv(config_cls) -> list[str]:
     value other than its default (so a round trip that drops or mangles a flag shows)."""
     from guided_diffusion.util.flagspec import REQUIRED, _collect, str2bool
     by_parser = {flags.parse_levels: "3,5", flags.parse_floats: "0.5,2", flags.parse_level_sets: "1,2+3",
-                 flags.parse_slice_range: "10,20"}
+                 flags.parse_slice_range: "10,20", flags.parse_threshold: "0.25"}
     argv = []
     for name, f in _collect(config_cls).items():
         if f.nargs:

@@ -4,8 +4,8 @@
     gaussian_diffusion, unet, ... (the top)  1  the maths and the networks (SPEC section 4)
     datasets/, evaluation/, methods/         2  beside each other: none imports another
     pipeline/                                3  runs things from configs, in ranks of its own (PIPELINE_RANKS):
-                                                engines below the script runs, tune.py's search above
-                                                them, the example driver on top
+                                                engines below the script runs, tune.py's search,
+                                                bundles and detection above them, the driver on top
     scripts/                                 4  thin entry points
 
 Beyond the ranks: no import cycle between modules, ``importlib.import_module`` is judged like an
@@ -26,8 +26,10 @@ PIPELINE_RANKS = {
     "cli": 0,
     # what each script runs, from its typed config
     "evaluate": 1, "prepare": 1, "runs": 1,
-    # searches over runs, and the driver of the example plans
-    "tune": 2, "driver": 3,
+    # searches over runs; a bundle of what a search chose; detection on whole scans with a bundle
+    "tune": 2, "bundle": 3, "detect": 4,
+    # the driver of the example plans
+    "driver": 5,
 }
 
 

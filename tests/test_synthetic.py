@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 from pathlib import Path
@@ -148,3 +149,23 @@ def test_data_folder_is_reproduced_by_the_command_in_its_readme(make_synthetic, 
         assert _snapshot(tmp_path / name) == _snapshot(REPO / "data" / name)
     test = BRATSDataset(REPO / "data/brats/testing", label_dir=REPO / "data/brats/test_labels", image_size=64)
     assert sum(test[i][1]["y"] for i in range(len(test))) >= 4
+
+
+def test_raw_volumes_in_a_release_layout(tmp_path):
+    """make_synthetic.py --n_volumes: whole patients as the 2023 release names them, read back by
+    prepare_brats.py's reader; the tumour in slices 88..119 only; byte for byte the same on a second run."""
+    from guided_diffusion.datasets.prepare_brats import read_patient_folder
+    from guided_diffusion.datasets.synthetic import RAW_TUMOUR, generate_volumes
+
+    folders = generate_volumes(str(tmp_path / "a"), release="2023", n_patients=2, size=16, seed=1)
+    assert [os.path.basename(f) for f in folders] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
+    release, patient = read_patient_folder(folders[1])
+    assert release.name == "2023" and patient.shape == (16, 16, 155)
+    assert os.path.basename(patient.files["flair"]) == "BraTS-GLI-00001-000-t2f.nii.gz"
+    seg = nib.load(patient.files["seg"]).get_fdata()
+    tumour_slices = np.flatnonzero(seg.any(axis=(0, 1)))
+    assert tumour_slices.min() >= RAW_TUMOUR[0] and tumour_slices.max() < RAW_TUMOUR[1] and len(tumour_slices) > 20
+    again = generate_volumes(str(tmp_path / "b"), release="2023", n_patients=1, size=16, seed=1)  # patient 0 alike
+    for first, second in zip(folders, again):
+        for name in sorted(os.listdir(first)):
+            assert open(os.path.join(first, name), "rb").read() == open(os.path.join(second, name), "rb").read()

@@ -107,9 +107,8 @@ class BRATSDataset(Dataset):
             )
         check_fits(leaf.modalities[0], shape, self.image_size)
 
-        image = np.clip(np.stack(channels), 0.0, 1.0)  # (4, H, W)
+        image = network_input(np.stack(channels), self.image_size)  # (4, S, S)
         mask = (ground_truth > 0).astype(np.float32)  # (H, W)
-        image = pad_to_size(image, self.image_size)  # (4, S, S)
         mask = pad_to_size(mask, self.image_size)  # (S, S)
         info = {
             "y": int(mask.any()),
@@ -119,7 +118,13 @@ class BRATSDataset(Dataset):
             "patient": leaf.patient,
             "slice": leaf.slice,
         }
-        return torch.from_numpy(image.astype(np.float32)), info
+        return image, info
+
+
+def network_input(channels: np.ndarray, image_size: int) -> torch.Tensor:
+    """What the networks see of one slice: ``channels`` (C, H, W) clipped to [0, 1], zero-padded
+    evenly to (C, S, S) (:func:`pad_to_size`), float32. The loader and detect.py both use it."""
+    return torch.from_numpy(pad_to_size(np.clip(channels, 0.0, 1.0), image_size).astype(np.float32))
 
 
 def _leaf_folders(directory: str) -> list[str]:

@@ -38,6 +38,13 @@ def pad_to_size(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, pad)
 
 
+def crop_from_size(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The inverse of :func:`pad_to_size`: the ``height`` x ``width`` centre of the last two axes."""
+    size_h, size_w = array.shape[-2:]
+    top, left = (size_h - height) // 2, (size_w - width) // 2
+    return array[..., top : top + height, left : left + width]
+
+
 def file_stem(path: str) -> str:
     """The file name without its last suffix (``a/b.c.npy`` -> ``b.c``): a CheXpert image's id."""
     name = os.path.basename(path)

@@ -52,6 +52,35 @@ def read_nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
     return tuple(int(n) for n in _load(path).shape)
 
 
+def read_nifti_affine(path: str | os.PathLike) -> np.ndarray:
+    """The voxel-to-world affine of ``path`` (4, 4), from the header only."""
+    return np.asarray(_load(path).affine, dtype=np.float64)
+
+
+def read_nifti_image(path: str | os.PathLike) -> nib.Nifti1Image:
+    """The image of ``path`` with its header, data not yet loaded (for writing outputs in its space)."""
+    return _load(path)
+
+
+def nifti_like_bytes(array: np.ndarray, reference: nib.Nifti1Image) -> bytes:
+    """``array`` (the reference's 3-D shape) as a gzipped NIfTI-1 image in ``reference``'s space:
+    its affine, qform and sform with their codes, voxel sizes, units and axis order; the data
+    type is ``array``'s, unscaled. Deterministic like :func:`nifti_gz_bytes`."""
+    header = nib.Nifti1Header()
+    old = reference.header
+    header.set_data_shape(array.shape)
+    header.set_data_dtype(array.dtype)
+    header.set_zooms(tuple(old.get_zooms()[: array.ndim]))
+    header.set_xyzt_units(*old.get_xyzt_units())
+    image = nib.Nifti1Image(np.asarray(array), None, header)
+    qform, qcode = old.get_qform(coded=True)
+    sform, scode = old.get_sform(coded=True)
+    image.set_qform(reference.affine if qform is None else qform, code=int(qcode))
+    image.set_sform(reference.affine if sform is None else sform, code=int(scode))
+    image.header.set_slope_inter(1.0, 0.0)
+    return gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
+
+
 def read_nifti(path: str | os.PathLike) -> np.ndarray:
     """Load the whole array of ``path`` as float64 (scaling from the header applied).
 

@@ -46,7 +46,7 @@ from .layout import (
     staged_output,
     write_brats_leaf,
 )
-from .nifti import read_nifti, read_nifti_shape, write_nifti_gz
+from .nifti import read_nifti, read_nifti_affine, read_nifti_shape, write_nifti_gz
 from .splits import split_train_val_test
 
 CLIP_PERCENTILE = 99.5
@@ -181,29 +181,70 @@ def find_brats_patients(
             f"{folder} (no file ending in {' or '.join(chosen.suffixes(SEG))})"
         )
 
-    patients = []
-    for folder, files in found:
-        shapes = {seq: _volume_shape(path) for seq, path in files.items()}
-        reference = MODALITIES[0]
-        for seq, shape in shapes.items():
-            if shape != shapes[reference]:
-                raise UserError(
-                    f"{files[seq]}: volume shape {shape} differs from {shapes[reference]} "
-                    f"of {os.path.basename(files[reference])}"
-                )
-        depth = shapes[reference][2]
-        if slice_range[1] >= depth:
-            raise UserError(
-                f"--slice_range {slice_range[0]},{slice_range[1]}: slice {slice_range[1]} is outside "
-                f"{files[reference]}, which has {depth} axial slices"
-            )
-        match = chosen.folder.match(folder)
-        if match:
-            code, subject = match["id"], match.groupdict().get("subject") or folder
-        else:  # a folder only a forced --release reads: its whole name, unique within src
-            code, subject = folder, folder
-        patients.append(BratsPatient(folder, code, subject, files, shapes[reference]))
+    patients = [check_patient(os.path.join(src, folder), chosen, files, slice_range) for folder, files in found]
     return chosen, patients
+
+
+def check_patient(folder: str, release: BratsRelease, files: dict[str, str], slice_range: tuple[int, int],
+                  name: str | None = None) -> BratsPatient:
+    """The patient of ``folder`` (named ``name``, else after the folder) once its volumes ``files``
+    (seq -> path, seg optional) are checked from their headers: 3-D, one shape and one affine, deep
+    enough for ``slice_range``."""
+    name = name or os.path.basename(os.path.normpath(folder))
+    reference = MODALITIES[0]
+    shapes = {seq: _volume_shape(path) for seq, path in files.items()}
+    affines = {seq: read_nifti_affine(path) for seq, path in files.items()}
+    for seq, shape in shapes.items():
+        if shape != shapes[reference]:
+            raise UserError(
+                f"{files[seq]}: volume shape {shape} differs from {shapes[reference]} "
+                f"of {os.path.basename(files[reference])}"
+            )
+        if not np.allclose(affines[seq], affines[reference], rtol=0, atol=1e-4):
+            raise UserError(
+                f"{files[seq]}: affine {affines[seq].round(4).tolist()} differs from "
+                f"{affines[reference].round(4).tolist()} of {os.path.basename(files[reference])} "
+                "(the modalities must be co-registered)"
+            )
+    depth = shapes[reference][2]
+    if slice_range[1] >= depth:
+        raise UserError(
+            f"--slice_range {slice_range[0]},{slice_range[1]}: slice {slice_range[1]} is outside "
+            f"{files[reference]}, which has {depth} axial slices"
+        )
+    match = release.folder.match(name)
+    if match:
+        code, subject = match["id"], match.groupdict().get("subject") or name
+    else:  # a folder only a forced --release reads: its whole name, unique within src
+        code, subject = name, name
+    return BratsPatient(name, code, subject, files, shapes[reference])
+
+
+def read_patient_folder(folder: str, slice_range: tuple[int, int] = DEFAULT_SLICE_RANGE,
+                        release: str = "auto") -> tuple[BratsRelease, BratsPatient]:
+    """One patient folder of any release, its segmentation optional (for applying a model).
+
+    ``auto`` tells the release from the folder's name, else from the file names (the first
+    release whose four modalities are all found)."""
+    name = os.path.basename(os.path.normpath(folder))
+    if release != "auto":
+        chosen = RELEASES[release]
+    else:
+        named = [r for r in RELEASES.values() if r.folder.match(name)]
+        candidates = named or [r for r in RELEASES.values() if _has_modalities(folder, r)]
+        if not candidates:
+            raise MissingInputError(
+                f"{folder}: no BraTS patient volumes (expected files ending in "
+                f"{', '.join(RELEASES['2020'].suffixes(m)[0] for m in MODALITIES)}, or the 2023 names "
+                f"{', '.join(RELEASES['2023'].suffixes(m)[0] for m in MODALITIES)})"
+            )
+        chosen = candidates[0]
+    return chosen, check_patient(folder, chosen, _find_volumes(folder, chosen), slice_range)
+
+
+def _has_modalities(folder: str, release: BratsRelease) -> bool:
+    names = [n.lower() for n in os.listdir(folder)]
+    return all(any(n.endswith(release.suffixes(seq)) for n in names) for seq in MODALITIES)
 
 
 def _find_volumes(folder: str, release: BratsRelease) -> dict[str, str]:
@@ -356,7 +397,7 @@ def prepare_brats(
     normaliser = NORMALISERS[normalise]
     with staged_output(out) as staging:
         for patient, part, leaves in tqdm(plan, desc="patients", unit="patient", disable=not progress):
-            volumes = _load_patient(patient, first, last, normaliser)  # seq -> (X, Y, n_slices)
+            volumes = load_patient(patient, first, last, normaliser)  # seq -> (X, Y, n_slices)
             for k, (leaf, z) in enumerate(leaves):
                 channels = {seq: volumes[seq][:, :, k] for seq in MODALITIES}
                 seg = volumes[SEG][:, :, k]
@@ -375,10 +416,11 @@ def prepare_brats(
     }
 
 
-def _load_patient(
+def load_patient(
     patient: BratsPatient, first: int, last: int, normaliser: Callable[[np.ndarray, str], np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The normalised modalities and the segmentation of ``patient``, slices first..last: seq -> (X, Y, n)."""
+    """The normalised modalities and the segmentation (when the patient has one) of ``patient``,
+    slices first..last: seq -> (X, Y, n) float64. prepare_brats writes these; detect.py translates them."""
     volumes = {}
     for seq, path in patient.files.items():
         volume = read_nifti(path).reshape(patient.shape)

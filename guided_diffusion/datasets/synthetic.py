@@ -40,6 +40,7 @@ from .layout import (
     write_brats_leaf,
 )
 from .nifti import write_nifti_gz
+from .prepare_brats import RELEASES
 
 DATASET_CHOICES = ("brats", "chexpert", "both")
 MIN_SIZE = 16
@@ -314,6 +315,59 @@ def brats_slice(
         image = np.where(brain, np.clip(image, 0.0, 1.0), 0.0)
         channels[seq] = np.round(image * 255.0) / 255.0  # 8-bit steps, stored as float64
     return channels, seg
+
+
+# ---------------------------------------------------------------------------
+# Whole raw volumes, as a BraTS release ships them.
+
+RAW_FOLDER = "brats_raw"
+RAW_DEPTH = 155  # axial slices of a BraTS volume
+RAW_BRAIN = (60, 145)  # the slices holding brain
+RAW_TUMOUR = (88, 120)  # the slices holding tumour (inside the default slice range 80..128)
+RAW_SCALE = 1000.0  # raw intensities are int16, the cartoon's [0, 1] times this
+RAW_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+"""The BraTS releases' voxel-to-world affine (1 mm voxels, LPS-flipped x and y)."""
+
+
+def raw_patient_folder(release: str, number: int) -> str:
+    """The patient folder name of the ``number``-th patient (0-based) in ``release``'s naming."""
+    return {"2020": f"BraTS20_Training_{number + 1:03d}", "2021": f"BraTS2021_{number:05d}",
+            "2023": f"BraTS-GLI-{number:05d}-000"}[release]
+
+
+def generate_volumes(out: str, *, release: str = "2021", n_patients: int = 2, size: int = 64, seed: int = 0,
+                     tumour: bool = True) -> list[str]:
+    """Write ``n_patients`` whole raw patients in ``release``'s layout under ``out/brats_raw/``::
+
+        out/brats_raw/BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz   (2021)
+
+    int16 volumes of ``size`` x ``size`` x 155 (the cartoon slices of :func:`brats_slice`
+    times 1000 in slices 60..144, a tumour in 88..119 of every patient when ``tumour``), the
+    BraTS affine, a uint8 seg; byte-deterministic. Returns the patient folders written."""
+    if release not in RELEASES:
+        raise UserError(f"--release {release!r}: expected one of {', '.join(RELEASES)}")
+    if size < MIN_SIZE:
+        raise UserError(f"--size {size}: expected at least {MIN_SIZE} pixels")
+    names = [raw_patient_folder(release, i) for i in range(n_patients)]
+    r = RELEASES[release]
+    planned = [os.path.join(RAW_FOLDER, n, n + r.suffixes(seq)[0]) for n in names for seq in MODALITIES + ("seg",)]
+    check_no_stray_files(out, planned, [RAW_FOLDER])
+    with staged_output(out) as staging:
+        for i, name in enumerate(names):
+            shape = _brain_shape(np.random.default_rng([seed, 2, i, 1]))
+            volumes = {seq: np.zeros((size, size, RAW_DEPTH), np.int16) for seq in MODALITIES}
+            seg = np.zeros((size, size, RAW_DEPTH), np.uint8)
+            for z in range(*RAW_BRAIN):
+                channels, seg_z = brats_slice(np.random.default_rng([seed, 2, i, 0, z]), shape, size,
+                                              tumour and RAW_TUMOUR[0] <= z < RAW_TUMOUR[1])
+                for seq in MODALITIES:
+                    volumes[seq][:, :, z] = np.round(channels[seq] * RAW_SCALE).astype(np.int16)
+                seg[:, :, z] = seg_z.astype(np.uint8)
+            folder = os.path.join(staging, RAW_FOLDER, name)
+            os.makedirs(folder, exist_ok=True)
+            for seq, volume in (*volumes.items(), ("seg", seg)):
+                write_nifti_gz(os.path.join(folder, name + r.suffixes(seq)[0]), volume, RAW_AFFINE)
+    return [os.path.join(out, RAW_FOLDER, n) for n in names]
 
 
 # ---------------------------------------------------------------------------

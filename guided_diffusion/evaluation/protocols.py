@@ -88,8 +88,9 @@ class Scoring:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise UserError(f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-        if self.threshold not in THRESHOLD_RULES:
-            raise UserError(f"--threshold {self.threshold!r}: expected one of {', '.join(THRESHOLD_RULES)}")
+        if self.threshold not in THRESHOLD_RULES and fixed_threshold(self.threshold) is None:
+            raise UserError(f"--threshold {self.threshold!r}: expected one of {', '.join(THRESHOLD_RULES)} "
+                            "or a number")
         if not 0 <= self.fpr < 1:
             raise UserError(f"--fpr {self.fpr}: expected a fraction, 0 <= fpr < 1")
         if self.bootstrap < 0:
@@ -106,6 +107,8 @@ class Scoring:
     def rule(self) -> str:
         """The threshold rule: ``auto`` is otsu for paper (the paper's), and val for slice and
         volume when ``val_dir`` is given (Behrendt et al.), else otsu."""
+        if fixed_threshold(self.threshold) is not None:
+            return "fixed"
         if self.threshold != "auto":
             return self.threshold
         return "val" if self.val_dir and self.protocol != "paper" else "otsu"
@@ -121,7 +124,20 @@ class Scoring:
 
     def describe_rule(self) -> str:
         """One line for tables: the rule and where its threshold came from; "oracle" for best."""
+        if self.rule == "fixed":
+            return f"the global threshold {float(self.threshold):g}, given"
         return describe_rule(self.rule, f"the validation run {self.val_dir}", self.fpr)
+
+
+def fixed_threshold(text: str) -> float | None:
+    """The number of a ``--threshold T`` (a fixed global threshold), None for a rule's name."""
+    if text in THRESHOLD_RULES:
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def describe_rule(rule: str, validation: str, fpr: float) -> str:
@@ -265,6 +281,8 @@ def fit_threshold(units: list[Unit], scoring: Scoring) -> SearchResult | None:
     rule = scoring.rule
     if rule == "otsu":
         return None
+    if rule == "fixed":
+        return SearchResult(float(scoring.threshold))
     if rule == "fpr":
         return fpr_threshold(_healthy_brain_values(units), scoring.fpr)
     post = scoring.postprocessing
@@ -411,7 +429,7 @@ def _dice_interval(pooled: _Pooled, unit_dice: dict[int, float]) -> list[float] 
 
 
 def _threshold_fit(fit: SearchResult | None, scoring: Scoring) -> dict[str, Any] | None:
-    if fit is None:
+    if fit is None or scoring.rule == "fixed":
         return None
     return {"set": "this test set" if scoring.rule == "best" else scoring.val_dir,
             **({"fpr": scoring.fpr} if scoring.rule == "fpr" else {}),

@@ -153,6 +153,14 @@ def _array(a: Any, name: str) -> np.ndarray:
     return to_numpy(a, name)
 
 
+def result_map(input: np.ndarray, healthy: np.ndarray, anomaly: Array | None = None) -> np.ndarray:
+    """The stored anomaly map of one image: ``anomaly`` when the method made its own, else
+    |input - healthy| summed over channels, from float32 images (C, H, W); float32 (H, W)."""
+    if anomaly is not None:
+        return _array(anomaly, "anomaly").astype(np.float32)
+    return anomaly_map(input.astype(np.float32), healthy.astype(np.float32)).astype(np.float32)
+
+
 def save_result(
     output_dir: str | os.PathLike,
     id: str,
@@ -195,7 +203,7 @@ def save_result(
             f"{id}: healthy: expected shape {x.shape} like input, got {x_healthy.shape}"
         )
     hw = x.shape[1:]
-    amap = (anomaly_map(x, x_healthy) if anomaly is None else _array(anomaly, "anomaly")).astype(np.float32)
+    amap = result_map(x, x_healthy, anomaly)
     if amap.shape != hw:
         raise ValueError(f"{id}: anomaly: expected shape (H, W) = {hw}, got {amap.shape}")
     if not np.isfinite(amap).all():
@@ -505,7 +513,7 @@ def score_folder(output_dir: str | os.PathLike, scoring: Scoring | None = None) 
         fit = fit_threshold(prepare_units(val, scoring, scoring.val_dir), scoring)
         del val
     units = prepare_units(load_slices(output_dir, brain=scoring.brain_mask), scoring, str(output_dir))
-    if scoring.rule == "best":
+    if scoring.rule in ("best", "fixed"):
         fit = fit_threshold(units, scoring)
     return score_units(units, scoring, fit)
 
@@ -704,7 +712,8 @@ def _mean_std(stats: Any) -> str:
 def threshold_text(summary: Mapping[str, Any]) -> str:
     """The rule and the threshold, e.g. ``best (oracle) 0.412`` or ``otsu (per slice)``."""
     rule = summary.get("threshold_rule") or "otsu"
-    name = {"otsu": "otsu (per slice)", "best": "best (oracle)", "val": "val", "fpr": "fpr"}.get(rule, rule)
+    name = {"otsu": "otsu (per slice)", "best": "best (oracle)", "val": "val", "fpr": "fpr",
+            "fixed": "fixed"}.get(rule, rule)
     fit = summary.get("threshold_fit")
     if rule == "fpr" and isinstance(fit, Mapping) and fit.get("fpr") is not None:
         name = f"fpr {fit['fpr']:g}"

@@ -36,6 +36,7 @@ from typing import Callable, ClassVar, Sequence, Union
 
 import numpy as np
 
+from ..datasets.synthetic import RAW_FOLDER
 from ..evaluation.compare import COMPARISON_CSV, COMPARISON_MD
 from ..evaluation.report import REPORT_HTML
 from ..evaluation.results import format_table, load_result, read_metrics, read_summary
@@ -55,6 +56,7 @@ from .presets import (
     DEMO_SIMPLEX_FLAGS,
     DEMO_VAE_FLAGS,
 )
+from .detect import SUMMARY_CSV
 from .tune import BEST_JSON, TUNE_CSV, fill_command, read_best
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -324,7 +326,42 @@ def plan_stages(plan: Plan) -> tuple[list[Stage], list[Method]]:
                for key, _, flags in PROTOCOL_ROWS]
     if plan.cfg.driver.plan == "compare":
         stages.append(plan.compare("compare", methods, MAIN_EVALUATION, plan.out, 4))
+    stages += detection_stages(plan, tune_dir)
     return stages, methods
+
+
+# the end of every plan: tune.py's choice as a bundle, applied to whole raw patients as a release ships them
+RAW_PATIENTS = 2
+RAW_FLAGS = f"--size 64 --n_volumes {RAW_PATIENTS} --release 2021 --n_train 0 --n_test 0 --datasets brats"
+BUNDLE_SLICES = "100,107"  # 8 axial slices of the raw volumes' tumour slices (88..119), to keep the demo short
+
+
+def detection_stages(plan: Plan, tune_dir: str) -> list[Stage]:
+    """make_synthetic.py's raw volumes, export_bundle.py of the tuned DDIM, detect.py on the volumes."""
+    raw, bundle = plan.folder("raw"), plan.folder("bundle")
+    return [
+        Stage("raw_volumes", "make_synthetic.py", f"--out {raw} {RAW_FLAGS} --seed {plan.cfg.run.seed}"),
+        Stage("bundle", "export_bundle.py", f"--tune_dir {tune_dir} --out {bundle} --slice_range {BUNDLE_SLICES}",
+              needs=(f"tune_{os.path.basename(tune_dir)}",)),
+        Stage("detect", "detect.py", f"--bundle {bundle} -i {os.path.join(raw, RAW_FOLDER)} -o "
+                                     f"{plan.folder('detect')} --overlay True --progress False",
+              needs=("raw_volumes", "bundle")),
+    ]
+
+
+def detection_lines(plan: Plan) -> list[str]:
+    """The report's section on the bundle and detect.py's summary.csv."""
+    folder = os.path.join(plan.out, "detect")
+    rows = _read_csv(os.path.join(folder, SUMMARY_CSV))
+    lines = ["## From the bundle to NIfTI masks", "",
+             f"`export_bundle.py` wrote tune.py's choice to `bundle/`; `detect.py` applied it to {len(rows)} whole "
+             f"raw patients in the 2021 release's layout (`raw/{RAW_FOLDER}/`), slices {BUNDLE_SLICES}, writing "
+             "`detect/<patient>_anomaly.nii.gz` and `_mask.nii.gz` in each scan's space:", "",
+             "| patient | lesion (mL) | positive slices | image score | 3-D Dice |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['patient']} | {_number(r['lesion_ml'], 2)} | {r['positive_slices']} | "
+              f"{_number(r['image_score'])} | {_number(r['dice_3d'])} |" for r in rows]
+    lines += [""] + [f"![{r['patient']}](detect/{r['patient']}_overlay.png)" for r in rows] + [""]
+    return lines
 
 
 @dataclass(frozen=True)
@@ -455,6 +492,7 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
         with open(os.path.join(out, COMPARISON_MD)) as f:
             lines += ["## Every method (volume protocol, threshold chosen on validation)", "", f.read(), "",
                       "![comparison](comparison.png)", ""]
+    lines += detection_lines(plan)
     lines += ["## Panels", "", f"The whole test run, worst patient first: [its page]({os.path.relpath(ddim.test, out)}/"
               f"{REPORT_HTML}). Each panel names its tiles: input channels; healthy reconstruction; anomaly map on "
               "the run's colour scale with its colour bar, the mask of the evaluation above, ground truth.", ""]

@@ -9,7 +9,7 @@ from ..datasets.layout import VALIDATION
 from ..datasets.prepare_brats import prepare_brats
 from ..datasets.prepare_chexpert import prepare_chexpert
 from ..datasets.realistic import generate_realistic
-from ..datasets.synthetic import generate
+from ..datasets.synthetic import generate, generate_volumes
 from ..util.errors import UserError
 from ..util.flags import (
     DATASETS,
@@ -59,6 +59,7 @@ class SyntheticConfig:
     synthetic: SyntheticFlags
     output: OutputFlags
     run: RunFlags = part("seed")
+    raw: PrepareBratsFlags = part("release")
     SCRIPT: ClassVar[str] = "make_synthetic"
     HELP: ClassVar[dict] = {"seed": "seeds the generated images and tumours"}
 
@@ -107,8 +108,16 @@ def run_make_synthetic(cfg: SyntheticConfig) -> dict:
     if not names or any(n not in DATASETS for n in names):
         raise UserError(f"--datasets {s.datasets!r}: expected a comma-separated subset of {', '.join(DATASETS)}")
     which = "both" if set(names) == set(DATASETS) else names[0]
-    return generate(cfg.output.out, dataset=which, size=s.size, n_train=s.n_train, n_test=s.n_test,
-                    n_val=s.n_val, tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)
+    if s.n_volumes < 0:
+        raise UserError(f"--n_volumes {s.n_volumes}: expected 0 or more")
+    counts = generate(cfg.output.out, dataset=which, size=s.size, n_train=s.n_train, n_test=s.n_test,
+                      n_val=s.n_val, tumour_fraction=s.tumour_fraction, seed=cfg.run.seed)
+    volumes = []
+    if s.n_volumes:
+        release = "2021" if cfg.raw.release == "auto" else cfg.raw.release
+        volumes = generate_volumes(cfg.output.out, release=release, n_patients=s.n_volumes, size=s.size,
+                                   seed=cfg.run.seed)
+    return {**counts, "volumes": len(volumes)}
 
 
 def run_make_realistic(cfg: RealisticConfig) -> dict:

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, make_dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch as th
 from torch.utils.data import DataLoader, Subset
@@ -478,23 +478,32 @@ def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
     return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
 
 
-def translate_vae(cfg: VAETranslateConfig, monitor=None) -> dict | None:
-    """scripts/vae_translate.py: the VAE's reconstruction as the healthy translation."""
-    device = dist_util.dev(cfg.run.device or None)
+def vae_method(cfg: VAETranslateConfig, device: th.device) -> NetworkTranslation:
+    """The VAE's reconstruction as the healthy translation, its checkpoint loaded."""
     model, _ = create_vae(cfg.data, cfg.vae)
     load_weights(model, checkpoint_of(cfg), "--model_path", "VAE", hint=VAE_FLAGS_HINT)
     prepare_for_inference(model, device)
-    return _translate(cfg, NetworkTranslation("VAE", model.reconstruct), _dataset(cfg.data, "test"), device, monitor)
+    return NetworkTranslation("VAE", model.reconstruct)
+
+
+def translate_vae(cfg: VAETranslateConfig, monitor=None) -> dict | None:
+    """scripts/vae_translate.py: the VAE's reconstruction as the healthy translation."""
+    device = dist_util.dev(cfg.run.device or None)
+    return _translate(cfg, vae_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
+
+
+def fpgan_method(cfg: FPGANTranslateConfig, device: th.device) -> NetworkTranslation:
+    """G(x, healthy) of FixedPoint-GAN as the healthy translation, its checkpoint loaded."""
+    gen, _ = create_fpgan(cfg.data, cfg.fpgan)
+    load_weights(gen, checkpoint_of(cfg), "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
+    prepare_for_inference(gen, device)
+    return NetworkTranslation("FixedPoint-GAN", lambda x: translate_to_healthy(gen, x))
 
 
 def translate_fpgan(cfg: FPGANTranslateConfig, monitor=None) -> dict | None:
     """scripts/fpgan_translate.py: G(x, healthy) as the healthy translation."""
     device = dist_util.dev(cfg.run.device or None)
-    gen, _ = create_fpgan(cfg.data, cfg.fpgan)
-    load_weights(gen, checkpoint_of(cfg), "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
-    prepare_for_inference(gen, device)
-    method = NetworkTranslation("FixedPoint-GAN", lambda x: translate_to_healthy(gen, x))
-    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+    return _translate(cfg, fpgan_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
 
 
 def train_dae(cfg, monitor=None) -> dict:
@@ -510,23 +519,26 @@ def train_dae(cfg, monitor=None) -> dict:
     return _train(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
 
 
-def translate_dae(cfg, monitor=None) -> dict | None:
-    """scripts/dae_translate.py: D(x), the DAE's reconstruction, as the healthy translation."""
-    device = dist_util.dev(cfg.run.device or None)
+def dae_method(cfg, device: th.device) -> NetworkTranslation:
+    """D(x), the DAE's reconstruction, as the healthy translation, its checkpoint loaded."""
     net = create_dae(cfg.data, cfg.model)
     load_weights(net, checkpoint_of(cfg), "--model_path", "denoising autoencoder", hint=DAE_FLAGS_HINT)
     prepare_for_inference(net, device)
-    method = NetworkTranslation("DAE", lambda x: dae_translate_to_healthy(net, x))
-    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+    return NetworkTranslation("DAE", lambda x: dae_translate_to_healthy(net, x))
+
+
+def translate_dae(cfg, monitor=None) -> dict | None:
+    """scripts/dae_translate.py: D(x), the DAE's reconstruction, as the healthy translation."""
+    device = dist_util.dev(cfg.run.device or None)
+    return _translate(cfg, dae_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
 
 
 IntensityConfig = _baseline_config("intensity_translate", _TranslationConfig, {}, intensity=IntensityFlags)
 
 
-def translate_intensity(cfg, monitor=None) -> dict | None:
-    """scripts/intensity_translate.py: one channel's intensity as the anomaly map (the baseline of Meissen et
-    al.): the "healthy" image is the input with that channel set to 0, so sum_c |x - healthy| is its intensity."""
-    device = dist_util.dev(cfg.run.device or None)
+def intensity_method(cfg, device: th.device | None = None) -> NetworkTranslation:
+    """One channel's intensity as the anomaly map (the baseline of Meissen et al.): the "healthy" image
+    is the input with that channel set to 0, so sum_c |x - healthy| is its intensity."""
     names = CHANNELS[cfg.data.dataset]
     channel = cfg.intensity.channel
     if channel not in names:
@@ -538,5 +550,21 @@ def translate_intensity(cfg, monitor=None) -> dict | None:
         healthy[:, index] = 0
         return healthy
 
-    method = NetworkTranslation(f"{channel.upper() if channel != 'xray' else 'X-ray'} intensity", zero_channel)
-    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+    return NetworkTranslation(f"{channel.upper() if channel != 'xray' else 'X-ray'} intensity", zero_channel)
+
+
+def translate_intensity(cfg, monitor=None) -> dict | None:
+    """scripts/intensity_translate.py: one channel's intensity as the anomaly map."""
+    device = dist_util.dev(cfg.run.device or None)
+    return _translate(cfg, intensity_method(cfg), _dataset(cfg.data, "test"), device, monitor)
+
+
+TRANSLATION_METHODS: dict[str, tuple[type, Callable[..., Method]]] = {
+    SampleConfig.SCRIPT: (SampleConfig, diffusion_method),
+    VAETranslateConfig.SCRIPT: (VAETranslateConfig, vae_method),
+    FPGANTranslateConfig.SCRIPT: (FPGANTranslateConfig, fpgan_method),
+    DAETranslateConfig.SCRIPT: (DAETranslateConfig, dae_method),
+    IntensityConfig.SCRIPT: (IntensityConfig, intensity_method),
+}
+"""Each translation script: its config class and the function that builds its method (checkpoints
+loaded) from that config and a device."""

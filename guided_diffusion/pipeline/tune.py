@@ -140,7 +140,8 @@ def applied_evaluation(cfg: TuneConfig, val_folder: str) -> EvaluationFlags:
     e = cfg.evaluation
     if e.threshold == "val":
         return dataclasses.replace(e, val_dir=val_folder)
-    return dataclasses.replace(e, threshold=validation_scoring(cfg).rule)
+    rule = validation_scoring(cfg).rule
+    return dataclasses.replace(e, threshold=e.threshold if rule == "fixed" else rule)  # a number stays that number
 
 
 def applied_config(cfg: TuneConfig, setting: Setting, val_folder: str, test_dir: str = TEST_DIR,

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import tempfile
 from typing import IO, Iterator
 
@@ -53,3 +55,32 @@ def ensure_writable_dir(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot create it ({e.strerror})") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: not writable")
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_folder(path: str, flag: str) -> Iterator[str]:
+    """A hidden folder beside ``path`` to fill; on success it is renamed to ``path`` (which must not
+    exist, or be an empty folder), so the folder appears complete or not at all."""
+    path = os.path.normpath(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"{flag} {path}: already exists and is not an empty folder; choose a new one")
+    parent = os.path.dirname(os.path.abspath(path))
+    ensure_writable_dir(parent, flag)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(path):
+            os.rmdir(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

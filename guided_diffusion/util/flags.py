@@ -39,6 +39,20 @@ def parse_level_sets(text: str) -> tuple[tuple[int, ...], ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas (an ensemble joined by +), "
                                          f"found {text!r}") from None
+def parse_threshold(text: str) -> str:
+    """A threshold rule of ``THRESHOLD_RULES``, or a number written as text (a fixed global threshold)."""
+    text = str(text)
+    if text not in THRESHOLD_RULES:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(THRESHOLD_RULES)} or a number, "
+                                             f"found {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return text
+
+
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
 NORMALISATIONS = ("percentile", "brainminmax")
 
@@ -304,8 +318,9 @@ class EvaluationFlags(FlagGroup):
     threshold: str = flag("auto", "otsu: per slice (the paper); best: the one global threshold with the best mean "
                                   "Dice on this set (an oracle, labelled so); val: the one best on --val_dir, applied "
                                   "unchanged; fpr: the one marking --fpr of --val_dir's healthy brain pixels; auto: "
-                                  "otsu for paper, val for slice and volume when --val_dir is given, else otsu",
-                          choices=THRESHOLD_RULES)
+                                  "otsu for paper, val for slice and volume when --val_dir is given, else otsu; a "
+                                  "number T: that global threshold (a pixel is positive above T)",
+                          metavar="|".join(THRESHOLD_RULES) + "|T", parse=parse_threshold)
     val_dir: str = flag("", "the same method's translated, labelled validation folder, for --threshold val|fpr "
                             "(compare.py: one per RUN_DIR, comma-separated)", metavar="DIR")
     fpr: float = flag(0.01, "--threshold fpr: the fraction of --val_dir's healthy brain pixels marked positive")
@@ -459,6 +474,8 @@ class SyntheticFlags(FlagGroup):
     n_val: int = flag(0, "validation slices (BRATS, with seg like training) / images (CheXpert)")
     tumour_fraction: float = flag(0.5, "fraction of each split with a tumour (BRATS) or effusion (CheXpert)")
     datasets: str = flag("brats,chexpert", "which sets to write, comma-separated", metavar="NAMES")
+    n_volumes: int = flag(0, "also write N whole raw BraTS patients (155 slices) in --release's layout (auto: "
+                             "2021) under OUT/brats_raw/, for detect.py")
 
 
 @dataclass(frozen=True)
@@ -479,11 +496,39 @@ class DriverFlags(FlagGroup):
                         "1-thread stages ran only 1.1x faster than one after the other)")
 
 
+TRANSLATORS = ("classifier_sample_known", "vae_translate", "fpgan_translate", "dae_translate", "intensity_translate")
+"""The scripts that translate images to healthy ones: what a bundle can hold."""
+
+
+@dataclass(frozen=True)
+class BundleFlags(FlagGroup):
+    NAME = "bundle"
+    ABOUT = ("export_bundle.py: what goes into the bundle; without --tune_dir the flags of the --method "
+             "script follow, with --threshold T")
+    tune_dir: str = flag("", "tune.py's --out: bundle the setting of its best.json (no further flags)",
+                         metavar="DIR")
+    method: str = flag("classifier_sample_known", "the translation script whose flags follow (without --tune_dir)",
+                       choices=TRANSLATORS)
+
+
+@dataclass(frozen=True)
+class DetectFlags(FlagGroup):
+    NAME = "detection"
+    ABOUT = "detect.py: a bundle applied to whole BraTS volumes"
+    bundle: str = flag(REQUIRED, "the bundle folder (export_bundle.py --out)", metavar="DIR")
+    input: tuple = flag(REQUIRED, "a patient folder of any BraTS release, a folder of patient folders, or the "
+                                  "four volumes as t1=FILE t1ce=FILE t2=FILE flair=FILE [seg=FILE]", metavar="IN",
+                        nargs="+", parse=str, short="i")
+    output: str = flag(REQUIRED, "folder for <patient>_anomaly.nii.gz, <patient>_mask.nii.gz and summary.csv",
+                       metavar="OUT", short="o")
+    overlay: bool = flag(False, "also write <patient>_overlay.png: the FLAIR slices with the mask's contour")
+
+
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
     SamplingFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags,
     DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags,
-    SyntheticFlags, DriverFlags,
+    SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""

@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar
 from .errors import UserError
 
 __all__ = ["Flag", "FlagGroup", "build_parser", "coerce_flags", "config_defaults", "flag", "flag_dict", "from_dict",
-           "parse_command", "parse_flags", "part", "str2bool", "to_argv"]
+           "parse_command", "parse_flags", "parse_known_flags", "part", "str2bool", "to_argv"]
 
 
 class _Required:
@@ -57,10 +57,12 @@ def str2bool(text) -> bool:
 
 def flag(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
          parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-         positional: bool = False) -> Any:
+         positional: bool = False, short: str | None = None) -> Any:
     """Declare a flag as a field of a :class:`FlagGroup`: its default, one line of help,
-    optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool."""
-    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional)
+    optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool; ``short`` is
+    a one-letter alias (``-i`` for ``--input``)."""
+    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional,
+                short=short)
     if isinstance(default, (list, dict, set)):
         raise TypeError("flag defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -79,6 +81,7 @@ class Flag:
     nargs: str | None
     positional: bool
     group: str
+    short: str | None = None
 
     def declaration(self) -> tuple:
         """What must agree when two groups declare the same name."""
@@ -105,7 +108,7 @@ class FlagGroup:
             if parse not in (str2bool, int, float, str) and meta["parse"] is None:
                 raise TypeError(f"{cls.__name__}.{f.name}: type {kind} needs parse=")
             out.append(Flag(f.name, parse, f.default, meta["help"], meta["choices"], meta["metavar"],
-                            meta["nargs"], meta["positional"], cls.NAME))
+                            meta["nargs"], meta["positional"], cls.NAME, meta.get("short")))
         return out
 
     @classmethod
@@ -214,7 +217,8 @@ def build_parser(config_cls, description: str = "", prog: str | None = None,
                 kwargs["required"] = defaults
             elif defaults:
                 kwargs["default"] = default
-            sections[f.group].add_argument(f"--{f.name}", **kwargs)
+            names = [f"-{f.short}"] if f.short else []
+            sections[f.group].add_argument(*names, f"--{f.name}", **kwargs)
     return parser
 
 
@@ -245,11 +249,26 @@ def parse_command(config_cls, argv=None, description: str = "", prog: str | None
         argv = sys.argv[1:]
     argv = list(argv)
     values = vars(build_parser(config_cls, description, prog).parse_args(argv))
+    _check_choices(config_cls, values)
+    given = frozenset(vars(build_parser(config_cls, description, prog, defaults=False).parse_args(argv)))
+    return _build(config_cls, values), given
+
+
+def parse_known_flags(config_cls, argv=None, description: str = "", prog: str | None = None):
+    """Like :func:`parse_flags`, but the words ``config_cls`` does not take are returned, not
+    refused: ``(config, rest)``, for a script whose further flags depend on its own (export_bundle.py
+    reads a translation script's flags after its ``--method``)."""
+    namespace, rest = build_parser(config_cls, description, prog).parse_known_args(argv)  # no abbreviations
+    values = vars(namespace)
+    _check_choices(config_cls, values)
+    return _build(config_cls, values), rest
+
+
+def _check_choices(config_cls, values: dict[str, Any]) -> None:
+    """A parsed value outside its flag's choices is a :class:`UserError` naming the flag."""
     for name, f in _collect(config_cls).items():
         if f.choices and values[name] not in f.choices:
             raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
-    given = frozenset(vars(build_parser(config_cls, description, prog, defaults=False).parse_args(argv)))
-    return _build(config_cls, values), given
 
 
 def config_defaults(config_cls):
