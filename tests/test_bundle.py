@@ -155,6 +155,25 @@ def test_every_translating_method_can_be_bundled_and_loaded(name, tmp_path):
         assert record["method"]["noise_level"] == [3]
 
 
+def test_export_takes_the_network_flags_from_the_checkpoints(tmp_path):
+    """Data, checkpoints, L and s are enough: the rest comes from the flags saved beside each
+    checkpoint, as for the translation script itself."""
+    from guided_diffusion.pipeline.runs import ClassifierTrainConfig, ImageTrainConfig
+    from guided_diffusion.util.flagspec import flag_dict
+    script, flags, _ = METHODS["ddim"]
+    paths = _save_networks("ddim", tmp_path / "ckpt")
+    for config_cls, name in ((ImageTrainConfig, "image_train"), (ClassifierTrainConfig, "classifier_train")):
+        saved = flag_dict(from_dict(config_cls, {k: v for k, v in flags.items() if k in _flag_names(config_cls)}))
+        (tmp_path / "ckpt" / f"flags_{name}.json").write_text(json.dumps(saved))
+    out = tmp_path / "bundle"
+    assert export_main(["--out", str(out), "--method", script, "--model_path", *paths["model_path"],
+                        "--classifier_path", paths["classifier_path"], "--noise_level", "3", "--use_ddim", "True",
+                        "--classifier_scale", "10", "--threshold", "0.25"]) == 0
+    loaded, full = load_bundle(str(out)).config, _config(script, flags)
+    assert loaded.model == full.model and loaded.classifier == full.classifier and loaded.diffusion == full.diffusion
+    assert loaded.data.image_size == SIZE
+
+
 def test_a_changed_bundle_file_is_refused(tmp_path, capsys):
     bundle = _export("vae", tmp_path, "--threshold", "0.5")
     with open(bundle / "model.pt", "ab") as f:
