@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -275,3 +276,36 @@ def test_full_output_folder(translate, nets, testset, tmp_path):
         assert_user_error(proc, rf"{full}/\S+: No space left on device", full)
     finally:
         subprocess.run(["umount", str(full)])
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_folder_of_other_settings_is_never_relabelled(translate, nets, testset, tmp_path):
+    # the case: a rerun at other L and s into a folder made at L = 2, s = 100 reported the
+    # old images under the new settings and exited 0
+    out = tmp_path / "o"
+    assert translate(nets, testset, out, "--num_samples", 1).returncode == 0
+    made = files_of(out)
+    proc = translate(nets, testset, out, "--noise_level", 1, "--classifier_scale", 7)
+    assert_user_error(proc, rf"^error: --output_dir {out}: holds results made with other settings \({out}/settings"
+                            r"\.json\): --classifier_scale 100\.0 \(now 7\.0\), --noise_level 2 \(now 1\); rerun with "
+                            r"those flags to resume, or use another --output_dir$", out)
+    other = tmp_path / "other.pt"
+    shutil.copy(nets / "model000000.pt", other)
+    proc = translate(nets, testset, out, "--seed", 3, "--timestep_respacing", "ddim25", model=other)
+    assert_user_error(proc, rf": --seed 0 \(now 3\), --model_path {nets}/model000000\.pt \(now {other}\), "
+                            r"--timestep_respacing none \(now ddim25\);", out)
+    assert files_of(out) == made  # nothing written, nothing relabelled
+    # the same settings resume; the batch, the number of images, the scoring and the bar change no result
+    proc = translate(nets, testset, out, "--batch_size", 2, "--num_samples", -1, "--protocol", "slice")
+    assert proc.returncode == 0 and "2 of 3 images to translate (1 done)" in proc.stdout, proc.stderr
+    assert all(files_of(out)[name] == data for name, data in made.items() if name.endswith((".npz", ".png")))
+    # a folder written before settings.json: the flags its summary.json recorded stand in
+    (out / "settings.json").unlink()
+    assert_user_error(translate(nets, testset, out, "--noise_level", 1),
+                      rf"other settings \({out}/summary\.json\): --noise_level 2 \(now 1\);", out)
+    (out / "summary.json").unlink()
+    assert_user_error(translate(nets, testset, out), rf"--output_dir {out}: holds results whose settings were not "
+                                                     r"recorded", out)

@@ -82,6 +82,7 @@ from .networks import (
 )
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
+from .settings import claim_output_dir
 from .translate import LoopConfig, Method, translate_folder
 
 # -------------------------------------------------------------------------------- configs
@@ -359,6 +360,7 @@ def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
                       num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
                       progress=cfg.run.progress,
                       visdom_every=cfg.monitoring.visdom_every)
+    claim_output_dir(output_dir, cfg)  # before any result: other settings are an error, the same ones resume
     flags = dict(sorted(flag_dict(cfg).items()))
     summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
     if summary is not None:
