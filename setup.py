@@ -17,6 +17,7 @@ setup(
         "scipy>=1.11,<2",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        "matplotlib>=3.7,<4",  # progress.png of training (the Agg backend, no display)
     ],
     extras_require={
         # visdom 0.2.4 needs setuptools<81 at build time (see constraints.txt)

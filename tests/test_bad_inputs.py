@@ -309,3 +309,15 @@ def test_a_folder_of_other_settings_is_never_relabelled(translate, nets, testset
     (out / "summary.json").unlink()
     assert_user_error(translate(nets, testset, out), rf"--output_dir {out}: holds results whose settings were not "
                                                      r"recorded", out)
+
+
+def test_training_into_a_folder_of_checkpoints_says_how_to_resume(call, testset, tmp_path):
+    # before: a second run started from step 0 and overwrote the first run's model000001.pt
+    log = tmp_path / "log"
+    assert call("image_train", training_argv("image_train", testset, log)).returncode == 0
+    made = files_of(log)
+    proc = call("image_train", training_argv("image_train", testset, log, "--seed", 1))
+    assert_user_error(proc, rf"^error: --log_dir {log}: holds the checkpoints of an earlier run \(the newest: "
+                            r"ema_0\.9999_000001\.pt, model000001\.pt, opt000001\.pt\); continue it with "
+                            r"--resume_checkpoint auto, or start afresh with another --log_dir$", log)
+    assert files_of(log) == made  # the checkpoints and the saved flags untouched (resuming: test_train_util.py)

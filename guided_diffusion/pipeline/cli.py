@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..util import dist_util, logger
-from ..util.errors import UserError
+from ..util.errors import Stopped, UserError
 from ..util.fileio import ensure_writable_dir
 from ..util.flagspec import parse_flags
 from ..util.monitor import Monitor
@@ -66,12 +66,17 @@ def run_tool(config_cls, run: Callable[[Any], Any], argv: Sequence[str] | None =
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a script's main; a user error prints ``error: ...`` as one line and returns 2."""
+    """Run a script's main; a user error prints ``error: ...`` as one line and returns 2; a run stopped by
+    a signal after saving its state (:class:`~guided_diffusion.util.errors.Stopped`) says so and returns
+    128 + the signal's number."""
     try:
         main(argv)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except Stopped as e:  # a signal asked the run to stop, and it saved its state
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -230,9 +230,9 @@ def _train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", 
 def _train(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, monitor, indices=None, what: str = "") -> dict:
     """Train ``piece``; returns ``{"step", "checkpoint" (the final marker file), "last" (the last
     logged loss means), "trainer"}``."""
-    _write_flags(cfg, cfg.run.log_dir)
     trainer = Trainer(piece, _stream(dataset, cfg.data, cfg.run.seed, device, indices), train_cfg,
-                      monitor=monitor, device=device)
+                      monitor=monitor, device=device)  # first: it refuses a folder of another run's checkpoints
+    _write_flags(cfg, cfg.run.log_dir)
     params = sum(p.numel() for net in piece.modules().values() for p in net.parameters())
     n = len(dataset) if indices is None else len(indices)
     logger.log(f"training the {piece.kind} on {n} of {len(dataset)} images{what}, {params} parameters, "
