@@ -321,3 +321,24 @@ def test_training_into_a_folder_of_checkpoints_says_how_to_resume(call, testset,
                             r"ema_0\.9999_000001\.pt, model000001\.pt, opt000001\.pt\); continue it with "
                             r"--resume_checkpoint auto, or start afresh with another --log_dir$", log)
     assert files_of(log) == made  # the checkpoints and the saved flags untouched (resuming: test_train_util.py)
+
+
+def test_translation_logs_beside_its_outputs_and_a_failed_run_leaves_no_folder(call, nets, testset, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
+    argv = translation_argv(nets, testset, tmp_path / "o", "--num_samples", 1)
+    del argv[argv.index("--log_dir"):argv.index("--log_dir") + 2]
+    assert call("classifier_sample_known", argv).returncode == 0
+    assert "1 of 1 images to translate" in (tmp_path / "o" / "log.txt").read_text()
+    assert not (tmp_path / "results").exists()
+    # runs that stop before doing anything, without --log_dir: before, each left an empty
+    # results/<script>-<timestamp>/ behind
+    argv = translation_argv(nets, testset, "", "--noise_level", 500)
+    del argv[argv.index("--output_dir"):argv.index("--log_dir") + 2]
+    assert_user_error(call("classifier_sample_known", argv), r"--noise_level 500: expected 1\.\.50", tmp_path)
+    argv = training_argv("image_train", testset, "")
+    argv[argv.index("--data_dir") + 1] = tmp_path / "missing"
+    del argv[argv.index("--log_dir"):argv.index("--log_dir") + 2]
+    assert_user_error(call("image_train", argv), rf"{tmp_path}/missing", tmp_path)
+    assert not (tmp_path / "results").exists()

@@ -26,13 +26,37 @@ from ..util.flagspec import parse_flags
 from ..util.monitor import Monitor
 
 
-def resolve_log_dir(log_dir: str, script: str) -> str:
-    """``--log_dir``, else ``$OPENAI_LOGDIR``, else ``results/<script>-<timestamp>``; created and checked."""
-    if not log_dir:
-        log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
-            "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ensure_writable_dir(log_dir, "--log_dir")
-    return log_dir
+def log_dir_of(cfg, script: str) -> tuple[str, str]:
+    """The run's log folder and the flag it comes from: ``--log_dir``; else, for a translation, its
+    ``--output_dir`` (the log beside the results); else ``$OPENAI_LOGDIR``; else
+    ``results/<script>-<timestamp>``."""
+    if cfg.run.log_dir:
+        return cfg.run.log_dir, "--log_dir"
+    output_dir = getattr(getattr(cfg, "translation", None), "output_dir", "")
+    if output_dir:
+        return output_dir, "--output_dir"
+    return os.environ.get("OPENAI_LOGDIR") or os.path.join(
+        "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"), "--log_dir"
+
+
+def resolve_log_dir(log_dir: str, flag: str = "--log_dir") -> list[str]:
+    """Create ``log_dir`` (checked writable); returns the folders created for it, deepest first."""
+    created = []
+    path = os.path.abspath(log_dir)
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    ensure_writable_dir(log_dir, flag)
+    return created
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """Remove the folders this run created (deepest first) where it left them empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder goes
+        except OSError:
+            return
 
 
 def _description(doc: str | None) -> str:
@@ -46,9 +70,11 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
     script = config_cls.SCRIPT
     cfg = parse_flags(config_cls, argv, _description(doc), prog=f"{script}.py")
     dist_util.setup_dist()
+    created: list[str] = []
     try:
         main_process = dist_util.is_main_process()
-        log_dir = resolve_log_dir(cfg.run.log_dir, script)
+        log_dir, flag = dist_util.broadcast_object(log_dir_of(cfg, script) if main_process else None)  # rank 0's
+        created = resolve_log_dir(log_dir, flag)
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, log_dir=log_dir))
         logger.configure(log_dir, enabled=main_process)
         monitor = None
@@ -56,6 +82,8 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
             monitor = Monitor.from_flags(cfg.monitoring, env=getattr(config_cls, "VISDOM_ENV", script))
         return run(cfg, monitor=monitor)
     finally:
+        if dist_util.is_main_process():
+            _remove_if_empty(created)  # a run that stopped before writing leaves no empty folder behind
         dist_util.cleanup()
 
 
