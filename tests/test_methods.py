@@ -239,7 +239,8 @@ def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, 
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 2
+    # 4 images (npz, png), metrics.csv, summary.json, settings.json
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 3
     for name in names:
         if name.endswith(".npz"):
             with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "two" / name) as b:
