@@ -78,9 +78,9 @@ from .protocols import (
 
 __all__ = [
     "LOCATION_COLUMNS", "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS",
-    "ResultFileError", "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result", "load_slices",
-    "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics", "write_scores",
-    "write_table",
+    "ResultFileError", "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result",
+    "load_slices", "read_metrics", "read_summary", "render_panel", "save_result", "score_folder", "write_metrics",
+    "write_scores", "write_table",
 ]
 
 METRICS_CSV = "metrics.csv"
