@@ -17,7 +17,7 @@ setup(
         "scipy>=1.11,<2",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
-        # the plots of report.html (guided_diffusion/evaluation/report.py)
+        # the plots of report.html (evaluation/report.py) and progress.png of training (util/progress_plot.py)
         "matplotlib>=3.8,<4",
     ],
     extras_require={

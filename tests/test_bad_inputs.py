@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -279,3 +280,69 @@ def test_full_output_folder(translate, nets, testset, tmp_path):
         assert_user_error(proc, rf"{full}/\S+: No space left on device", full)
     finally:
         subprocess.run(["umount", str(full)])
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_folder_of_other_settings_is_never_relabelled(translate, nets, testset, tmp_path):
+    # the case: a rerun at other L and s into a folder made at L = 2, s = 100 reported the
+    # old images under the new settings and exited 0
+    out = tmp_path / "o"
+    assert translate(nets, testset, out, "--num_samples", 1).returncode == 0
+    made = files_of(out)
+    proc = translate(nets, testset, out, "--noise_level", 1, "--classifier_scale", 7)
+    assert_user_error(proc, rf"^error: --output_dir {out}: holds results made with other settings \({out}/settings"
+                            r"\.json\): --classifier_scale 100\.0 \(now 7\.0\), --noise_level 2 \(now 1\); rerun with "
+                            r"those flags to resume, or use another --output_dir$", out)
+    other = tmp_path / "other.pt"
+    shutil.copy(nets / "model000000.pt", other)
+    proc = translate(nets, testset, out, "--seed", 3, "--timestep_respacing", "ddim25", model=other)
+    assert_user_error(proc, rf": --seed 0 \(now 3\), --model_path {nets}/model000000\.pt \(now {other}\), "
+                            r"--timestep_respacing none \(now ddim25\);", out)
+    assert files_of(out) == made  # nothing written, nothing relabelled
+    # the same settings resume; the batch, the number of images, the scoring and the bar change no result
+    proc = translate(nets, testset, out, "--batch_size", 2, "--num_samples", -1, "--protocol", "slice")
+    assert proc.returncode == 0 and "2 of 3 images to translate (1 done)" in proc.stdout, proc.stderr
+    assert all(files_of(out)[name] == data for name, data in made.items() if name.endswith((".npz", ".png")))
+    # a folder written before settings.json: the flags its summary.json recorded stand in
+    (out / "settings.json").unlink()
+    assert_user_error(translate(nets, testset, out, "--noise_level", 1),
+                      rf"other settings \({out}/summary\.json\): --noise_level 2 \(now 1\);", out)
+    (out / "summary.json").unlink()
+    assert_user_error(translate(nets, testset, out), rf"--output_dir {out}: holds results whose settings were not "
+                                                     r"recorded", out)
+
+
+def test_training_into_a_folder_of_checkpoints_says_how_to_resume(call, testset, tmp_path):
+    # before: a second run started from step 0 and overwrote the first run's model000001.pt
+    log = tmp_path / "log"
+    assert call("image_train", training_argv("image_train", testset, log)).returncode == 0
+    made = files_of(log)
+    proc = call("image_train", training_argv("image_train", testset, log, "--seed", 1))
+    assert_user_error(proc, rf"^error: --log_dir {log}: holds the checkpoints of an earlier run \(the newest: "
+                            r"ema_0\.9999_000001\.pt, model000001\.pt, opt000001\.pt\); continue it with "
+                            r"--resume_checkpoint auto, or start afresh with another --log_dir$", log)
+    assert files_of(log) == made  # the checkpoints and the saved flags untouched (resuming: test_train_util.py)
+
+
+def test_translation_logs_beside_its_outputs_and_a_failed_run_leaves_no_folder(call, nets, testset, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
+    argv = translation_argv(nets, testset, tmp_path / "o", "--num_samples", 1)
+    del argv[argv.index("--log_dir"):argv.index("--log_dir") + 2]
+    assert call("classifier_sample_known", argv).returncode == 0
+    assert "1 of 1 images to translate" in (tmp_path / "o" / "log.txt").read_text()
+    assert not (tmp_path / "results").exists()
+    # runs that stop before doing anything, without --log_dir: before, each left an empty
+    # results/<script>-<timestamp>/ behind
+    argv = translation_argv(nets, testset, "", "--noise_level", 500)
+    del argv[argv.index("--output_dir"):argv.index("--log_dir") + 2]
+    assert_user_error(call("classifier_sample_known", argv), r"--noise_level 500: expected 1\.\.50", tmp_path)
+    argv = training_argv("image_train", testset, "")
+    argv[argv.index("--data_dir") + 1] = tmp_path / "missing"
+    del argv[argv.index("--log_dir"):argv.index("--log_dir") + 2]
+    assert_user_error(call("image_train", argv), rf"{tmp_path}/missing", tmp_path)
+    assert not (tmp_path / "results").exists()

@@ -16,7 +16,13 @@ from PIL import Image
 
 from guided_diffusion.anomaly import anomaly_map
 from guided_diffusion.datasets.synthetic import generate
-from guided_diffusion.evaluation.results import METRICS_COLUMNS, read_summary, save_result, write_metrics
+from guided_diffusion.evaluation.results import (
+    LOCATION_COLUMNS,
+    METRICS_COLUMNS,
+    read_summary,
+    save_result,
+    write_metrics,
+)
 from guided_diffusion.methods.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
 from guided_diffusion.methods.vae import VAE, kl_divergence, reconstruction_loss
 from guided_diffusion.pipeline.cli import run_main
@@ -71,7 +77,7 @@ def _check_output_folder(out: Path, method_name: str):
         np.testing.assert_allclose(z["anomaly"], anomaly_map(z["input"], z["healthy"]), rtol=1e-6)
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == METRICS_COLUMNS and len(rows) == 5
+    assert tuple(rows[0]) == METRICS_COLUMNS + LOCATION_COLUMNS and len(rows) == 5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method_name
     for key in ("dice", "auroc", "auprc", "image_auroc", "flags", "seconds_per_image", "n_images"):

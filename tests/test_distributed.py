@@ -2,6 +2,7 @@
 a SIGKILL mid-run, distributed translation, and flat memory over a large folder."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -125,10 +126,19 @@ def test_torchrun_training_script_matches_one_process(data, single, tmp_path):
     assert_same_weights(single / "model000003.pt", tmp_path / "model000003.pt")
 
 
-def test_sigkill_mid_run_then_auto_resume_matches_uninterrupted(data, tmp_path):
-    steps = 12
-    straight = tmp_path / "straight"
-    run([sys.executable, *train_args(data, straight, 4, steps)])
+STEPS = 12  # of the interrupted runs and their reference
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """The uninterrupted run that the interrupted and resumed ones must reach."""
+    out = tmp_path_factory.mktemp("straight")
+    run([sys.executable, *train_args(data, out, 4, STEPS)])
+    return out
+
+
+def test_sigkill_mid_run_then_auto_resume_matches_uninterrupted(data, straight, tmp_path):
+    steps = STEPS
     killed = tmp_path / "killed"
     args = train_args(data, killed, 4, steps)
     args[args.index("--save_interval") + 1] = 2
@@ -170,6 +180,49 @@ def assert_identical_state(a, b, where: str) -> None:
         assert isinstance(b, th.Tensor) and a.dtype == b.dtype and th.equal(a, b), where
     else:
         assert a == b, where
+
+
+def assert_identical(a, b, where):
+    """Equal bit for bit: tensors with torch.equal, through dicts and lists."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    elif th.is_tensor(a):
+        assert a.dtype == b.dtype and th.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_sigterm_mid_run_checkpoints_the_step_reached_then_auto_resume_matches_bit_for_bit(data, straight, tmp_path):
+    # a cluster's preemption: the real signal to a real training process, between two checkpoints
+    stopped = tmp_path / "stopped"
+    args = [*train_args(data, stopped, 4, STEPS), "--log_interval", 1]  # --save_interval 100: none on the way
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (stopped / "progress.csv").exists() or len((stopped / "progress.csv").read_text().splitlines()) < 2:
+        assert proc.poll() is None, "training ended before it could be stopped"
+        assert time.time() < deadline, "no step was logged"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # after step 1
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    step = int(re.search(r"stopped by SIGTERM at step (\d+), its checkpoint written", err)[1])
+    assert 1 <= step < STEPS
+    assert sorted(n for n in os.listdir(stopped) if n.endswith(".pt")) == [
+        f"ema_0.9999_{step:06d}.pt", f"model{step:06d}.pt", f"opt{step:06d}.pt"]
+    assert not [n for n in os.listdir(stopped) if n.endswith(".tmp")]
+    resumed = run([sys.executable, *args, "--resume_checkpoint", "auto"])
+    assert f"resumed from step {step}" in resumed.stdout
+    # one thread, the same float32 operations in the same order: the model, the EMA and the optimizer
+    # state (moments, step counts) equal the uninterrupted run's bit for bit
+    for name in (f"model{STEPS:06d}.pt", f"ema_0.9999_{STEPS:06d}.pt", f"opt{STEPS:06d}.pt"):
+        assert_identical(weights(straight / name), weights(stopped / name), name)
 
 
 def translate_args(data, model_dir, clf_dir, out, *extra):

@@ -41,7 +41,7 @@ from guided_diffusion.anomaly import dice
 from guided_diffusion.evaluation.bootstrap import resample_weights
 from guided_diffusion.evaluation.postprocess import median_filter, remove_small_components
 from guided_diffusion.evaluation.ranking import ranking_scores
-from guided_diffusion.evaluation.results import compute_metrics, save_result, write_metrics
+from guided_diffusion.evaluation.results import compute_metrics, read_metrics, save_result, write_metrics
 from guided_diffusion.evaluation.thresholds import best_threshold
 from guided_diffusion.util.errors import UserError
 
@@ -152,7 +152,12 @@ def test_volume_protocol_with_otsu(test_set, tmp_path):
         patients = list(csv.DictReader(f))
     assert [(p["patient"], p["n_slices"], p["lesion_voxels"]) for p in patients] == [("A", "3", "6"), ("B", "3", "4")]
     assert float(patients[0]["dice"]) == approx(F(6, 7)) and float(patients[1]["dice"]) == approx(F(4, 5))
-    assert (test_set / "metrics.csv").read_text().splitlines()[0] == "id,label,dice,auroc,auprc"
+    # SPEC 6a's five columns first, then where each slice comes from (the README's patient,slice)
+    lines = (test_set / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "id,label,dice,auroc,auprc,patient,slice"
+    assert [line.split(",")[-2:] for line in lines[1:]] == [["A", "10"], ["A", "11"], ["A", "12"], ["B", "10"],
+                                                          ["B", "11"], ["B", "12"]]
+    assert [(r["patient"], r["slice"]) for r in read_metrics(test_set)][::3] == [("A", 10), ("B", 10)]
     write_metrics(test_set, "slice")  # a later slice evaluation removes the stale per-patient table
     assert not (test_set / "metrics_volume.csv").exists()
 
@@ -161,6 +166,9 @@ def test_volume_needs_patient_keys(tmp_path):
     """Files without patient/slice keys (older runs) score under slice, not volume."""
     folder = _write_test_set(tmp_path / "old", patients=False)
     assert compute_metrics(folder, "slice")[1]["dice"]["mean"] == approx(F(3, 5))
+    write_metrics(folder, "slice")  # nothing to locate: exactly SPEC 6a's columns
+    assert (folder / "metrics.csv").read_text().splitlines()[0] == "id,label,dice,auroc,auprc"
+    assert read_metrics(folder)[0]["patient"] is None
     with pytest.raises(UserError, match=r"--protocol volume: .*A10\.npz has no patient and slice keys"):
         compute_metrics(folder, "volume")
 

@@ -345,7 +345,8 @@ def test_new_methods_translate_under_torchrun_as_in_one_process(data, tmp_path, 
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 4  # + report.html, report/
+    # 4 images (npz, png), metrics.csv, summary.json, settings.json, report.html, report/
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 2 * 4 + 5
     # each rank translated its share, not the whole folder (equal files cannot show duplicated work)
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["images_per_rank"] == [4]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["images_per_rank"] == [2, 2]

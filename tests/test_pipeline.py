@@ -90,7 +90,7 @@ def test_translate_writes_every_pinned_file(trained, tmp_path, use_ddim):
             np.testing.assert_allclose(z["anomaly"], np.abs(z["input"] - z["healthy"]).sum(0), rtol=1e-5, atol=1e-6)
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["id", "label", "dice", "auroc", "auprc"]
+    assert rows[0] == ["id", "label", "dice", "auroc", "auprc", "patient", "slice"]  # SPEC 6a's five first
     assert [r[0] for r in rows[1:]] == ids
     summary = json.loads((out / "summary.json").read_text())
     assert summary["flags"]["use_ddim"] is use_ddim and summary["seconds_per_image"] > 0

@@ -1,10 +1,15 @@
 """Training loop: exact resume, mixed precision unscaling, checkpoint files and safe loading."""
+import io
 import os
 import pickle
+import re
+import signal
+import sys
 
 import pytest
 import torch as th
 from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, have_cxx_compiler
+from PIL import Image
 
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig
@@ -13,6 +18,9 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
 )
 from guided_diffusion.util import checkpoint as ckpt
+from guided_diffusion.util import logger
+from guided_diffusion.util.errors import Stopped, UserError
+from guided_diffusion.util.progress_plot import plot_progress
 
 TINY = {**TINY_UNET, "dropout": 0.1}
 
@@ -27,12 +35,12 @@ def batches(start):
 
 
 def make_loop(log_dir, total, resume="", save_interval=2, precision="fp32", microbatch=-1, dropout=0.1,
-              use_compile=False, device=None, fused=None, anneal_lr=False):
+              use_compile=False, device=None, fused=None, anneal_lr=False, log_interval=100, progress=False):
     th.manual_seed(0)
     model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": dropout})
     cfg = TrainConfig(batch_size=4, microbatch=microbatch, lr=1e-3, total_steps=total, save_interval=save_interval,
-                      log_interval=100, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
-                      precision=precision, progress=False, use_compile=use_compile, fused=fused,
+                      log_interval=log_interval, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
+                      precision=precision, progress=progress, use_compile=use_compile, fused=fused,
                       anneal_lr=anneal_lr)
     return TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9,0.99", device=device)
 
@@ -132,6 +140,77 @@ def test_auto_resume_skips_a_truncated_checkpoint(tmp_path):
         make_loop(tmp_path, total=6, resume=str(path))
     loop = make_loop(tmp_path, total=6, resume="auto")
     assert loop.step == 2  # fell back to the previous complete checkpoint
+
+
+def test_sigusr1_checkpoints_the_step_reached_and_restores_the_callers_handlers(tmp_path):
+    # (the resume of a stopped run, bit for bit: tests/test_distributed.py, with SIGTERM to a real process)
+    loop = make_loop(tmp_path, total=4, save_interval=100)
+
+    def callers_handler(signum, frame):  # a handler the caller had: it comes back afterwards
+        raise AssertionError("the trainer's handler should be in place")
+
+    previous = signal.signal(signal.SIGUSR1, callers_handler)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        # the real signal, to this process, in the middle of the second step (its optimizer step)
+        loop.opt.register_step_post_hook(lambda *args: loop.step == 1 and os.kill(os.getpid(), signal.SIGUSR1))
+        with pytest.raises(Stopped, match=r"stopped by SIGUSR1 at step 2.*--resume_checkpoint auto") as info:
+            loop.run_loop()
+        assert info.value.signum == signal.SIGUSR1 and loop.step == 2
+        assert signal.getsignal(signal.SIGUSR1) is callers_handler and signal.getsignal(signal.SIGTERM) is term
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert sorted(os.listdir(tmp_path)) == ["ema_0.99_000002.pt", "ema_0.9_000002.pt", "model000002.pt",
+                                            "opt000002.pt"]
+    assert ckpt.load(str(tmp_path / "opt000002.pt"))["step"] == 2
+    saved = ckpt.load(str(tmp_path / "model000002.pt"))
+    assert all(th.equal(saved[k], v) for k, v in loop.model.state_dict().items())
+
+
+def test_a_fresh_run_into_a_folder_of_checkpoints_is_refused(tmp_path):
+    make_loop(tmp_path, total=2).run_loop()
+    before = (tmp_path / "model000002.pt").read_bytes()
+    with pytest.raises(UserError, match=rf"--log_dir {tmp_path}: holds the checkpoints of an earlier run \(the "
+                                        r"newest: .*model000002.pt.*\); continue it with --resume_checkpoint auto"):
+        make_loop(tmp_path, total=2)
+    assert (tmp_path / "model000002.pt").read_bytes() == before
+    assert make_loop(tmp_path, total=2, resume="auto").step == 2
+
+
+def test_the_loss_is_one_line_per_log_interval_clear_of_the_progress_bar(tmp_path, monkeypatch):
+    # a terminal shows the bar (stderr) and the log lines (stdout) on one screen: one buffer for both
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    logger.configure(str(tmp_path))
+    try:
+        loop = make_loop(tmp_path, total=4, save_interval=2, log_interval=2, progress=True)
+        drawn = []
+        save = loop.save
+        loop.save = lambda: save() or drawn.append((loop.step, (tmp_path / "progress.png").read_bytes()))
+        loop.run_loop()
+    finally:
+        logger.configure(None)
+    # what stays on each terminal line: the text after its last carriage return
+    shown = [line.rsplit("\r", 1)[-1] for line in screen.getvalue().split("\n")]
+    logged = [line for line in shown if "loss" in line]
+    assert len(logged) == 2 and all(re.fullmatch(r"step [24] \| loss \S+ \| lr \S+ \| mse \S+ \| vb \S+", line)
+                                    for line in logged), shown
+    assert logged[0].startswith("step 2 |") and logged[1].startswith("step 4 |")
+    # progress.png beside progress.csv at each checkpoint, redrawn with the rows so far
+    assert [step for step, _ in drawn] == [2, 4] and drawn[0][1] != drawn[1][1]
+    assert Image.open(tmp_path / "progress.png").size == (700, 300)  # one panel: the loss terms
+    assert "step 2 | loss" in (tmp_path / "log.txt").read_text()
+
+
+def test_progress_png_draws_the_loss_terms_and_the_classifiers_accuracy(tmp_path):
+    csv_path, png = tmp_path / "progress.csv", tmp_path / "progress.png"
+    csv_path.write_text("acc,loss,lr,step,val_acc,val_loss\n0.5,0.79,1e-4,2,,\n0.75,0.61,1e-4,4,0.7,0.65\n")
+    assert plot_progress(str(csv_path), str(png)) == ["loss terms", "accuracy"]
+    assert Image.open(png).size == (700, 600)
+    csv_path.write_text("loss,lr,mse,step,vb\n1.3,7.5e-05,1.02,2,0.28\n")  # the diffusion model's
+    assert plot_progress(str(csv_path), str(png)) == ["loss terms"]
+    assert Image.open(png).size == (700, 300)
 
 
 def test_pickle_with_code_is_refused(tmp_path):

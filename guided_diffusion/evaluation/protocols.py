@@ -336,7 +336,8 @@ def _slice_rows(units: list[Unit], protocol: str) -> list[dict[str, Any]]:
     rows = []
     for unit in units:
         for z, member in enumerate(unit.members):
-            row = {"id": member.id, "label": member.label, **{m: math.nan for m in METRICS}}
+            row = {"id": member.id, "label": member.label, **{m: math.nan for m in METRICS},
+                   "patient": member.patient, "slice": member.slice}
             if unit.gt is not None:
                 gt, amap = unit.gt[z], unit.maps[z]
                 if protocol != "paper" or member.label == 1:

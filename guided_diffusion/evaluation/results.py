@@ -18,8 +18,9 @@ Files in an output folder (names pinned by SPEC 6a):
     :func:`guided_diffusion.evaluation.report.write_run`) redraws every panel with the mask of
     that evaluation, its Dice and the method in the title, on one colour scale for the run.
 ``metrics.csv``
-    Exactly the columns ``id,label,dice,auroc,auprc``, one row per ``.npz`` file,
-    sorted by id. A metric the protocol does not score for an image (no ground truth,
+    The columns ``id,label,dice,auroc,auprc``, then ``patient,slice`` where the files
+    name them (BRATS: both; CheXpert: the patient; an empty field where a file does not),
+    one row per ``.npz`` file, sorted by id. A metric the protocol does not score for an image (no ground truth,
     outside the protocol's selection, or undefined) is an EMPTY field, so every
     non-empty value of a column enters that column's mean in ``summary.json`` (except under
     the volume protocol, whose means are over patients: ``metrics_volume.csv``);
@@ -79,16 +80,17 @@ from .protocols import (
 )
 
 __all__ = [
-    "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS", "ResultFileError",
-    "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result", "load_slices",
-    "map_scale", "panel_title", "read_metrics", "read_summary", "render_panel", "save_result", "score_and_write", "score_folder", "write_metrics", "write_scores",
-    "write_panel", "write_table",
+    "LOCATION_COLUMNS", "METRICS", "METRICS_COLUMNS", "MIN_TUMOUR_PIXELS", "PROTOCOLS", "PROTOCOL_DESCRIPTIONS",
+    "ResultFileError", "Scoring", "compute_metrics", "format_table", "format_value", "is_done", "load_result",
+    "load_slices", "map_scale", "panel_title", "read_metrics", "read_summary", "render_panel", "save_result",
+    "score_and_write", "score_folder", "write_metrics", "write_panel", "write_scores", "write_table",
 ]
 
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 TABLE_MD = "table.md"
-METRICS_COLUMNS = ("id", "label", "dice", "auroc", "auprc")
+METRICS_COLUMNS = ("id", "label", "dice", "auroc", "auprc")  # SPEC 6a's, always first
+LOCATION_COLUMNS = ("patient", "slice")  # then these, where the files name a patient or a slice
 REQUIRED_KEYS = ("input", "healthy", "anomaly", "mask", "label")
 PINNED_KEYS = REQUIRED_KEYS + ("ground_truth", "patient", "slice")
 _SCORED_KEYS = ("anomaly", "mask", "label", "ground_truth", "patient", "slice")  # what the metrics read
@@ -527,8 +529,9 @@ def compute_metrics(
         (``threshold``, ``val_dir``, ``fpr``, ``brain_mask``, ``median``, ``min_component``,
         ``bootstrap``, ``seed``); the defaults are the paper's evaluation.
     :return: ``(rows, summary)``. ``rows``: one dict per image with the keys of
-        ``METRICS_COLUMNS``; a metric the protocol does not score is NaN. ``summary``:
-        JSON-ready (None where undefined), see the module docstring.
+        ``METRICS_COLUMNS`` and ``LOCATION_COLUMNS`` (None where unknown); a metric the
+        protocol does not score is NaN. ``summary``: JSON-ready (None where undefined), see
+        the module docstring.
     :raises FileNotFoundError: no such folder, or no ``*.npz`` in it.
     :raises ResultFileError: a file that cannot be read, or whose mask is not the Otsu
         mask of its anomaly map.
@@ -574,25 +577,28 @@ def read_summary(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of ``metrics.csv``: ``id`` str, ``label`` int, metrics float (NaN where empty)."""
+    """Rows of ``metrics.csv``: ``id`` str, ``label`` int, metrics float (NaN where empty), and
+    ``patient`` str and ``slice`` int (None where empty, or where the file has no such columns)."""
     path = Path(output_dir) / METRICS_CSV
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or tuple(header) != METRICS_COLUMNS:
+        if header is None or tuple(header) not in (METRICS_COLUMNS, METRICS_COLUMNS + LOCATION_COLUMNS):
             raise ResultFileError(
-                f"{path}: expected the header {','.join(METRICS_COLUMNS)}, got {header}"
+                f"{path}: expected the header {','.join(METRICS_COLUMNS)}[,{','.join(LOCATION_COLUMNS)}], "
+                f"got {header}"
             )
         rows = []
         for line, fields in enumerate(reader, start=2):
-            if len(fields) != len(METRICS_COLUMNS):
-                raise ResultFileError(
-                    f"{path}, line {line}: expected {len(METRICS_COLUMNS)} fields"
-                )
+            if len(fields) != len(header):
+                raise ResultFileError(f"{path}, line {line}: expected {len(header)} fields")
             try:
                 row = {"id": fields[0], "label": int(fields[1])}
                 for name, text in zip(METRICS, fields[2:]):
                     row[name] = float(text) if text else math.nan
+                patient, slice_ = fields[len(METRICS_COLUMNS):] or ("", "")
+                row["patient"] = patient or None
+                row["slice"] = int(slice_) if slice_ else None
             except ValueError as e:
                 raise ResultFileError(f"{path}, line {line}: {e}") from e
             rows.append(row)
@@ -600,6 +606,8 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _metrics_cell(value: Any) -> str:
+    if value is None:  # a patient or slice the file does not name
+        return ""
     return _format_float(value) if isinstance(value, float) else str(value)
 
 
@@ -659,8 +667,9 @@ def score_and_write(output_dir: str | os.PathLike, scoring: Scoring,
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
 
     rows = [{**row, "label": int(row["label"])} for row in scores.rows]
+    located = any(row.get(k) is not None for row in rows for k in LOCATION_COLUMNS)
     with atomic_write(folder / METRICS_CSV, "w") as f:
-        f.write(csv_text(METRICS_COLUMNS, rows))
+        f.write(csv_text(METRICS_COLUMNS + LOCATION_COLUMNS if located else METRICS_COLUMNS, rows))
     if scores.patients is not None:
         with atomic_write(folder / METRICS_VOLUME_CSV, "w") as f:
             f.write(csv_text(PATIENT_COLUMNS, scores.patients))

@@ -20,20 +20,44 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..util import dist_util, logger
-from ..util.errors import UserError
+from ..util.errors import Stopped, UserError
 from ..util.fileio import ensure_writable_dir
 from ..util.flagspec import parse_command, parse_flags
 from ..util.monitor import Monitor
 from .networks import complete_from_checkpoints
 
 
-def resolve_log_dir(log_dir: str, script: str) -> str:
-    """``--log_dir``, else ``$OPENAI_LOGDIR``, else ``results/<script>-<timestamp>``; created and checked."""
-    if not log_dir:
-        log_dir = os.environ.get("OPENAI_LOGDIR") or os.path.join(
-            "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ensure_writable_dir(log_dir, "--log_dir")
-    return log_dir
+def log_dir_of(cfg, script: str) -> tuple[str, str]:
+    """The run's log folder and the flag it comes from: ``--log_dir``; else, for a translation, its
+    ``--output_dir`` (the log beside the results); else ``$OPENAI_LOGDIR``; else
+    ``results/<script>-<timestamp>``."""
+    if cfg.run.log_dir:
+        return cfg.run.log_dir, "--log_dir"
+    output_dir = getattr(getattr(cfg, "translation", None), "output_dir", "")
+    if output_dir:
+        return output_dir, "--output_dir"
+    return os.environ.get("OPENAI_LOGDIR") or os.path.join(
+        "results", f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"), "--log_dir"
+
+
+def resolve_log_dir(log_dir: str, flag: str = "--log_dir") -> list[str]:
+    """Create ``log_dir`` (checked writable); returns the folders created for it, deepest first."""
+    created = []
+    path = os.path.abspath(log_dir)
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    ensure_writable_dir(log_dir, flag)
+    return created
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """Remove the folders this run created (deepest first) where it left them empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder goes
+        except OSError:
+            return
 
 
 def _description(doc: str | None) -> str:
@@ -49,9 +73,11 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
     cfg, given = parse_command(config_cls, argv, _description(doc), prog=f"{script}.py")
     cfg = complete_from_checkpoints(cfg, given)  # the network flags not given are the checkpoints'
     dist_util.setup_dist()
+    created: list[str] = []
     try:
         main_process = dist_util.is_main_process()
-        log_dir = resolve_log_dir(cfg.run.log_dir, script)
+        log_dir, flag = dist_util.broadcast_object(log_dir_of(cfg, script) if main_process else None)  # rank 0's
+        created = resolve_log_dir(log_dir, flag)
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, log_dir=log_dir))
         logger.configure(log_dir, enabled=main_process)
         monitor = None
@@ -59,6 +85,8 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
             monitor = Monitor.from_flags(cfg.monitoring, env=getattr(config_cls, "VISDOM_ENV", script))
         return run(cfg, monitor=monitor)
     finally:
+        if dist_util.is_main_process():
+            _remove_if_empty(created)  # a run that stopped before writing leaves no empty folder behind
         dist_util.cleanup()
 
 
@@ -69,12 +97,17 @@ def run_tool(config_cls, run: Callable[[Any], Any], argv: Sequence[str] | None =
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a script's main; a user error prints ``error: ...`` as one line and returns 2."""
+    """Run a script's main; a user error prints ``error: ...`` as one line and returns 2; a run stopped by
+    a signal after saving its state (:class:`~guided_diffusion.util.errors.Stopped`) says so and returns
+    128 + the signal's number."""
     try:
         main(argv)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except Stopped as e:  # a signal asked the run to stop, and it saved its state
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -89,6 +89,7 @@ from .networks import (
 )
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
+from .settings import claim_output_dir
 from .translate import LoopConfig, Method, translate_folder
 
 # -------------------------------------------------------------------------------- configs
@@ -262,9 +263,9 @@ def _train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", 
 def _train(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, monitor, indices=None, what: str = "") -> dict:
     """Train ``piece``; returns ``{"step", "checkpoint" (the final marker file), "last" (the last
     logged loss means), "trainer"}``."""
-    _write_flags(cfg, cfg.run.log_dir)
     trainer = Trainer(piece, _stream(dataset, cfg.data, cfg.run.seed, device, indices), train_cfg,
-                      monitor=monitor, device=device)
+                      monitor=monitor, device=device)  # first: it refuses a folder of another run's checkpoints
+    _write_flags(cfg, cfg.run.log_dir)
     params = sum(p.numel() for net in piece.modules().values() for p in net.parameters())
     n = len(dataset) if indices is None else len(indices)
     logger.log(f"training the {piece.kind} on {n} of {len(dataset)} images{what}, {params} parameters, "
@@ -392,6 +393,7 @@ def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
                       num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
                       progress=cfg.run.progress,
                       visdom_every=cfg.monitoring.visdom_every)
+    claim_output_dir(output_dir, cfg)  # before any result: other settings are an error, the same ones resume
     flags = dict(sorted(flag_dict(cfg).items()))
     summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
     if summary is not None:

@@ -21,7 +21,13 @@ owns everything else:
   optimizer file first, the piece's files, its marker file last; resume from any file of a
   checkpoint or ``auto`` (the newest complete one);
 * logging: device-side sums of the loss terms (no host sync inside a step), averaged every
-  ``log_interval`` steps to ``log.txt``, ``progress.csv`` and Visdom.
+  ``log_interval`` steps to one line of stdout, ``log.txt``, ``progress.csv`` and Visdom;
+  ``progress.png`` beside ``progress.csv`` at every checkpoint;
+* stopping: SIGTERM or SIGUSR1 (a cluster's preemption) ends the run between two steps with a
+  checkpoint of the step reached (every rank stops at the same step), then raises
+  :class:`~guided_diffusion.util.errors.Stopped`; ``--resume_checkpoint auto`` continues it to the
+  weights an uninterrupted run reaches;
+* never overwriting: a ``log_dir`` that holds checkpoints is an error unless the run resumes.
 
 Rank 0 alone writes checkpoints, logs and Visdom.
 """
@@ -31,6 +37,9 @@ import contextlib
 import copy
 import hashlib
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -40,11 +49,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
-from ..util.errors import MissingInputError, UserError
+from ..util.errors import MissingInputError, Stopped, UserError
 from ..util.flags import DataFlags, RunFlags, SpeedFlags, TrainFlags
+from ..util.progress_plot import plot_progress
 from .devices import autocast_for
 
 OPT = "opt"  # prefix of the optimizer file of a checkpoint
+# a cluster's notice of preemption: SLURM's scancel and time limit send SIGTERM (``--signal=USR1@120``
+# asks for SIGUSR1 ahead of it), torchrun and mpiexec pass SIGTERM on to every process
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _GROUP_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 
@@ -185,6 +198,13 @@ class Trainer:
         self._sums: dict[str, th.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last_logged: dict[str, float] = {}
+        self._signal = 0  # set by the handler of STOP_SIGNALS while run_loop runs
+        self._bar = None
+        self._plotted = -1  # the size of progress.csv when progress.png was drawn
+        # the ranks agree on stopping through a CPU all-reduce: no GPU synchronisation between steps
+        self._stop_group = None
+        if self.world > 1:
+            self._stop_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
     @property
     def opt(self) -> th.optim.Optimizer:
@@ -283,39 +303,90 @@ class Trainer:
         return self.cfg.lr * (1 - step / self.cfg.total_steps)
 
     def run_loop(self) -> None:
+        """Train to ``total_steps`` (or until stopped). A stop signal between two steps writes the
+        checkpoint of the step reached and raises :class:`~guided_diffusion.util.errors.Stopped`."""
         total = self.cfg.total_steps
         bar = None
         if self.cfg.progress and self.is_main and (not total or self.step < total):
             from tqdm.auto import tqdm
             bar = tqdm(total=total or None, initial=self.step, desc=f"train {self.piece.kind}", dynamic_ncols=True)
+        self._bar = bar
         try:
-            batch = None
-            while not total or self.step < total:
-                batch, cond = next(self.data)
-                for opt in self.optimizers.values():
-                    for group in opt.param_groups:
-                        group["lr"] = self.lr_at(self.step)
-                th.manual_seed(dropout_seed(self.cfg.seed, self.step, self.rank))
-                batch = batch.to(self.device, non_blocking=True)
-                self.run_step(batch, {k: v.to(self.device, non_blocking=True) for k, v in cond.items()
-                                      if th.is_tensor(v)})
-                self.step += 1
-                if bar is not None:
-                    bar.update(1)
-                if self.step % self.cfg.log_interval == 0:
-                    self.log_step()
-                    if self.monitor is not None and self.monitor.enabled:
-                        self.piece.show(self, batch)
-                if self.step % self.cfg.save_interval == 0:
-                    self.save()
-                self.piece.periodic(self)
+            with self._stop_signals():
+                while not total or self.step < total:
+                    signum = self._agreed_stop()
+                    if signum:
+                        self._stop(signum)
+                    self._train_one_step()
+            if self._counts:  # the last steps' losses, in the log and progress.png of the last checkpoint
+                self.log_step()
             if self._saved_step != self.step:
                 self.save()
-            if self._counts:
-                self.log_step()
         finally:
+            self._bar = None
             if bar is not None:
                 bar.close()
+
+    def _train_one_step(self) -> None:
+        batch, cond = next(self.data)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(self.step)
+        th.manual_seed(dropout_seed(self.cfg.seed, self.step, self.rank))
+        batch = batch.to(self.device, non_blocking=True)
+        self.run_step(batch, {k: v.to(self.device, non_blocking=True) for k, v in cond.items() if th.is_tensor(v)})
+        self.step += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if self.step % self.cfg.log_interval == 0:
+            self.log_step()
+            if self.monitor is not None and self.monitor.enabled:
+                self.piece.show(self, batch)
+        if self.step % self.cfg.save_interval == 0:
+            self.save()
+        self.piece.periodic(self)
+
+    # -- stopping on a signal ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """While training: STOP_SIGNALS only set a flag, checked between steps; the previous handlers
+        come back afterwards. (Python runs handlers in the main thread only; elsewhere nothing changes.)"""
+        self._signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        previous = {}
+        try:
+            for sig in STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, handler)
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: a handler not set from Python
+
+    def _agreed_stop(self) -> int:
+        """The stop signal, once any rank has received one (every rank asks at the same step), else 0."""
+        if self.world == 1:
+            return self._signal
+        flag = th.tensor([self._signal], dtype=th.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group)
+        return int(flag.item())
+
+    def _stop(self, signum: int) -> None:
+        """Checkpoint the step reached (rank 0 writes, atomically) and stop every rank alike."""
+        if self._counts:
+            self.log_step()
+        if self._saved_step != self.step:
+            self.save()
+        marker = self.checkpoint_path(self.marker_prefix(), self.step)
+        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} at step {self.step}, its checkpoint "
+                              f"written ({marker}); continue with --resume_checkpoint auto --log_dir "
+                              f"{self.cfg.log_dir}")
 
     def _accumulate(self, terms: dict) -> None:
         # device-side sums: no host synchronisation inside the step
@@ -335,7 +406,8 @@ class Trainer:
             if self.cfg.epoch_size:
                 logger.logkv("epoch", self.step * self.global_batch / self.cfg.epoch_size)
             logger.logkv("lr", self.lr_at(max(self.step - 1, 0)))
-            logger.dumpkvs()
+            with self._bar_cleared():
+                logger.dumpkvs()
             if self.monitor is not None:
                 kind = self.piece.kind
                 losses = {k: v for k, v in values.items() if not k.startswith("acc")}
@@ -345,6 +417,13 @@ class Trainer:
                     self.monitor.line(f"{kind}_accuracy", self.step, acc, title=f"{kind} accuracy")
         self.last_logged = values
         return values
+
+    def _bar_cleared(self):
+        """Around a line written to stdout while the progress bar (stderr) shows: the bar is wiped
+        first and redrawn under the line, so the two never share a terminal line."""
+        if self._bar is None:
+            return contextlib.nullcontext()
+        return self._bar.external_write_mode(file=sys.stdout)
 
     # -- checkpoints ------------------------------------------------------------
 
@@ -362,8 +441,21 @@ class Trainer:
             states = {OPT: self._optimizer_state(), **self.piece.state_dicts()}
             for prefix, state in states.items():
                 ckpt.save(state, self.checkpoint_path(prefix, self.step))
+            self._plot_progress()
         self._saved_step = self.step
         dist_util.barrier()
+
+    def _plot_progress(self) -> None:
+        """progress.png beside the logger's progress.csv: the curves so far, for users without Visdom."""
+        folder = logger.get_dir()
+        csv_path = os.path.join(folder, "progress.csv") if folder else ""
+        if not csv_path or not os.path.exists(csv_path) or os.path.getsize(csv_path) == self._plotted:
+            return  # no rows, or none since the last figure
+        self._plotted = os.path.getsize(csv_path)
+        try:
+            plot_progress(csv_path, os.path.join(folder, "progress.png"))
+        except (OSError, ValueError) as e:  # a figure is not worth the run: say so and train on
+            logger.warn(f"{folder}/progress.png: not drawn ({e})")
 
     def _optimizer_state(self) -> dict:
         scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
@@ -375,6 +467,7 @@ class Trainer:
     def _resume(self) -> None:
         spec = self.cfg.resume_checkpoint
         if not spec:
+            self._refuse_to_overwrite()
             return
         if spec == "auto":
             self._resume_newest()
@@ -388,6 +481,18 @@ class Trainer:
                             f"{' or '.join(p + 'NNNNNN.pt' for p in prefixes)} of a {self.piece.kind} run")
         self.load(os.path.dirname(spec) or ".", parsed[1])
         logger.log(f"resumed from {spec} (step {self.step})")
+
+    def _refuse_to_overwrite(self) -> None:
+        """A fresh run into a folder of checkpoints would overwrite them step by step (model000004.pt of
+        this run over the earlier run's): an error that says how to continue or where to start afresh."""
+        folder = self.cfg.log_dir
+        found = sorted((parsed[1], name) for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+                       if (parsed := ckpt.parse_checkpoint_name(name)) is not None)
+        if found:
+            step = found[-1][0]
+            names = ", ".join(name for s, name in found if s == step)
+            raise UserError(f"--log_dir {folder}: holds the checkpoints of an earlier run (the newest: {names}); "
+                            "continue it with --resume_checkpoint auto, or start afresh with another --log_dir")
 
     def _resume_newest(self) -> None:
         folder = self.cfg.log_dir

@@ -5,7 +5,8 @@ healthy reconstructions: guided DDIM (the paper), DDPM, the VAE, FixedPoint-GAN 
 others. :func:`translate_folder` owns everything around it:
 
 * sharding: rank r of N takes images r, r + N, ...; each image is written once;
-* resume: images whose ``<id>.npz`` and ``<id>.png`` are complete are skipped;
+* resume: images whose ``<id>.npz`` and ``<id>.png`` are complete are skipped (the caller has checked
+  that the folder's results were made with the same settings: :mod:`.settings`);
 * the progress bar (rank 0), closed before any error reaches the user;
 * Visdom: the input channels, the ground truth, intermediate states every ``visdom_every``
   steps, the healthy reconstruction and the anomaly heat map of each batch's first image;

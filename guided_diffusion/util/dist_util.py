@@ -110,6 +110,15 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (picklable) on every rank; ``obj`` itself in a single process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sync_params(params) -> None:
     """Broadcast parameters from rank 0 so every rank starts identical."""
     if not dist.is_initialized():

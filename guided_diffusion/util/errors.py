@@ -18,3 +18,12 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class WriteError(UserError):
     """An output file could not be written (full disk, read-only file system); names the file."""
+
+
+class Stopped(Exception):
+    """A run stopped on request (a signal) after saving its state; not an error. The entry point
+    prints the message and exits with status 128 + the signal's number, as a shell reports a signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

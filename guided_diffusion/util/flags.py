@@ -62,7 +62,8 @@ class RunFlags(FlagGroup):
     NAME = "run"
     ABOUT = "where the run writes, how it is seeded, what it runs on"
     log_dir: str = flag("", "folder for log.txt, progress.csv, saved flags and checkpoints "
-                            "(none: $OPENAI_LOGDIR, else results/<script>-<timestamp>)", metavar="DIR")
+                            "(none: a translation's --output_dir, else $OPENAI_LOGDIR, else "
+                            "results/<script>-<timestamp>)", metavar="DIR")
     seed: int = flag(0, "seeds everything random: initial weights, data order, timesteps and noise, the "
                         "evaluation's bootstrap")
     device: str = flag("", "cpu, cuda or cuda:N (none: this process's GPU when there is one, else the CPU)")

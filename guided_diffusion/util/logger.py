@@ -1,4 +1,5 @@
-"""Run logging: key/value diagnostics per step to stdout, ``log.txt`` and ``progress.csv``.
+"""Run logging: key/value diagnostics per log step, one line on stdout and in ``log.txt``, a row of
+``progress.csv``.
 
 Keeps guided diffusion's public calls (``configure``, ``logkv``, ``logkv_mean``,
 ``dumpkvs``, ``log``, ``get_dir``) but nothing happens at import: ``configure``
@@ -36,13 +37,15 @@ class Logger:
         self.name2cnt[key] = n + 1
 
     def dumpkvs(self) -> dict:
+        """Write the values logged since the last call as one line (``step 20 | loss 0.0412 | ...``,
+        the step first) to stdout and ``log.txt``, and as a row of ``progress.csv``; return them."""
         row = dict(self.name2val)
         if self.enabled and row:
+            line = " | ".join(f"{k} {_fmt(row[k])}" for k in sorted(row, key=lambda k: (k != "step", k)))
             if self.stdout:
-                width = max(len(k) for k in row)
-                lines = [f"| {k:<{width}} | {_fmt(v):>12} |" for k, v in sorted(row.items())]
-                print("\n".join(lines), flush=True)
+                print(line, flush=True)
             if self.dir is not None:
+                self._append_text(line)
                 self._append_csv(row)
         self.name2val.clear()
         self.name2cnt.clear()
@@ -73,8 +76,11 @@ class Logger:
         if self.stdout:
             print(msg, flush=True)
         if self.dir is not None:
-            with open(os.path.join(self.dir, "log.txt"), "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            self._append_text(msg)
+
+    def _append_text(self, msg: str) -> None:
+        with open(os.path.join(self.dir, "log.txt"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
 
 def _fmt(v) -> str:
