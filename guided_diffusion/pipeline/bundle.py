@@ -34,7 +34,8 @@ from ..util.checkpoint import parse_checkpoint_name
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write, sha256_of, staged_folder
 from ..util.flags import CHANNELS, BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
-from ..util.flagspec import flag_dict, from_dict, parse_flags, parse_known_flags, part
+from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
+from .networks import complete_from_checkpoints
 from .runs import TRANSLATION_METHODS, SampleConfig
 from .translate import Method
 from .tune import read_best
@@ -88,10 +89,11 @@ class Bundle:
 
 
 def translation_config(script: str, argv: Sequence[str]):
-    """The config of translation script ``script`` from the user's flags ``argv`` (one place, so
-    that flags not given can later come from the checkpoint's saved flags)."""
+    """The config of translation script ``script`` from the user's flags ``argv``, the network and
+    diffusion flags not given taken from the checkpoints (as the translation script itself does)."""
     config_cls = TRANSLATION_METHODS[script][0]
-    return parse_flags(config_cls, list(argv), prog=f"export_bundle.py --method {script}")
+    cfg, given = parse_command(config_cls, list(argv), prog=f"export_bundle.py --method {script}")
+    return complete_from_checkpoints(cfg, given)
 
 
 def parse_export(argv: Sequence[str] | None, doc: str = ""):

@@ -74,6 +74,7 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
     cfg = complete_from_checkpoints(cfg, given)  # the network flags not given are the checkpoints'
     dist_util.setup_dist()
     created: list[str] = []
+    previous = logger.get_current()
     try:
         main_process = dist_util.is_main_process()
         log_dir, flag = dist_util.broadcast_object(log_dir_of(cfg, script) if main_process else None)  # rank 0's
@@ -85,6 +86,7 @@ def run_script(config_cls, run: Callable[..., Any], argv: Sequence[str] | None =
             monitor = Monitor.from_flags(cfg.monitoring, env=getattr(config_cls, "VISDOM_ENV", script))
         return run(cfg, monitor=monitor)
     finally:
+        logger.set_current(previous)  # the run's log folder is the run's: nothing after it writes there
         if dist_util.is_main_process():
             _remove_if_empty(created)  # a run that stopped before writing leaves no empty folder behind
         dist_util.cleanup()

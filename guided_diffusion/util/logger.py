@@ -97,6 +97,12 @@ def configure(dir: str | None = None, enabled: bool = True, stdout: bool = True)
     return _current
 
 
+def set_current(current: Logger | None) -> None:
+    """Make ``current`` the current logger again (a script's run hands back the one it replaced)."""
+    global _current
+    _current = current
+
+
 def get_current() -> Logger:
     global _current
     if _current is None:
