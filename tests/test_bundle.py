@@ -9,7 +9,6 @@ import csv
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
