@@ -16,16 +16,35 @@ from ..util.errors import UserError
 from ..util.flags import DATASETS
 from .brats import BRATSDataset
 from .chexpert import CheXpertDataset
+from .store import open_store
 
 
 def create_dataset(
-    data_dir: str | os.PathLike, dataset: str, image_size: int, label_dir: str | os.PathLike | None = None
+    data_dir: str | os.PathLike,
+    dataset: str,
+    image_size: int,
+    label_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Dataset:
-    """The dataset named by ``--dataset``: ``BRATSDataset`` or ``CheXpertDataset``.
+    """The dataset named by ``--dataset``, served from the folder's slice store (:mod:`.store`).
 
-    ``label_dir`` (BRATS test labels) is only meaningful for 'brats'; an empty
-    string counts as not given.
+    The items are bit for bit those of ``BRATSDataset`` or ``CheXpertDataset`` (the readers of the
+    files), which build the store on first use and after any change of the source files; a data
+    folder that cannot be written keeps its store in ``cache_dir`` (none: the user's cache folder).
+    ``label_dir`` (BRATS test labels) is only meaningful for 'brats'; an empty string counts as
+    not given.
     """
+    source = create_reader(data_dir, dataset, image_size, label_dir)
+    return open_store(source, dataset, image_size, label_dir=source.label_dir if dataset == "brats" else None,
+                      cache_dir=os.fspath(cache_dir) if cache_dir else None)
+
+
+def create_reader(
+    data_dir: str | os.PathLike, dataset: str, image_size: int, label_dir: str | os.PathLike | None = None
+) -> BRATSDataset | CheXpertDataset:
+    """The reader of the files named by ``--dataset``: ``BRATSDataset`` or ``CheXpertDataset``
+    (each item decoded and checked when it is loaded; :func:`create_dataset` serves the same items
+    from the store)."""
     label_dir = label_dir or None
     if dataset == "brats":
         return BRATSDataset(data_dir, label_dir=label_dir, image_size=image_size)
@@ -36,6 +55,16 @@ def create_dataset(
             )
         return CheXpertDataset(data_dir, image_size=image_size)
     raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+def resolve_num_workers(num_workers: int) -> int:
+    """``--num_workers``: -1 (the default) is min(4, CPUs - 1), one CPU left to the training step; 0
+    loads in the main process."""
+    if num_workers < -1:
+        raise UserError(f"--num_workers {num_workers}: expected 0 or more, or -1 (chosen from the CPU count)")
+    if num_workers == -1:
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return num_workers
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -117,6 +146,7 @@ def training_batches(
     num_shards: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
+    prefetch: int = 2,
 ) -> Iterator[tuple[torch.Tensor, dict]]:
     """An endless stream of training batches ``(images, {"y": labels})`` from ``dataset``.
 
@@ -125,16 +155,17 @@ def training_batches(
     items (a held-out split, the healthy images). The order is the one of
     ``ShardedBatchSampler`` (read it there); with ``num_shards`` processes, shard ``r``
     passes ``shard=r``, and a run resumed at step k passes ``start_step=k``.
-    ``num_workers`` and ``pin_memory`` go to the ``DataLoader``; workers persist between
-    batches.
+    ``num_workers`` (-1: :func:`resolve_num_workers`) and ``pin_memory`` (for non-blocking
+    copies to CUDA) go to the ``DataLoader``; workers persist between batches and each keeps
+    ``prefetch`` batches ready. Workers do not change the order.
     """
-    if num_workers < 0:
-        raise UserError(f"--num_workers {num_workers}: expected 0 or more")
+    num_workers = resolve_num_workers(num_workers)
     items = dataset if indices is None else Subset(dataset, list(indices))
     sampler = ShardedBatchSampler(len(items), batch_size, deterministic=deterministic, seed=seed,
                                   start_step=start_step, shard=shard, num_shards=num_shards)
     loader = DataLoader(items, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        persistent_workers=num_workers > 0, collate_fn=collate_training_batch)
+                        persistent_workers=num_workers > 0, collate_fn=collate_training_batch,
+                        prefetch_factor=prefetch if num_workers > 0 else None)
     while True:  # the sampler never ends; the loop only restarts if a loader ever stops
         yield from loader
 
@@ -145,7 +176,7 @@ def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:
     labels = getattr(dataset, "labels", None)
     if labels is not None:
         return [int(y) for y in labels]
-    loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=_labels_of)
+    loader = DataLoader(dataset, batch_size=16, num_workers=resolve_num_workers(num_workers), collate_fn=_labels_of)
     return [y for batch in loader for y in batch]
 
 
