@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from typing import Iterator
@@ -100,7 +101,7 @@ def open_store(source, dataset: str, image_size: int, label_dir: str | None = No
     manifest = source_manifest(source, label_dir)
     inside = os.path.join(source.directory, STORE_FOLDER, dataset)
     if not _writable(source.directory) and _matches(_read_manifest(inside), manifest, image_size):
-        return StoreDataset(inside, source, image_size)  # e.g. prepared, then shared read-only
+        return _open(inside, source, image_size)  # e.g. prepared, then shared read-only
     folder = store_location(source.directory, dataset, cache_dir)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with _locked(folder + ".lock"):
@@ -109,7 +110,13 @@ def open_store(source, dataset: str, image_size: int, label_dir: str | None = No
             logger.log(f"slice store {folder}: {_what_changed(old, manifest, image_size)}; building it from "
                        f"{len(source)} items")
             build_store(folder, source, manifest, image_size)
-        return StoreDataset(folder, source, image_size)
+        return _open(folder, source, image_size)
+
+
+def _open(folder: str, source, image_size: int) -> "StoreDataset":
+    store = _read_manifest(folder)["store"]  # an item larger than image_size is named as the reader names it
+    check_fits(source.item_file(0), tuple(store["shape"]), image_size, "slice" if store["has_gt"] else "image")
+    return StoreDataset(folder, image_size, source.directory, getattr(source, "label_dir", None))
 
 
 @contextlib.contextmanager
@@ -180,7 +187,8 @@ def _write_arrays(folder: str, source, pad_to: int | None) -> dict:
     first, first_mask = source.read_item(0)
     has_gt = first_mask is not None
     channels, shape = first.shape[0], first.shape[1:] if pad_to is None else (pad_to, pad_to)
-    names = {"images": "images.npy", "labels": "labels.npy", "keys": "keys.json", **({"gt": "gt.npy"} if has_gt else {})}
+    names = {"images": "images.npy", "labels": "labels.npy", "keys": "keys.json",
+             **({"gt": "gt.npy"} if has_gt else {})}
     temporary = {name: os.path.join(folder, f".{file}.tmp-{os.getpid()}") for name, file in names.items()}
     try:
         images = open_memmap(temporary["images"], "w+", np.float32, (n, channels, *shape))
@@ -224,11 +232,11 @@ class StoreDataset(Dataset):
     memory-mapped when first used in each process (a worker maps them itself).
     """
 
-    def __init__(self, folder: str, source, image_size: int):
+    def __init__(self, folder: str, image_size: int, directory: str = "", label_dir: str | None = None):
         super().__init__()
         self.folder = folder
-        self.directory = source.directory
-        self.label_dir = getattr(source, "label_dir", None)
+        self.directory = directory  # the data folder the store was built from
+        self.label_dir = label_dir
         self.image_size = image_size
         with open(os.path.join(folder, "manifest.json")) as f:
             self.store = json.load(f)["store"]
@@ -238,8 +246,8 @@ class StoreDataset(Dataset):
         self.labels = [int(y) for y in np.load(os.path.join(folder, "labels.npy"), allow_pickle=False)]
         self.has_gt = self.store["has_gt"]
         height, width = self.store["shape"]
-        if len(source):
-            check_fits(source.item_file(0), (height, width), image_size, "slice" if self.has_gt else "image")
+        if height > image_size or width > image_size:
+            raise ValueError(f"{folder}: items of {height}x{width} do not fit image_size {image_size}")
         self._top, self._left = (image_size - height) // 2, (image_size - width) // 2  # as pad_to_size
         self._arrays: tuple | None = None
 
@@ -251,21 +259,56 @@ class StoreDataset(Dataset):
 
     def _mapped(self) -> tuple:
         if self._arrays is None:
-            images = np.load(os.path.join(self.folder, "images.npy"), mmap_mode="r", allow_pickle=False)
-            gt = np.load(os.path.join(self.folder, "gt.npy"), mmap_mode="r", allow_pickle=False) if self.has_gt else None
-            self._arrays = (images, gt)
+            self._arrays = (_MappedArray(os.path.join(self.folder, "images.npy")),
+                            _MappedArray(os.path.join(self.folder, "gt.npy")) if self.has_gt else None)
         return self._arrays
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         images, gt = self._mapped()
         size = self.image_size
-        height, width = images.shape[-2:]
+        height, width = images.array.shape[-2:]
         rows, cols = slice(self._top, self._top + height), slice(self._left, self._left + width)
-        image = torch.zeros(images.shape[1], size, size)  # float32, padded as pad_to_size pads
-        image.numpy()[:, rows, cols] = images[index]  # one copy out of the page cache
+        image = torch.zeros(images.array.shape[1], size, size)  # float32, padded as pad_to_size pads
+        images.copy_item(index, image.numpy()[:, rows, cols])
         mask = torch.zeros(size, size)
         if gt is not None:
-            mask.numpy()[rows, cols] = gt[index]  # 0/1 as float32
+            gt.copy_item(index, mask.numpy()[rows, cols])  # 0/1 as float32
         info = {"y": self.labels[index], "id": self.ids[index], "gt": mask, "has_gt": self.has_gt,
                 "patient": self.patients[index], "slice": self.slices[index]}
         return image, info
+
+
+class _MappedArray:
+    """A read-only memory map of a ``.npy`` file whose items are copied out one at a time.
+
+    The pages of an item are dropped from this process's mapping once copied (``MADV_DONTNEED``;
+    the page cache keeps them), and read-ahead is off (``MADV_RANDOM``), so that the resident
+    memory of a process stays flat however much of the store it has read.
+    """
+
+    _WINDOW = 2 * 1024 * 1024  # a fault maps up to a whole page-cache folio (at most 2 MiB) around it
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}[version]  # the writer's versions
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if fortran:
+            raise ValueError(f"{path}: expected a C-ordered array")
+        with contextlib.suppress(AttributeError, OSError):
+            self._map.madvise(mmap.MADV_RANDOM)
+        count = int(np.prod(shape))
+        self.array = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
+        self._offset, self._item_bytes = offset, self.array[0].nbytes if len(self.array) else 0
+
+    def copy_item(self, index: int, out: np.ndarray) -> None:
+        """Copy item ``index`` into ``out`` (cast to its dtype), then drop its pages from the mapping."""
+        out[...] = self.array[index]
+        start = self._offset + index * self._item_bytes
+        first = start - start % self._WINDOW
+        last = min(-(-(start + self._item_bytes) // self._WINDOW) * self._WINDOW, len(self._map))
+        with contextlib.suppress(AttributeError, OSError):
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
