@@ -14,14 +14,17 @@
 # 5. benchmarks/bench_train.py: README presets at 256x256, batch 10: UNet and
 #    classifier, fp32, bf16, fp16, channels-last, compile, and the scaffold
 #    against the bare step                                                   <= 120 s
+# 6. benchmarks/bench_data.py --parts wait: the share of a real GPU training step (README presets,
+#    256x256 from 240x240 slices, batch 10, UNet and classifier) spent waiting for data, default
+#    workers and 0 workers, pinned memory and non-blocking copies                <= 90 s
 # Each step has its own time limit, so one hang does not cost the others; logs and JSON
 # results go to OUT_DIR (translate.json and train.json are rewritten after every path).
 # The benchmarks run with --strict True: a path that raises, or whose output differs from the
 # fp32 baseline beyond its tolerance, fails its step, and the script then exits with status 1.
 #
-# Budget: the step limits add up to 445 s (7.4 min), the most this script can take; the device
+# Budget: the step limits add up to 535 s (8.9 min), the most this script can take; the device
 # tool gives a session 15 minutes in all, machine start included (a few minutes), which leaves
-# about 4 minutes: enough to rerun the one step that failed (each step can run on its own, e.g.
+# about 3 minutes: enough to rerun the one step that failed (each step can run on its own, e.g.
 # `timeout 150 python3 benchmarks/bench_translate.py ...` with the flags below), not the whole script.
 #
 # guided_diffusion's data loaders import nibabel. Where python3 lacks it (the lent GPU machines
@@ -76,5 +79,7 @@ step overhead 30 "$PY" benchmarks/bench_translate.py --device cuda --overhead --
     --noise_level 200 --n_images 8 --batch_size 8
 step train 120 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --steps 10 --warmup 3 \
     --rounds 3 --strict True --json_out "$OUT_DIR/train.json"
+step data 90 "$PY" benchmarks/bench_data.py --device cuda --parts wait --preset readme --steps 20 --warmup 3 \
+    --json_out "$OUT_DIR/data.json"
 echo "gpu_check: $([ "$status" -eq 0 ] && echo all steps passed || echo some steps FAILED, see the logs above)"
 exit $status
