@@ -70,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="throughput,wait", help="throughput, wait or both")
     p.add_argument("--device", default="", help="cpu, cuda (default: cuda when available); the wait part's device")
-    p.add_argument("--n_slices", type=int, default=80, help="synthetic 240 x 240 slices of the throughput part")
+    p.add_argument("--n_slices", type=int, default=80, help="synthetic slices of each part (240 x 240 in the "
+                   "throughput part)")
     p.add_argument("--batch_size", type=int, default=10, help="batch of the throughput part")
     p.add_argument("--workers", default="0,1,2", help="worker processes of the store's stream")
     p.add_argument("--min_seconds", type=float, default=2.0, help="time each store path at least this long")
@@ -166,7 +167,7 @@ def _networks(flags: str):
 
 def wait(args, tmp: str, device: th.device) -> list[dict]:
     preset = PRESETS[args.preset]
-    folder = _slices(os.path.join(tmp, "wait"), preset["size"], 48)
+    folder = _slices(os.path.join(tmp, "wait"), preset["size"], args.n_slices)
     dataset = create_dataset(folder, "brats", preset["image_size"])
     model, diffusion, classifier = _networks(preset["flags"])
     batch = preset["batch_size"]

@@ -47,6 +47,7 @@ from .common import check_fits, pad_to_size
 FORMAT = 1
 """Version of the store's layout and values; a store of another version is rebuilt."""
 STORE_FOLDER = ".slice_store"
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python 3.11 lacks the name
 
 
 def default_cache_dir() -> str:
@@ -73,9 +74,8 @@ def _is_under(path: str, root: str) -> bool:
 
 def store_location(directory: str, dataset: str, cache_dir: str | None) -> str:
     """Where the store of ``directory`` lives: inside it when it can be written, else in the cache."""
-    inside = os.path.join(directory, STORE_FOLDER, dataset)
     if _writable(directory):
-        return inside
+        return os.path.join(directory, STORE_FOLDER, dataset)
     real = os.path.realpath(directory)
     digest = hashlib.sha256(real.encode()).hexdigest()[:16]
     name = f"{digest}-{os.path.basename(real) or 'root'}"
@@ -99,10 +99,10 @@ def open_store(source, dataset: str, image_size: int, label_dir: str | None = No
     """The items of ``source`` (a ``BRATSDataset`` or ``CheXpertDataset``) served from its store,
     which is built or rebuilt first where it does not match the source files."""
     manifest = source_manifest(source, label_dir)
-    inside = os.path.join(source.directory, STORE_FOLDER, dataset)
-    if not _writable(source.directory) and _matches(_read_manifest(inside), manifest, image_size):
-        return _open(inside, source, image_size)  # e.g. prepared, then shared read-only
     folder = store_location(source.directory, dataset, cache_dir)
+    inside = os.path.join(source.directory, STORE_FOLDER, dataset)
+    if folder != inside and _matches(_read_manifest(inside), manifest, image_size):
+        return _open(inside, source, image_size)  # e.g. prepared, then shared read-only
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with _locked(folder + ".lock"):
         old = _read_manifest(folder)
@@ -228,8 +228,9 @@ class StoreDataset(Dataset):
     """The items of a reader (``BRATSDataset``, ``CheXpertDataset``) served from its store.
 
     Item ``i`` is bit for bit the reader's item ``i`` (the same tensors, dtypes and ``info``); ``ids``,
-    ``patients``, ``labels`` and ``slices`` are known without reading an item. The arrays are
-    memory-mapped when first used in each process (a worker maps them itself).
+    ``patients``, ``labels`` and ``slices`` are known without reading an item. The files are mapped
+    when the store is opened, so forked workers share the files this process opened even if the
+    store is rebuilt meanwhile; a pickled copy (a spawned worker) maps them again.
     """
 
     def __init__(self, folder: str, image_size: int, directory: str = "", label_dir: str | None = None):
@@ -250,6 +251,7 @@ class StoreDataset(Dataset):
             raise ValueError(f"{folder}: items of {height}x{width} do not fit image_size {image_size}")
         self._top, self._left = (image_size - height) // 2, (image_size - width) // 2  # as pad_to_size
         self._arrays: tuple | None = None
+        self._mapped()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -268,14 +270,23 @@ class StoreDataset(Dataset):
         size = self.image_size
         height, width = images.array.shape[-2:]
         rows, cols = slice(self._top, self._top + height), slice(self._left, self._left + width)
-        image = torch.zeros(images.array.shape[1], size, size)  # float32, padded as pad_to_size pads
+        image = torch.empty(images.array.shape[1], size, size)  # float32, padded as pad_to_size pads
         images.copy_item(index, image.numpy()[:, rows, cols])
+        _zero_outside(image.numpy(), rows, cols)
         mask = torch.zeros(size, size)
         if gt is not None:
             gt.copy_item(index, mask.numpy()[rows, cols])  # 0/1 as float32
         info = {"y": self.labels[index], "id": self.ids[index], "gt": mask, "has_gt": self.has_gt,
                 "patient": self.patients[index], "slice": self.slices[index]}
         return image, info
+
+
+def _zero_outside(array: np.ndarray, rows: slice, cols: slice) -> None:
+    """Zero the last two axes of ``array`` outside ``rows`` x ``cols`` (the padding)."""
+    array[..., : rows.start, :] = 0
+    array[..., rows.stop:, :] = 0
+    array[..., rows, : cols.start] = 0
+    array[..., rows, cols.stop:] = 0
 
 
 class _MappedArray:
@@ -298,7 +309,7 @@ class _MappedArray:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if fortran:
             raise ValueError(f"{path}: expected a C-ordered array")
-        with contextlib.suppress(AttributeError, OSError):
+        with contextlib.suppress(OSError):
             self._map.madvise(mmap.MADV_RANDOM)
         count = int(np.prod(shape))
         self.array = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
@@ -306,9 +317,12 @@ class _MappedArray:
 
     def copy_item(self, index: int, out: np.ndarray) -> None:
         """Copy item ``index`` into ``out`` (cast to its dtype), then drop its pages from the mapping."""
-        out[...] = self.array[index]
         start = self._offset + index * self._item_bytes
+        page = start - start % mmap.PAGESIZE
+        with contextlib.suppress(OSError):  # map the item's pages in one call instead of one fault per page
+            self._map.madvise(_MADV_POPULATE_READ, page, min(start + self._item_bytes, len(self._map)) - page)
+        out[...] = self.array[index]
         first = start - start % self._WINDOW
         last = min(-(-(start + self._item_bytes) // self._WINDOW) * self._WINDOW, len(self._map))
-        with contextlib.suppress(AttributeError, OSError):
+        with contextlib.suppress(OSError):
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
