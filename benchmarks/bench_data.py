@@ -14,10 +14,10 @@ its rate is the rate of one core.
 
 Part ``wait``: the share of a training step of the scaffold (``Trainer.run_loop``, the UNet's and
 the classifier's pieces) spent in ``next()`` of its batch stream, i.e. waiting for data, with the
-default ``--num_workers`` (-1: min(4, CPUs - 1)) and with 0 workers. ``--preset demo`` (the CPU's
-default): ``make demo``'s networks on 64 x 64 synthetic slices, batch 8; ``--preset readme`` (the
-default on CUDA): the original README's networks on 240 x 240 slices padded to 256, batch 10, with
-pinned memory and non-blocking copies on CUDA.
+default ``--num_workers`` (-1: min(4, CPUs - 2)), with 0 and 1 worker (``--wait_workers``).
+``--preset demo`` (the CPU's default): ``make demo``'s networks on 64 x 64 synthetic slices, batch 8;
+``--preset readme`` (the default on CUDA): the original README's networks on 240 x 240 slices padded
+to 256, batch 10, with pinned memory and non-blocking copies on CUDA.
 
     python benchmarks/bench_data.py                          # both parts on the CPU
     python benchmarks/bench_data.py --device cuda --parts wait
@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default 20 on CUDA, 8 on the CPU)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (workers start, caches warm)")
     p.add_argument("--nets", default="model,classifier", help="the wait part's trainers: model, classifier")
+    p.add_argument("--wait_workers", default="-1,0,1", help="the wait part's --num_workers values (-1: the "
+                   "default, min(4, CPUs - 2)); repeats after resolving are dropped")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads of this process (workers use 1); "
                    "0 leaves the default. On a shared machine 1 avoids intra-op threads fighting for cores")
     p.add_argument("--seed", type=int, default=0)
@@ -172,8 +174,9 @@ def wait(args, tmp: str, device: th.device) -> list[dict]:
     model, diffusion, classifier = _networks(preset["flags"])
     batch = preset["batch_size"]
     rows = []
+    counts = list(dict.fromkeys(resolve_num_workers(int(w)) for w in args.wait_workers.split(",") if w.strip()))
     for kind in [n.strip() for n in args.nets.split(",") if n.strip()]:
-        for workers in (-1, 0):
+        for workers in counts:
             streams = []
 
             def make_data(start_step: int):
@@ -198,7 +201,8 @@ def wait(args, tmp: str, device: th.device) -> list[dict]:
             total = timed.starts[last] - timed.starts[first]
             waited = sum(timed.waits[first:last])
             steps = last - first
-            rows.append({"net": kind, "workers": resolve_num_workers(workers), "step_ms": 1000 * total / steps,
+            rows.append({"net": kind, "workers": workers, "default": workers == resolve_num_workers(-1),
+                         "step_ms": 1000 * total / steps,
                          "wait_ms": 1000 * waited / steps, "wait_pct": 100 * waited / total})
             del trainer, streams
     return rows
@@ -234,9 +238,11 @@ def main(argv=None) -> int:
             print(f"\nwait: {args.preset} preset ({preset['image_size']}x{preset['image_size']}, batch "
                   f"{preset['batch_size']}) on {device}, {args.steps} steps after {args.warmup}; default workers: "
                   f"{resolve_num_workers(-1)}")
+            for row in result["wait"]:
+                row["default_text"] = "yes" if row["default"] else ""
             print_table(result["wait"], [("net", "net", "s"), ("workers", "workers", "d"),
-                                         ("step_ms", "ms/step", ".1f"), ("wait_ms", "waiting ms/step", ".2f"),
-                                         ("wait_pct", "% waiting", ".2f")])
+                                         ("default_text", "default", "s"), ("step_ms", "ms/step", ".1f"),
+                                         ("wait_ms", "waiting ms/step", ".2f"), ("wait_pct", "% waiting", ".2f")])
             write_json(result, args.json_out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -244,7 +244,7 @@ def test_resident_memory_does_not_grow_with_the_store(tmp_path):
 
 
 def test_workers_default_from_the_cpu_count():
-    assert resolve_num_workers(-1) == max(0, min(4, os.cpu_count() - 1))
+    assert resolve_num_workers(-1) == max(0, min(4, os.cpu_count() - 2))
     assert resolve_num_workers(0) == 0 and resolve_num_workers(3) == 3
     with pytest.raises(UserError, match="--num_workers -2: expected 0 or more"):
         resolve_num_workers(-2)

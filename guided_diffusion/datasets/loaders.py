@@ -58,12 +58,14 @@ def create_reader(
 
 
 def resolve_num_workers(num_workers: int) -> int:
-    """``--num_workers``: -1 (the default) is min(4, CPUs - 1), one CPU left to the training step; 0
-    loads in the main process."""
+    """``--num_workers``: -1 (the default) is min(4, CPUs - 2), two CPUs left to the training step's
+    own threads; 0 loads in the main process. On 2 CPUs that is 0: there a worker took CPU from the
+    step, and its batches, handed between processes, kept the step waiting longer than reading them
+    from the store in the process (benchmarks/RESULTS.md, bench_data.py)."""
     if num_workers < -1:
         raise UserError(f"--num_workers {num_workers}: expected 0 or more, or -1 (chosen from the CPU count)")
     if num_workers == -1:
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        return max(0, min(4, (os.cpu_count() or 1) - 2))
     return num_workers
 
 
