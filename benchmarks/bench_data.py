@@ -9,8 +9,9 @@ of 240 x 240 (``datasets.synthetic``; four gzipped NIfTI modalities and a seg pe
 
 Each path is timed on its second pass over the data and later ones (the first warms the page cache
 and starts the workers); the store is built beforehand (its build time is printed). ``x nifti`` is
-the ratio to the NIfTI path of the same run; with 0 workers the stream runs in this one process, so
-its rate is the rate of one core.
+the ratio to the NIfTI path of the same run. With 0 workers the stream runs in this one process
+(with ``--threads 1``, on one core): ``samples/CPU s`` divides by the CPU time the process used,
+the rate of one core whatever else the machine runs.
 
 Part ``wait``: the share of a training step of the scaffold (``Trainer.run_loop``, the UNet's and
 the classifier's pieces) spent in ``next()`` of its batch stream, i.e. waiting for data, with the
@@ -96,38 +97,42 @@ def _slices(root: str, size: int, n: int) -> str:
     return os.path.join(root, "brats", "training")
 
 
-def _rate(stream, batch_size: int, n_items: int, min_seconds: float) -> float:
-    """Samples per second over whole passes after the first, for at least ``min_seconds``."""
+def _rate(stream, batch_size: int, n_items: int, min_seconds: float) -> tuple[float, float]:
+    """Samples per second of wall time and per second of this process's CPU time, over whole passes
+    after the first, for at least ``min_seconds``."""
     per_pass = -(-n_items // batch_size)
     for _ in range(per_pass):
         next(stream)
-    batches, start = 0, time.perf_counter()
+    batches, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         for _ in range(per_pass):
             next(stream)
         batches += per_pass
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            return batches * batch_size / elapsed
+            return batches * batch_size / elapsed, batches * batch_size / (time.process_time() - cpu_start)
 
 
 def throughput(args, tmp: str) -> list[dict]:
     folder = _slices(os.path.join(tmp, "throughput"), 240, args.n_slices)
-    rows = []
     reader = create_reader(folder, "brats", 256)
-    nifti = _rate(training_batches(reader, args.batch_size, seed=args.seed), args.batch_size, len(reader), 0.0)
-    rows.append({"path": "nifti", "workers": 0, "samples_s": nifti, "batch_ms": 1000 * args.batch_size / nifti})
+    nifti, nifti_cpu = _rate(training_batches(reader, args.batch_size, seed=args.seed), args.batch_size, len(reader),
+                             0.0)
+    rows = [{"path": "nifti", "workers": 0, "samples_s": nifti, "samples_cpu_s": nifti_cpu}]
     start = time.perf_counter()
     store = create_dataset(folder, "brats", 256)
     build_s = time.perf_counter() - start
     for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
         stream = training_batches(store, args.batch_size, seed=args.seed, num_workers=workers)
-        rate = _rate(stream, args.batch_size, len(store), args.min_seconds)
+        rate, rate_cpu = _rate(stream, args.batch_size, len(store), args.min_seconds)
         del stream
-        rows.append({"path": "store", "workers": workers, "samples_s": rate, "batch_ms": 1000 * args.batch_size / rate,
-                     "build_s": build_s})
+        # with workers the loading runs in other processes: this process's CPU time does not count it
+        rows.append({"path": "store", "workers": workers, "samples_s": rate, "build_s": build_s,
+                     "samples_cpu_s": rate_cpu if workers == 0 else None})
     for row in rows:
+        row["batch_ms"] = 1000 * args.batch_size / row["samples_s"]
         row["x_nifti"] = row["samples_s"] / nifti
+        row["x_nifti_cpu"] = None if row["samples_cpu_s"] is None else row["samples_cpu_s"] / nifti_cpu
     return rows
 
 
@@ -230,7 +235,9 @@ def main(argv=None) -> int:
                   f"{result['throughput'][-1]['build_s']:.1f} s)")
             print_table(result["throughput"], [("path", "path", "s"), ("workers", "workers", "d"),
                                                ("samples_s", "samples/s", ".0f"), ("batch_ms", "ms/batch", ".2f"),
-                                               ("x_nifti", "x nifti", ".1f")])
+                                               ("x_nifti", "x nifti", ".1f"),
+                                               ("samples_cpu_s", "samples/CPU s", ".0f"),
+                                               ("x_nifti_cpu", "x nifti (CPU)", ".1f")])
             write_json(result, args.json_out)
         if "wait" in parts:
             result["wait"] = wait(args, tmp, device)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from guided_diffusion.datasets.brats import BRATSDataset
 from guided_diffusion.datasets.layout import brats_slice_filename, write_brats_leaf
-from guided_diffusion.datasets.loaders import create_dataset, create_reader, resolve_num_workers
+from guided_diffusion.datasets.loaders import create_dataset, create_reader, resolve_num_workers, training_batches
 from guided_diffusion.datasets.nifti import write_nifti_gz
 from guided_diffusion.datasets.store import STORE_FOLDER, StoreDataset, build_store
 from guided_diffusion.util.errors import UserError
@@ -241,6 +241,19 @@ def test_resident_memory_does_not_grow_with_the_store(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     small, big = (float(line) for line in out.stdout.split())
     assert big < 8 and abs(big - small) < 4, (small, big)  # MiB; the big store is 64
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_of_the_store_equal_those_of_the_reader(workers):
+    folder = DATA / "brats" / "training"
+    healthy = [i for i, y in enumerate(create_dataset(folder, "brats", 67).labels) if y == 0]
+    for indices in (None, healthy):
+        expected = training_batches(create_reader(folder, "brats", 67), 5, indices=indices, seed=3)
+        got = training_batches(create_dataset(folder, "brats", 67), 5, indices=indices, seed=3, num_workers=workers)
+        for _ in range(12):  # more than an epoch of either
+            (x, cond), (xs, cond_s) = next(expected), next(got)
+            assert x.dtype == xs.dtype and torch.equal(x, xs)
+            assert cond.keys() == cond_s.keys() == {"y"} and torch.equal(cond["y"], cond_s["y"])
 
 
 def test_workers_default_from_the_cpu_count():

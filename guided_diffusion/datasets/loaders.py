@@ -7,10 +7,10 @@ exactly the batches an uninterrupted single-process run would have seen.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..util.errors import UserError
 from ..util.flags import DATASETS
@@ -162,14 +162,49 @@ def training_batches(
     ``prefetch`` batches ready. Workers do not change the order.
     """
     num_workers = resolve_num_workers(num_workers)
-    items = dataset if indices is None else Subset(dataset, list(indices))
+    items = _TrainingItems(dataset, indices)
     sampler = ShardedBatchSampler(len(items), batch_size, deterministic=deterministic, seed=seed,
                                   start_step=start_step, shard=shard, num_shards=num_shards)
     loader = DataLoader(items, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        persistent_workers=num_workers > 0, collate_fn=collate_training_batch,
+                        persistent_workers=num_workers > 0, collate_fn=_collate_stream,
                         prefetch_factor=prefetch if num_workers > 0 else None)
     while True:  # the sampler never ends; the loop only restarts if a loader ever stops
         yield from loader
+
+
+class _Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class _TrainingItems(Dataset):
+    """The items of a training stream (``indices`` of ``dataset``, or all of it): a batch is read
+    whole by ``dataset.read_batch`` where the data set has one (the slice store: no per-item
+    tensors, no stacking), else item by item."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None):
+        self.dataset = dataset
+        self.indices = None if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+    def _index(self, k: int) -> int:
+        return k if self.indices is None else self.indices[k]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, dict]:
+        return self.dataset[self._index(k)]
+
+    def __getitems__(self, ks: list[int]):  # the DataLoader's batch fetch
+        if hasattr(self.dataset, "read_batch"):
+            return _Batch(*self.dataset.read_batch([self._index(k) for k in ks]))
+        return [self.dataset[self._index(k)] for k in ks]
+
+
+def _collate_stream(data) -> tuple[torch.Tensor, dict]:
+    if isinstance(data, _Batch):
+        return data.images, {"y": data.labels}
+    return collate_training_batch(data)
 
 
 def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:

@@ -280,6 +280,20 @@ class StoreDataset(Dataset):
                 "patient": self.patients[index], "slice": self.slices[index]}
         return image, info
 
+    def read_batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images (B, C, S, S), labels (B,) long)`` of ``indices``: the stacked images and ``y`` of
+        those items, copied straight into one tensor (the training stream's batch, without the rest
+        of ``info``)."""
+        images, _ = self._mapped()
+        height, width = images.array.shape[-2:]
+        rows, cols = slice(self._top, self._top + height), slice(self._left, self._left + width)
+        batch = torch.empty(len(indices), images.array.shape[1], self.image_size, self.image_size)
+        out = batch.numpy()
+        for k, index in enumerate(indices):
+            images.copy_item(index, out[k, :, rows, cols])
+        _zero_outside(out, rows, cols)
+        return batch, torch.tensor([self.labels[index] for index in indices], dtype=torch.long)
+
 
 def _zero_outside(array: np.ndarray, rows: slice, cols: slice) -> None:
     """Zero the last two axes of ``array`` outside ``rows`` x ``cols`` (the padding)."""
