@@ -31,6 +31,7 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/bench_translate.py --tiny
 	$(PY) benchmarks/bench_train.py --tiny
+	$(PY) benchmarks/bench_data.py --n_slices 20 --min_seconds 0.5 --steps 3
 
 compare: venv
 	$(PY) scripts/demo.py --plan compare --out results/compare

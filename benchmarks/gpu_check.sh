@@ -16,20 +16,26 @@
 #    against the bare step                                                   <= 120 s
 # 6. benchmarks/bench_detect.py: detect.py's seconds per patient with a bundle of the README
 #    presets (256x256, ddim1000, L = 100, bf16, batch 16), one raw 240x240x155 patient, 49 slices <= 90 s
+# 7. benchmarks/bench_data.py --parts wait: the share of a real GPU training step (README presets,
+#    256x256 from 240x240 slices, batch 10, UNet and classifier) spent waiting for data, default
+#    workers and 0 workers, pinned memory and non-blocking copies                <= 90 s
 # Each step has its own time limit, so one hang does not cost the others; logs and JSON
 # results go to OUT_DIR (translate.json and train.json are rewritten after every path).
 # The benchmarks run with --strict True: a path that raises, or whose output differs from the
 # fp32 baseline beyond its tolerance, fails its step, and the script then exits with status 1.
 #
-# Budget: the step limits add up to 535 s (8.9 min), the most this script can take; the device
+# Budget: the step limits add up to 625 s (10.4 min), the most this script can take; the device
 # tool gives a session 15 minutes in all, machine start included (a few minutes), which leaves
-# about 3 minutes: enough to rerun the one step that failed (each step can run on its own, e.g.
-# `timeout 150 python3 benchmarks/bench_translate.py ...` with the flags below), not the whole script.
+# about 1-2 minutes: enough to rerun one short step on its own (e.g. `timeout 90 python3
+# benchmarks/bench_data.py ...` with the flags below), not the whole script.
 #
 # guided_diffusion's data loaders import nibabel. Where python3 lacks it (the lent GPU machines
 # do), a pure-Python wheel in results/wheels/ is put on PYTHONPATH as it is (no install). Fetch it
 # beforehand on a machine with a package index:
 #   python3 -m pip download nibabel==5.4.2 --no-deps --only-binary=:all: -d results/wheels
+# Translation and detection also draw report.html with matplotlib (a required dependency, not a
+# pure-Python wheel): check `python3 -c "import matplotlib"` on the device in the same call; where
+# it is missing, the steps that translate (3, 6) stop at the import and say so in their logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-results/gpu_check}}
@@ -80,5 +86,7 @@ step train 120 "$PY" benchmarks/bench_train.py --device cuda --batch_size 10 --s
     --rounds 3 --strict True --json_out "$OUT_DIR/train.json"
 step detect 90 "$PY" benchmarks/bench_detect.py --preset readme --device cuda --precision bf16 --batch_size 16 \
     --patients 1 --json "$OUT_DIR/detect.json"
+step data 90 "$PY" benchmarks/bench_data.py --device cuda --parts wait --preset readme --steps 20 --warmup 3 \
+    --json_out "$OUT_DIR/data.json"
 echo "gpu_check: $([ "$status" -eq 0 ] && echo all steps passed || echo some steps FAILED, see the logs above)"
 exit $status

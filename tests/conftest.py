@@ -1,4 +1,6 @@
-"""Suite-wide rules: the conformance check may only be skipped where ../shared is absent."""
+"""Suite-wide rules: the conformance check may only be skipped where ../shared is absent; the slice
+stores of read-only data folders (the shared reference data) go to a cache folder of the session."""
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,15 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_sessionfinish(session, exitstatus):
     if _broken():
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_dir(tmp_path_factory):
+    """$XDG_CACHE_HOME of the session (scripts the tests start inherit it), not the user's cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

@@ -115,7 +115,7 @@ def assert_user_error(proc, pattern, out):
 
 
 def second_leaf(data, split="testing"):
-    return sorted((data / split).iterdir())[1]
+    return sorted(p for p in (data / split).iterdir() if not p.name.startswith("."))[1]  # a leaf, not the store
 
 
 def corrupt(data, seq, array, split="testing"):

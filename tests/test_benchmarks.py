@@ -1,4 +1,5 @@
 """The benchmarks' --strict mode, which benchmarks/gpu_check.sh relies on to fail on a wrong fast path."""
+import json
 import os
 import subprocess
 import sys
@@ -22,3 +23,19 @@ def test_strict_benchmark_passes_within_tolerance_and_fails_beyond_it():
     bad = bench_translate("--tolerance_scale", "0")
     assert bad.returncode == 1
     assert "FAILED path batch: max|diff|" in bad.stdout
+
+
+def test_data_benchmark_reports_every_path_and_the_wait(tmp_path):
+    out = tmp_path / "data.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_data.py"), "--device", "cpu", "--n_slices", "4",
+           "--batch_size", "2", "--workers", "0,1", "--min_seconds", "0.01", "--nets", "classifier",
+           "--wait_workers", "0,1", "--steps", "1", "--warmup", "1", "--threads", "1", "--json_out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(r["path"], r["workers"]) for r in result["throughput"]] == [("nifti", 0), ("store", 0), ("store", 1)]
+    assert all(r["samples_s"] > 0 for r in result["throughput"]) and result["throughput"][0]["x_nifti"] == 1
+    assert [(r["net"], r["workers"]) for r in result["wait"]] == [("classifier", 0), ("classifier", 1)]
+    assert all(0 <= r["wait_pct"] <= 100 and r["wait_ms"] <= r["step_ms"] for r in result["wait"])
+    assert "x nifti" in run.stdout and "% waiting" in run.stdout

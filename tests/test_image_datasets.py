@@ -13,7 +13,8 @@ from PIL import Image
 from guided_diffusion.datasets import chexpert as image_datasets
 from guided_diffusion.datasets.brats import BRATSDataset
 from guided_diffusion.datasets.chexpert import CheXpertDataset
-from guided_diffusion.datasets.loaders import ShardedBatchSampler, create_dataset, training_batches
+from guided_diffusion.datasets.loaders import ShardedBatchSampler, create_dataset, create_reader, training_batches
+from guided_diffusion.datasets.store import StoreDataset
 from guided_diffusion.datasets.splits import split_by_patient
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
@@ -187,11 +188,14 @@ def test_duplicate_stems(tmp_path):
 
 def test_create_dataset_picks_the_class(tmp_path):
     brats = _reference("brats")
-    assert isinstance(create_dataset(brats / "training", "brats", 256), BRATSDataset)
+    assert isinstance(create_reader(brats / "training", "brats", 256), BRATSDataset)
+    assert create_dataset(brats / "training", "brats", 256)[0][0].shape == (4, 256, 256)
     data = create_dataset(brats / "testing", "brats", 256, label_dir=brats / "test_labels")
     assert len(data) == 2
-    chexpert = create_dataset(_reference("chexpert") / "training", "chexpert", 256, label_dir="")
-    assert isinstance(chexpert, CheXpertDataset)
+    assert isinstance(create_reader(_reference("chexpert") / "training", "chexpert", 256, label_dir=""),
+                      CheXpertDataset)
+    assert create_dataset(_reference("chexpert") / "training", "chexpert", 256, label_dir="")[0][0].shape == (1, 256,
+                                                                                                              256)
 
 
 def test_create_dataset_rejects_unknown_names(tmp_path):
@@ -261,9 +265,10 @@ def test_start_step_equals_skipping(counting):
 
 def test_start_step_loads_no_skipped_file(counting, monkeypatch):
     root, _ = counting
+    _load(root)  # builds the store
     calls = []
-    original = CheXpertDataset.__getitem__
-    monkeypatch.setattr(CheXpertDataset, "__getitem__", lambda self, i: calls.append(i) or original(self, i))
+    original = StoreDataset.read_batch
+    monkeypatch.setattr(StoreDataset, "read_batch", lambda self, batch: calls.extend(batch) or original(self, batch))
     next(_load(root, start_step=10**12))
     assert len(calls) == 3
 

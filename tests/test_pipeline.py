@@ -29,7 +29,7 @@ def run_script(name, *args, check=True):
 
 def subset(src, dst, n):
     os.makedirs(dst)
-    for leaf in sorted(os.listdir(src))[:n]:
+    for leaf in sorted(name for name in os.listdir(src) if not name.startswith("."))[:n]:  # leaves, not the store
         shutil.copytree(os.path.join(src, leaf), os.path.join(dst, leaf))
     return dst
 
@@ -77,7 +77,7 @@ def test_translate_writes_every_pinned_file(trained, tmp_path, use_ddim):
     out = tmp_path / "out"
     translate(trained, out, "--use_ddim", use_ddim, "--timestep_respacing", "ddim50" if use_ddim else "",
               "--batch_size", 3)
-    ids = sorted(os.listdir(f"{DATA}/brats/testing"))
+    ids = sorted(name for name in os.listdir(f"{DATA}/brats/testing") if not name.startswith("."))  # not the store
     files = set(os.listdir(out))
     assert {f"{i}.npz" for i in ids} | {f"{i}.png" for i in ids} | {"metrics.csv", "summary.json"} <= files
     assert "report.html" in files and {f"{i}.png" for i in ids} <= set(os.listdir(out / "report" / "thumbs"))

@@ -39,7 +39,9 @@ def prepare_chexpert():
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The written data set; the slice stores (a cache whose manifest holds modification times) aside."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".slice_store" not in p.parts}
 
 
 def _error_line(capsys) -> str:
@@ -99,8 +101,8 @@ def test_brats_layout_split_and_numbering(brats_out):
     assert split["slice_range"] == [80, 128]
     assert len(split["training"]) == 2 and len(split["testing"]) == 1
     assert not set(split["training"]) & set(split["testing"])
-    train = sorted(p.name for p in (out / "training").iterdir())
-    test = sorted(p.name for p in (out / "testing").iterdir())
+    train = sorted(p.name for p in (out / "training").iterdir() if not p.name.startswith("."))  # not the store
+    test = sorted(p.name for p in (out / "testing").iterdir() if not p.name.startswith("."))
     assert len(train) == 2 * 49 and len(test) == 49 and not set(train) & set(test)
     # running numbers over all patients in sorted order; a patient's 49 leaves stay together
     assert sorted(train + test) == [f"{n:06d}" for n in range(1, 3 * 49 + 1)]
@@ -175,7 +177,7 @@ def test_brats_custom_slice_range(brats_src, tmp_path, prepare_brats):
     out = tmp_path / "out"
     assert prepare_brats(["--src", str(brats_src), "--out", str(out), "--slice_range", "100,102",
                           "--test_fraction", "0.5"]) == 0
-    leaves = sorted(p for p in out.glob("*/*") if p.is_dir())
+    leaves = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.name.startswith("."))
     assert len(leaves) == 3 * 3
     assert sorted({p.name.split("_")[4] for leaf in leaves for p in leaf.iterdir()}) == ["100", "101", "102"]
     assert not (out / "test_labels").exists()
@@ -301,7 +303,7 @@ def _chexpert_argv(release, out, *extra):
 def test_chexpert_layout_classes_and_split(chexpert_release, prepare_chexpert, capsys):
     out = chexpert_release[0] / "out"
     assert prepare_chexpert(_chexpert_argv(chexpert_release, out)) == 0
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.npy"))
+    files = sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.npy"))
     by_class = {}
     for path in files:
         split, label, name = path.split("/")
@@ -776,7 +778,7 @@ def test_chexpert_as_published_three_way_split(tmp_path, prepare_chexpert, capsy
     assert prepare_chexpert(argv) == 0
     printed = capsys.readouterr().out
     files = {}
-    for path in out.rglob("*.npy"):
+    for path in out.glob("*/*/*.npy"):  # part/class/image, not the store
         part, label, name = path.relative_to(out).parts
         files[name] = (part, label)
         array = np.load(path)

@@ -51,7 +51,9 @@ class BRATSDataset(Dataset):
 
     The constructor only lists files, so memory stays flat for any number of slices;
     each item is read and checked when it is loaded (2-D, same shape in every file,
-    finite, within [0, 1], not larger than ``image_size``).
+    finite, within [0, 1], not larger than ``image_size``). This is the reader of the
+    NIfTI files; the scripts serve its items from the slice store (:mod:`.store`),
+    which reads and checks every item once, when it is built.
 
     Args:
         directory: root of the tree; leaf folders at any depth are found by walking
@@ -86,10 +88,27 @@ class BRATSDataset(Dataset):
         """The patient of each item (``<patient>`` of its file names), for patient-level splits."""
         return [leaf.patient for leaf in self._leaves]
 
+    @property
+    def slices(self) -> list[int]:
+        """The axial slice number of each item (``<slice>`` of its file names)."""
+        return [leaf.slice for leaf in self._leaves]
+
+    def item_file(self, index: int) -> str:
+        """The file an error about item ``index`` as a whole names (its first modality)."""
+        return self._leaves[index].modalities[0]
+
     def __len__(self) -> int:
         return len(self._leaves)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, mask = self.read_item(index)
+        check_fits(self.item_file(index), image.shape[1:], self.image_size)
+        mask = pad_to_size(mask.astype(np.float32), self.image_size)  # (S, S)
+        return network_input(image, self.image_size), self.info(index, mask)
+
+    def read_item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The unpadded, checked slice ``index``: ``(image float32 (4, H, W) clipped to [0, 1],
+        tumour mask uint8 (H, W) of 0/1)``; the values an item is made of (the slice store keeps them)."""
         leaf = self._leaves[index]
         channels = [_read_slice(path) for path in leaf.modalities]
         shape = channels[0].shape
@@ -105,26 +124,29 @@ class BRATSDataset(Dataset):
             raise UserError(
                 f"{leaf.ground_truth}: ground truth shape {ground_truth.shape} differs from image shape {shape}"
             )
-        check_fits(leaf.modalities[0], shape, self.image_size)
+        return unit_image(np.stack(channels)), (ground_truth > 0).astype(np.uint8)  # (4, H, W), (H, W)
 
-        image = network_input(np.stack(channels), self.image_size)  # (4, S, S)
-        mask = (ground_truth > 0).astype(np.float32)  # (H, W)
-        mask = pad_to_size(mask, self.image_size)  # (S, S)
-        info = {
-            "y": int(mask.any()),
-            "id": leaf.id,
-            "gt": torch.from_numpy(mask),
-            "has_gt": True,
-            "patient": leaf.patient,
-            "slice": leaf.slice,
-        }
-        return image, info
+    def info(self, index: int, mask: np.ndarray) -> dict:
+        """The ``info`` of item ``index`` around its padded float32 ``mask`` (S, S)."""
+        leaf = self._leaves[index]
+        return {"y": int(mask.any()), "id": leaf.id, "gt": torch.from_numpy(mask), "has_gt": True,
+                "patient": leaf.patient, "slice": leaf.slice}
+
+    def source_files(self) -> list[str]:
+        """Every file the items are read from (modalities and ground truths), in item order."""
+        return [path for leaf in self._leaves for path in (*leaf.modalities, leaf.ground_truth)]
+
+
+def unit_image(channels: np.ndarray) -> np.ndarray:
+    """``channels`` (C, H, W) clipped to [0, 1] and stored as float32 (clipping in float64 then
+    rounding equals rounding then clipping: 0 and 1 are exact in float32)."""
+    return np.clip(channels, 0.0, 1.0).astype(np.float32)
 
 
 def network_input(channels: np.ndarray, image_size: int) -> torch.Tensor:
-    """What the networks see of one slice: ``channels`` (C, H, W) clipped to [0, 1], zero-padded
-    evenly to (C, S, S) (:func:`pad_to_size`), float32. The loader and detect.py both use it."""
-    return torch.from_numpy(pad_to_size(np.clip(channels, 0.0, 1.0), image_size).astype(np.float32))
+    """What the networks see of one slice: :func:`unit_image` of ``channels`` zero-padded evenly to
+    (C, S, S) (:func:`pad_to_size`). The loader (through the slice store) and detect.py both make it."""
+    return torch.from_numpy(pad_to_size(unit_image(channels), image_size))
 
 
 def _leaf_folders(directory: str) -> list[str]:

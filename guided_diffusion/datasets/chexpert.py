@@ -77,23 +77,36 @@ class CheXpertDataset(Dataset):
         """Class of each item (healthy = 0, diseased = 1), known without loading images."""
         return [label for _, label in self._items]
 
+    @property
+    def slices(self) -> list[int]:
+        """-1 for every item (an X-ray is not a slice)."""
+        return [-1] * len(self._items)
+
+    def item_file(self, index: int) -> str:
+        """The file of item ``index``."""
+        return self._items[index][0]
+
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        path, label = self._items[index]
-        image = _read_image(path)  # (H, W) in [0, 1]
-        check_fits(path, image.shape, self.image_size, what="image")
-        image = pad_to_size(image, self.image_size)[None]  # (1, S, S)
-        info = {
-            "y": label,
-            "id": file_stem(path),
-            "gt": torch.zeros(self.image_size, self.image_size),
-            "has_gt": False,
-            "patient": _patient(file_stem(path)),
-            "slice": -1,
-        }
-        return torch.from_numpy(image.astype(np.float32)), info
+        image, _ = self.read_item(index)
+        check_fits(self.item_file(index), image.shape[1:], self.image_size, what="image")
+        return torch.from_numpy(pad_to_size(image, self.image_size)), self.info(index)
+
+    def read_item(self, index: int) -> tuple[np.ndarray, None]:
+        """The unpadded, checked image ``index``: ``(float32 (1, H, W) in [0, 1], None)`` (no ground truth)."""
+        return _read_image(self._items[index][0]).astype(np.float32)[None], None
+
+    def info(self, index: int, mask: np.ndarray | None = None) -> dict:
+        """The ``info`` of item ``index`` (CheXpert has no ground truth: ``gt`` is zeros)."""
+        stem = file_stem(self._items[index][0])
+        return {"y": self._items[index][1], "id": stem, "gt": torch.zeros(self.image_size, self.image_size),
+                "has_gt": False, "patient": _patient(stem), "slice": -1}
+
+    def source_files(self) -> list[str]:
+        """Every file the items are read from, in item order."""
+        return [path for path, _ in self._items]
 
 
 _PATIENT = re.compile(r"^(patient\d+)(?=_|$)")

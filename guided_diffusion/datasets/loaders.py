@@ -7,25 +7,44 @@ exactly the batches an uninterrupted single-process run would have seen.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..util.errors import UserError
 from ..util.flags import DATASETS
 from .brats import BRATSDataset
 from .chexpert import CheXpertDataset
+from .store import open_store
 
 
 def create_dataset(
-    data_dir: str | os.PathLike, dataset: str, image_size: int, label_dir: str | os.PathLike | None = None
+    data_dir: str | os.PathLike,
+    dataset: str,
+    image_size: int,
+    label_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Dataset:
-    """The dataset named by ``--dataset``: ``BRATSDataset`` or ``CheXpertDataset``.
+    """The dataset named by ``--dataset``, served from the folder's slice store (:mod:`.store`).
 
-    ``label_dir`` (BRATS test labels) is only meaningful for 'brats'; an empty
-    string counts as not given.
+    The items are bit for bit those of ``BRATSDataset`` or ``CheXpertDataset`` (the readers of the
+    files), which build the store on first use and after any change of the source files; a data
+    folder that cannot be written keeps its store in ``cache_dir`` (none: the user's cache folder).
+    ``label_dir`` (BRATS test labels) is only meaningful for 'brats'; an empty string counts as
+    not given.
     """
+    source = create_reader(data_dir, dataset, image_size, label_dir)
+    return open_store(source, dataset, image_size, label_dir=source.label_dir if dataset == "brats" else None,
+                      cache_dir=os.fspath(cache_dir) if cache_dir else None)
+
+
+def create_reader(
+    data_dir: str | os.PathLike, dataset: str, image_size: int, label_dir: str | os.PathLike | None = None
+) -> BRATSDataset | CheXpertDataset:
+    """The reader of the files named by ``--dataset``: ``BRATSDataset`` or ``CheXpertDataset``
+    (each item decoded and checked when it is loaded; :func:`create_dataset` serves the same items
+    from the store)."""
     label_dir = label_dir or None
     if dataset == "brats":
         return BRATSDataset(data_dir, label_dir=label_dir, image_size=image_size)
@@ -36,6 +55,18 @@ def create_dataset(
             )
         return CheXpertDataset(data_dir, image_size=image_size)
     raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+def resolve_num_workers(num_workers: int) -> int:
+    """``--num_workers``: -1 (the default) is min(4, CPUs - 2), two CPUs left to the training step's
+    own threads; 0 loads in the main process. On 2 CPUs that is 0: there a worker took CPU from the
+    step, and its batches, handed between processes, kept the step waiting longer than reading them
+    from the store in the process (benchmarks/RESULTS.md, bench_data.py)."""
+    if num_workers < -1:
+        raise UserError(f"--num_workers {num_workers}: expected 0 or more, or -1 (chosen from the CPU count)")
+    if num_workers == -1:
+        return max(0, min(4, (os.cpu_count() or 1) - 2))
+    return num_workers
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -117,6 +148,7 @@ def training_batches(
     num_shards: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
+    prefetch: int = 2,
 ) -> Iterator[tuple[torch.Tensor, dict]]:
     """An endless stream of training batches ``(images, {"y": labels})`` from ``dataset``.
 
@@ -125,18 +157,54 @@ def training_batches(
     items (a held-out split, the healthy images). The order is the one of
     ``ShardedBatchSampler`` (read it there); with ``num_shards`` processes, shard ``r``
     passes ``shard=r``, and a run resumed at step k passes ``start_step=k``.
-    ``num_workers`` and ``pin_memory`` go to the ``DataLoader``; workers persist between
-    batches.
+    ``num_workers`` (-1: :func:`resolve_num_workers`) and ``pin_memory`` (for non-blocking
+    copies to CUDA) go to the ``DataLoader``; workers persist between batches and each keeps
+    ``prefetch`` batches ready. Workers do not change the order.
     """
-    if num_workers < 0:
-        raise UserError(f"--num_workers {num_workers}: expected 0 or more")
-    items = dataset if indices is None else Subset(dataset, list(indices))
+    num_workers = resolve_num_workers(num_workers)
+    items = _TrainingItems(dataset, indices)
     sampler = ShardedBatchSampler(len(items), batch_size, deterministic=deterministic, seed=seed,
                                   start_step=start_step, shard=shard, num_shards=num_shards)
     loader = DataLoader(items, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        persistent_workers=num_workers > 0, collate_fn=collate_training_batch)
+                        persistent_workers=num_workers > 0, collate_fn=_collate_stream,
+                        prefetch_factor=prefetch if num_workers > 0 else None)
     while True:  # the sampler never ends; the loop only restarts if a loader ever stops
         yield from loader
+
+
+class _Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class _TrainingItems(Dataset):
+    """The items of a training stream (``indices`` of ``dataset``, or all of it): a batch is read
+    whole by ``dataset.read_batch`` where the data set has one (the slice store: no per-item
+    tensors, no stacking), else item by item."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None):
+        self.dataset = dataset
+        self.indices = None if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+    def _index(self, k: int) -> int:
+        return k if self.indices is None else self.indices[k]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, dict]:
+        return self.dataset[self._index(k)]
+
+    def __getitems__(self, ks: list[int]):  # the DataLoader's batch fetch
+        if hasattr(self.dataset, "read_batch"):
+            return _Batch(*self.dataset.read_batch([self._index(k) for k in ks]))
+        return [self.dataset[self._index(k)] for k in ks]
+
+
+def _collate_stream(data) -> tuple[torch.Tensor, dict]:
+    if isinstance(data, _Batch):
+        return data.images, {"y": data.labels}
+    return collate_training_batch(data)
 
 
 def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:
@@ -145,7 +213,7 @@ def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:
     labels = getattr(dataset, "labels", None)
     if labels is not None:
         return [int(y) for y in labels]
-    loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=_labels_of)
+    loader = DataLoader(dataset, batch_size=16, num_workers=resolve_num_workers(num_workers), collate_fn=_labels_of)
     return [y for batch in loader for y in batch]
 
 

@@ -46,6 +46,7 @@ from .layout import (
     staged_output,
     write_brats_leaf,
 )
+from .loaders import create_dataset
 from .nifti import read_nifti, read_nifti_affine, read_nifti_shape, write_nifti_gz
 from .splits import split_train_val_test
 
@@ -349,6 +350,7 @@ def prepare_brats(
         out/testing/<leaf>/...                                             4 modalities + seg
         out/test_labels/<leaf>-label.nii.gz                                with write_label_dir
         out/split.json                                                     parts, counts, leaves
+        out/<part>/.slice_store/brats/                                     the part's slice store
 
     Leaves are numbered 000001, 000002, ... over all patients in sorted order and,
     within a patient, by slice (so a leaf keeps its number whichever part it falls
@@ -409,6 +411,11 @@ def prepare_brats(
                 counts[part]["diseased" if tumour else "healthy"] += 1
                 record["leaves"][leaf] = {"patient": patient.name, "slice": z, "split": part, "tumour": tumour}
         save_json(os.path.join(staging, SPLIT_FILE), record)
+    # each written part's slice store, so that its first training run reads no NIfTI file
+    largest = max(max(patient.shape[:2]) for patient in patients)
+    for part in PARTS:
+        if sum(counts[part].values()):
+            create_dataset(os.path.join(out, part), "brats", largest)
     return {
         "release": chosen.name,
         "patients": {part: len(members[part]) for part in PARTS},

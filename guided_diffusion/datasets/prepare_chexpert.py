@@ -32,6 +32,7 @@ from .layout import (
     save_npy,
     staged_output,
 )
+from .loaders import create_dataset
 from .splits import split_train_val_test
 
 CHEXPERT_COLUMNS = ("Path", "Frontal/Lateral", "No Finding", "Pleural Effusion")
@@ -153,8 +154,9 @@ def prepare_chexpert(
 
     Output: ``out/{training,validation,testing}/{healthy,diseased}/<patient>_<study>.npy``,
     uint8 of shape S x S x 1 (rows, columns, channel), ``validation/`` only with
-    ``val_fraction`` > 0, and ``out/split.json`` (the patients of each part, the
-    healthy and diseased images per part, the skipped rows). Images are converted
+    ``val_fraction`` > 0, each part's slice store in ``<part>/.slice_store/``, and
+    ``out/split.json`` (the patients of each part, the healthy and diseased images per part,
+    the skipped rows). Images are converted
     to 8-bit grayscale and resized to S x S with Pillow's bilinear filter (no crop:
     the aspect ratio is not kept). ``Path`` is resolved relative to ``image_root``.
     The split is by patient (:func:`split_train_val_test`). Returns the patients
@@ -195,6 +197,9 @@ def prepare_chexpert(
                 "skipped": skipped,
             },
         )
+    for part in written:  # each part's slice store, so that its first training run decodes no file
+        if sum(counts[part].values()):
+            create_dataset(os.path.join(out, part), "chexpert", image_size)
     return {
         "patients": {part: len(members[part]) for part in PARTS},
         "counts": counts,

@@ -216,7 +216,8 @@ def _dataset(data: DataFlags, what: str, data_dir: str | None = None, label_dir:
     if not folder:
         raise UserError(f"--data_dir: required (the {what} folder)")
     return create_dataset(folder, data.dataset, data.image_size,
-                          label_dir=(data.label_dir if label_dir is None else label_dir) or None)
+                          label_dir=(data.label_dir if label_dir is None else label_dir) or None,
+                          cache_dir=data.cache_dir or None)
 
 
 def _write_flags(cfg, log_dir: str) -> None:

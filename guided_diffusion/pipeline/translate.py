@@ -24,6 +24,7 @@ import torch as th
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..anomaly import anomaly_map
+from ..datasets.loaders import resolve_num_workers
 from ..evaluation.protocols import Scoring
 from ..evaluation.report import write_run
 from ..evaluation.results import is_done, save_result
@@ -84,7 +85,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     logger.log(f"{method.name}: rank {rank}: {len(todo)} of {n} images to translate "
                f"({n - len(todo) if world == 1 else '-'} done)")
     loader = DataLoader(Subset(dataset, todo), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=resolve_num_workers(cfg.num_workers), pin_memory=device.type == "cuda")
     show = monitor is not None and monitor.enabled
     seconds, count = 0.0, 0
     bar = None

@@ -82,7 +82,9 @@ class DataFlags(FlagGroup):
     image_size: int = flag(64, "side of the square network input in pixels; smaller images are "
                                "zero-padded evenly to it, larger ones are an error")
     batch_size: int = flag(1, "images per batch and process")
-    num_workers: int = flag(0, "data-loading worker processes (0: load in the main process)")
+    num_workers: int = flag(-1, "data-loading worker processes (0: load in the main process; -1: min(4, CPUs - 2))")
+    cache_dir: str = flag("", "where the slice store of a data folder that cannot be written goes (none: "
+                              "$XDG_CACHE_HOME/guided_diffusion, else ~/.cache/guided_diffusion)", metavar="DIR")
 
 
 @dataclass(frozen=True)
