@@ -139,15 +139,16 @@ def test_presets_parse_as_the_scripts_that_take_them():
     def parsed(config_cls, *flags):
         return flag_dict(parse_flags(config_cls, " ".join(flags).split()))
 
-    train = parsed(runs.ImageTrainConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS, p.RECIPE_TRAIN_FLAGS)
-    assert (train["num_channels"], train["class_cond"], train["p_uncond"], train["batch_size"]) == (128, True, 0.2, 10)
+    train = parsed(runs.ImageTrainConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
+    assert (train["num_channels"], train["class_cond"], train["p_uncond"], train["batch_size"]) == (128, True, 0.0, 10)
     classifier = parsed(runs.ClassifierTrainConfig, p.CLASSIFIER_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
     assert (classifier["classifier_depth"], classifier["classifier_resblock_updown"]) == (4, True)
     sample = parsed(runs.SampleConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.SAMPLE_FLAGS)
     assert (sample["timestep_respacing"], sample["use_ddim"]) == ("ddim1000", True)
-    tuning = parsed(tune.TuneConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.RECIPE_TUNE_FLAGS, "--model_path m.pt --out t")
-    assert (tuning["guidance"], tuning["noise_levels"], tuning["guidance_scales"], tuning["threshold"]) == (
-        "cfg", ((20,), (30,), (50,)), (1.0, 3.0, 5.0), "val")
+    tuning = parsed(tune.TuneConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.RECIPE_TUNE_FLAGS,
+                    "--model_path m.pt --classifier_path c.pt --out t")
+    assert (tuning["guidance"], tuning["noise_levels"], tuning["classifier_scales"], tuning["threshold"]) == (
+        "classifier", ((20,), (30,), (50,)), (50.0, 100.0, 200.0), "val")
     demo = parsed(runs.SampleConfig, p.DEMO_MODEL_FLAGS, p.DEMO_DIFFUSION_FLAGS, p.DEMO_CLASSIFIER_FLAGS)
     assert (demo["image_size"], demo["classifier_num_head_channels"]) == (64, 32)
 
@@ -209,3 +210,14 @@ def test_from_dict_is_a_partial_config_and_names_bad_entries():
         from_dict(runs.SampleConfig, {"num_channels": 1.5}, where="best.json")
     with pytest.raises(UserError, match=r"--guidance 'x': expected one of classifier, cfg, none$"):
         from_dict(runs.SampleConfig, {"guidance": "x"}, where="best.json")
+
+
+def test_the_readmes_presets_are_the_tested_ones():
+    """Every NAME="..." preset line of the README equals pipeline/presets.py's NAME (which the test above
+    parses as the scripts that take them), so the commands a user copies are the ones tested."""
+    readme = (REPO / "README.md").read_text()
+    found = re.findall(r'^([A-Z_]+_FLAGS)="([^"]*)"$', readme, flags=re.M)
+    assert {name for name, _ in found} >= {"MODEL_FLAGS", "DIFFUSION_FLAGS", "TRAIN_FLAGS", "CLASSIFIER_FLAGS",
+                                           "RECIPE_TUNE_FLAGS"}
+    for name, text in found:
+        assert text == getattr(presets, name), name
