@@ -423,3 +423,12 @@ def test_intensity_baseline_maps_the_channel(data, tmp_path):
     with pytest.raises(UserError, match="--channel flair: --dataset chexpert has the channels xray"):
         script("intensity_translate", "--data_dir", data["test"], "--dataset", "chexpert", "--image_size", SIZE,
                "--output_dir", tmp_path / "x", "--log_dir", tmp_path / "l2")
+
+
+def test_tune_breaks_a_tie_by_the_grid_order():
+    from guided_diffusion.pipeline.tune import best_row
+    rows = [{"setting": "a", "dice_mean": 0.5}, {"setting": "b", "dice_mean": 0.7},
+            {"setting": "c", "dice_mean": 0.7}, {"setting": "d", "dice_mean": 0.69999}]
+    assert best_row(rows)["setting"] == "b"  # the first of the two best, not the last
+    assert best_row(rows[2:])["setting"] == "c"
+    assert best_row(list(reversed(rows)))["setting"] == "c"

@@ -207,6 +207,12 @@ def fill_command(command: str, test_dir: str, test_labels: str, output_dir: str)
     return [fill.get(word, word) for word in shlex.split(command)]
 
 
+def best_row(rows: list[dict]) -> dict:
+    """The row of the highest mean Dice (``dice_mean``); of equals, the first in the grid's order
+    (checkpoints as given, then L, then the scale), so a tie never depends on how the rows sort."""
+    return max(rows, key=lambda r: (r["dice_mean"], -rows.index(r)))
+
+
 def tune(cfg: TuneConfig, monitor=None) -> dict:
     """Translate and score the validation folder for every setting; write tune.csv and best.json;
     with ``--test_dir``, translate and score the test folder with the chosen setting (``"test"``
@@ -233,7 +239,7 @@ def tune(cfg: TuneConfig, monitor=None) -> dict:
     if not scored:
         raise UserError(f"--data_dir {cfg.data.data_dir}: no setting could be scored by Dice (does the "
                         "validation folder hold ground truth?)")
-    best = max(scored, key=lambda r: (r["dice_mean"], -rows.index(r)))  # the first of equals
+    best = best_row(scored)
     choice = next(s for s in settings if s.name == best["setting"])
     test = applied_config(cfg, choice, best["folder"])
     record = {"setting": best["setting"], "checkpoint": choice.checkpoint, "noise_level": choice.noise_level,
