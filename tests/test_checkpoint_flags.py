@@ -225,7 +225,7 @@ def test_tune_applies_its_choice_and_its_test_command_scores_as_evaluate(ckpts, 
     assert "num_samples" not in record["flags"] and "progress" not in record["flags"]
     assert record["flags"]["num_channels"] == 32  # the checkpoint's, as data
     # --test_dir applied the choice: the test folder is translated, and its numbers are evaluate.py's
-    assert sorted(p.name for p in out.glob("*.npz")) == sorted(f"{n}.npz" for n in os.listdir(test))
+    assert sorted(p.name for p in out.glob("*.npz")) == sorted(f"{n}.npz" for n in os.listdir(test) if not n.startswith("."))
     translated = json.loads((out / "summary.json").read_text())["dice"]["mean"]
     assert best["test"]["dice"]["mean"] == pytest.approx(translated)
     evaluate_words = [str(out) if w == tune.TEST_OUTPUT_DIR else w for w in shlex.split(record["evaluate"])]

@@ -236,11 +236,11 @@ def test_a_given_threshold_is_applied_unchanged(test_set):
     assert compute_metrics(test_set, "slice", threshold="7.5")[1]["dice"]["mean"] == approx(F(37, 63))
     with pytest.raises(UserError, match="--threshold 'high'"):
         compute_metrics(test_set, "slice", threshold="high")
-    # tune.py's evaluate.py line keeps a given number (there is no rule named "fixed" to write)
-    from guided_diffusion.pipeline.tune import TuneConfig, _evaluate_command
+    # tune.py's test translation and evaluate.py line keep a given number (there is no rule named "fixed")
+    from guided_diffusion.pipeline.tune import TuneConfig, applied_evaluation
     from guided_diffusion.util.flagspec import parse_flags
     tuning = parse_flags(TuneConfig, ["--out", "o", "--protocol", "volume", "--threshold", "5.5"])
-    assert "--threshold 5.5" in _evaluate_command(tuning, "val_folder")
+    assert applied_evaluation(tuning, "val_folder").threshold == "5.5"
 
 
 def test_threshold_flags_are_checked(test_set, val_set):

@@ -158,7 +158,7 @@ def _changed_argv(config_cls) -> list[str]:
     value other than its default (so a round trip that drops or mangles a flag shows)."""
     from guided_diffusion.util.flagspec import REQUIRED, _collect, str2bool
     by_parser = {flags.parse_levels: "3,5", flags.parse_floats: "0.5,2", flags.parse_level_sets: "1,2+3",
-                 flags.parse_slice_range: "10,20", flags.parse_threshold: "0.25"}
+                 flags.parse_slice_range: "10,20"}
     argv = []
     for name, f in _collect(config_cls).items():
         if f.nargs:
@@ -172,7 +172,7 @@ def _changed_argv(config_cls) -> list[str]:
         elif f.type is float:
             words = ["0.375"]
         elif f.type is str:
-            words = ["some/where"]
+            words = ["some/where" if f.problem("some/where") is None else "0.25"]  # --threshold: a rule or a number
         else:
             words = [by_parser[f.type]]
         argv += words if f.positional else [f"--{name}", *words]

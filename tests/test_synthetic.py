@@ -110,7 +110,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(generated, make_synthetic, 
 
 
 def test_one_dataset_alone_gives_the_same_files(generated, make_synthetic, tmp_path):
-    assert make_synthetic(["--out", str(tmp_path), *ARGS, "--dataset", "chexpert"]) == 0
+    assert make_synthetic(["--out", str(tmp_path), *ARGS, "--datasets", "chexpert"]) == 0
     assert not (tmp_path / "brats").exists()
     assert _snapshot(tmp_path / "chexpert") == _snapshot(generated / "chexpert")
 

@@ -8,6 +8,7 @@ dicts); the others belong to this project's scripts. A script picks the groups i
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from .flagspec import REQUIRED, FlagGroup, flag
@@ -39,18 +40,16 @@ def parse_level_sets(text: str) -> tuple[tuple[int, ...], ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas (an ensemble joined by +), "
                                          f"found {text!r}") from None
-def parse_threshold(text: str) -> str:
-    """A threshold rule of ``THRESHOLD_RULES``, or a number written as text (a fixed global threshold)."""
-    text = str(text)
-    if text not in THRESHOLD_RULES:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(THRESHOLD_RULES)} or a number, "
-                                             f"found {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
-    return text
+def threshold_problem(text: str) -> str | None:
+    """What is wrong with a ``--threshold``: it must be a rule of ``THRESHOLD_RULES`` or a finite
+    number written as text (a fixed global threshold); None when it is one."""
+    if text in THRESHOLD_RULES:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return f"expected one of {', '.join(THRESHOLD_RULES)} or a number"
+    return None if math.isfinite(value) else "expected a finite number"
 
 
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
@@ -323,7 +322,7 @@ class EvaluationFlags(FlagGroup):
                                   "unchanged; fpr: the one marking --fpr of --val_dir's healthy brain pixels; auto: "
                                   "otsu for paper, val for slice and volume when --val_dir is given, else otsu; a "
                                   "number T: that global threshold (a pixel is positive above T)",
-                          metavar="|".join(THRESHOLD_RULES) + "|T", parse=parse_threshold)
+                          metavar="|".join(THRESHOLD_RULES) + "|T", check=threshold_problem)
     val_dir: str = flag("", "the same method's translated, labelled validation folder, for --threshold val|fpr "
                             "(compare.py: one per RUN_DIR, comma-separated)", metavar="DIR")
     fpr: float = flag(0.01, "--threshold fpr: the fraction of --val_dir's healthy brain pixels marked positive")

@@ -57,12 +57,13 @@ def str2bool(text) -> bool:
 
 def flag(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
          parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-         positional: bool = False, short: str | None = None) -> Any:
+         positional: bool = False, short: str | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
     """Declare a flag as a field of a :class:`FlagGroup`: its default, one line of help,
     optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool; ``short`` is
-    a one-letter alias (``-i`` for ``--input``)."""
+    a one-letter alias (``-i`` for ``--input``); ``check(value)`` returns what is wrong with a parsed
+    value (None when nothing is), for values that choices cannot list (a rule name or a number)."""
     meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional,
-                short=short)
+                short=short, check=check)
     if isinstance(default, (list, dict, set)):
         raise TypeError("flag defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -82,10 +83,17 @@ class Flag:
     positional: bool
     group: str
     short: str | None = None
+    check: Callable[[Any], str | None] | None = None
 
     def declaration(self) -> tuple:
         """What must agree when two groups declare the same name."""
-        return (self.type, self.default, self.help, self.choices, self.nargs, self.positional)
+        return (self.type, self.default, self.help, self.choices, self.nargs, self.positional, self.check)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a parsed ``value`` (outside the choices, or refused by ``check``), else None."""
+        if self.choices and value not in self.choices:
+            return f"expected one of {', '.join(map(str, self.choices))}"
+        return self.check(value) if self.check is not None else None
 
 
 class FlagGroup:
@@ -108,7 +116,8 @@ class FlagGroup:
             if parse not in (str2bool, int, float, str) and meta["parse"] is None:
                 raise TypeError(f"{cls.__name__}.{f.name}: type {kind} needs parse=")
             out.append(Flag(f.name, parse, f.default, meta["help"], meta["choices"], meta["metavar"],
-                            meta["nargs"], meta["positional"], cls.NAME, meta.get("short")))
+                            meta["nargs"], meta["positional"], cls.NAME, meta.get("short"),
+                            meta.get("check")))
         return out
 
     @classmethod
@@ -265,10 +274,12 @@ def parse_known_flags(config_cls, argv=None, description: str = "", prog: str | 
 
 
 def _check_choices(config_cls, values: dict[str, Any]) -> None:
-    """A parsed value outside its flag's choices is a :class:`UserError` naming the flag."""
+    """A parsed value outside its flag's choices, or refused by its check, is a :class:`UserError`
+    naming the flag."""
     for name, f in _collect(config_cls).items():
-        if f.choices and values[name] not in f.choices:
-            raise UserError(f"--{name} {values[name]!r}: expected one of {', '.join(map(str, f.choices))}")
+        problem = f.problem(values[name])
+        if problem:
+            raise UserError(f"--{name} {values[name]!r}: {problem}")
 
 
 def config_defaults(config_cls):
@@ -308,8 +319,9 @@ def _coerce(f: Flag, value: Any, where: str) -> Any:
         value = float(value)
     elif f.type is str and not isinstance(value, str):
         raise UserError(f"{where}: --{f.name}: expected text, found {value!r}")
-    if f.choices and value not in f.choices:
-        raise UserError(f"{where}: --{f.name} {value!r}: expected one of {', '.join(map(str, f.choices))}")
+    problem = f.problem(value)
+    if problem:
+        raise UserError(f"{where}: --{f.name} {value!r}: {problem}")
     return value
 
 
