@@ -1,4 +1,4 @@
-# make test : create .venv if needed, install the package with test extras, run the suite
+# make test : create .venv if needed, install the package with test extras, run the suite (one worker per core)
 # make demo : train tiny networks on data/, translate, evaluate -> results/demo/
 # make compare: the demo plus the comparison methods, scored alike -> results/compare/
 # make compare-realistic: make compare on the realistic set (MNI152 anatomy), generated into results/realistic/
@@ -22,8 +22,11 @@ $(VENV)/.installed: setup.py constraints.txt
 
 venv: $(VENV)/.installed
 
+# one pytest-xdist worker per core (whole files per worker, so module fixtures are built once)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
 test: venv
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: venv
 	$(PY) scripts/demo.py --out results/demo

@@ -28,6 +28,8 @@ setup(
         "realistic": ["nilearn>=0.10,<0.15"],
         "dev": [
             "pytest>=8,<10",
+            # make test runs one worker per core (tests/conftest.py gives each one thread)
+            "pytest-xdist>=3.5,<4",
             "visdom>=0.2.4,<0.3",
             "tornado>=6.1,<6.5",
             "mpi4py>=4.0,<5",

@@ -1,5 +1,7 @@
 """Suite-wide rules: the conformance check may only be skipped where ../shared is absent; the slice
-stores of read-only data folders (the shared reference data) go to a cache folder of the session."""
+stores of read-only data folders (the shared reference data) go to a cache folder of the session;
+under pytest-xdist (``make test`` runs one worker per core) each worker and the scripts it starts
+compute on one thread, so the workers do not fight over the cores."""
 import os
 from pathlib import Path
 
@@ -7,6 +9,14 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 _skipped_conformance: list[str] = []
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"  # the processes a test starts (scripts, torchrun, mpiexec) inherit it
 
 
 def pytest_runtest_logreport(report):
