@@ -38,7 +38,7 @@ from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_fla
 from .networks import complete_from_checkpoints
 from .runs import TRANSLATION_METHODS, SampleConfig
 from .translate import Method
-from .tune import read_best
+from .tune import SCALE_FLAGS, read_best
 
 BUNDLE_JSON = "bundle.json"
 FORMAT = 1
@@ -132,10 +132,8 @@ def _method_settings(script: str, cfg) -> dict:
                 "guidance": s.guidance, "noise_level": list(s.noise_level),
                 "timestep_respacing": cfg.diffusion.timestep_respacing or "none",
                 "diffusion_steps": cfg.diffusion.diffusion_steps, "noise_type": cfg.noise.noise_type}
-    if s.guidance == "classifier":
-        settings["classifier_scale"] = s.classifier_scale
-    elif s.guidance == "cfg":
-        settings["guidance_scale"] = s.guidance_scale
+    if s.guidance in SCALE_FLAGS:
+        settings[SCALE_FLAGS[s.guidance]] = getattr(s, SCALE_FLAGS[s.guidance])
     return settings
 
 

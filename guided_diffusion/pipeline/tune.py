@@ -43,6 +43,8 @@ PLACEHOLDERS = ("TEST_DIR", "TEST_LABELS", "TEST_OUTPUT_DIR")
 """The words of best.json's command lines that stand for the test set's folders."""
 TEST_DIR, TEST_LABELS, TEST_OUTPUT_DIR = PLACEHOLDERS
 SCALE_NAMES = {"classifier": "s", "cfg": "W"}
+SCALE_FLAGS = {"classifier": "classifier_scale", "cfg": "guidance_scale"}
+"""The flag that holds each guidance's scale (unguided translation has none)."""
 """What the scale of each guidance is called: s (classifier guidance), W (classifier-free guidance)."""
 TUNING_ONLY = ("num_samples", "progress")
 """Flags of the tuning run that the test translation does not carry over."""
@@ -97,10 +99,8 @@ def grid(cfg: TuneConfig) -> list[Setting]:
 def setting_config(cfg: TuneConfig, setting: Setting, folder: str) -> SampleConfig:
     """classifier_sample_known.py's config for one setting, translating into ``folder``."""
     sampling = {"noise_level": setting.noise_level}
-    if cfg.sampling.guidance == "classifier":
-        sampling["classifier_scale"] = setting.scale
-    elif cfg.sampling.guidance == "cfg":
-        sampling["guidance_scale"] = setting.scale
+    if cfg.sampling.guidance in SCALE_FLAGS:
+        sampling[SCALE_FLAGS[cfg.sampling.guidance]] = setting.scale
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)}
     fields["sampling"] = dataclasses.replace(cfg.sampling, **sampling)
     fields["evaluation"] = dataclasses.replace(cfg.evaluation, threshold=validation_scoring(cfg).threshold)
@@ -162,8 +162,7 @@ def applied_flags(config: SampleConfig) -> dict[str, Any]:
     defaults, and the chosen setting even where it is a default (so the record keeps its meaning)."""
     values = flag_dict(config)
     defaults = flag_dict(config_defaults(SampleConfig))
-    chosen = {"noise_level", "use_ddim", "guidance", {"classifier": "classifier_scale", "cfg": "guidance_scale"}.get(
-        config.sampling.guidance)}
+    chosen = {"noise_level", "use_ddim", "guidance", SCALE_FLAGS.get(config.sampling.guidance)}
     return {k: v for k, v in values.items() if k not in FOLDERS and (k in chosen or v != defaults[k])}
 
 
