@@ -61,7 +61,7 @@ from guided_diffusion.util import logger  # noqa: E402
 
 PRESETS = {
     "demo": dict(size=64, image_size=64, batch_size=8,
-                 flags=f"{presets.DEMO_MODEL_FLAGS} {presets.DEMO_DIFFUSION_FLAGS} {presets.DEMO_CLASSIFIER_FLAGS}"),
+                 flags=presets.preset_text(presets.DEMO_MODEL, presets.DEMO_DIFFUSION, presets.DEMO_CLASSIFIER)),
     "readme": dict(size=240, image_size=256, batch_size=10,
                    flags=f"{presets.MODEL_FLAGS} {presets.DIFFUSION_FLAGS} {presets.CLASSIFIER_FLAGS}"),
 }

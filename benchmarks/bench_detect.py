@@ -41,7 +41,7 @@ from guided_diffusion.util.flags import SpeedFlags  # noqa: E402
 from guided_diffusion.util.flagspec import parse_flags  # noqa: E402
 
 PRESETS = {
-    "demo": (f"{presets.DEMO_MODEL_FLAGS} {presets.DEMO_DIFFUSION_FLAGS} {presets.DEMO_CLASSIFIER_FLAGS} "
+    "demo": (f"{presets.preset_text(presets.DEMO_MODEL, presets.DEMO_DIFFUSION, presets.DEMO_CLASSIFIER)} "
              f"--timestep_respacing ddim{presets.DEMO_RESPACING} --noise_level 15", 64),
     "readme": (f"{presets.MODEL_FLAGS} {presets.DIFFUSION_FLAGS} {presets.CLASSIFIER_FLAGS} "
                "--timestep_respacing ddim1000 --noise_level 100", 240),

@@ -17,9 +17,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from guided_diffusion.pipeline.presets import DEMO_CLASSIFIER_FLAGS as CLASSIFIER_FLAGS
-from guided_diffusion.pipeline.presets import DEMO_DIFFUSION_FLAGS as DIFFUSION_FLAGS
-from guided_diffusion.pipeline.presets import DEMO_MODEL_FLAGS as MODEL_FLAGS
+from guided_diffusion.pipeline.presets import DEMO_CLASSIFIER, DEMO_DIFFUSION, DEMO_MODEL, preset_text
+
+MODEL_FLAGS, DIFFUSION_FLAGS, CLASSIFIER_FLAGS = map(preset_text, (DEMO_MODEL, DEMO_DIFFUSION, DEMO_CLASSIFIER))
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
-"""make demo / make compare (guided_diffusion/pipeline/driver.py): the plan runs the real scripts in
-order, a tuned method's test translation is the command tune.py wrote into best.json (read only when
-that stage starts), and the report holds the four evaluations of the demo's table."""
+"""make demo / make compare (guided_diffusion/pipeline/driver.py): the plan runs the commands of the
+scripts in order, each stage's flags are data typed by its command's config, a tuned method's test
+translation is the setting tune.py wrote into best.json (read only when that stage starts), and the
+report holds the four evaluations of the demo's table."""
 import csv
 import importlib.util
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, Stage, _without, run_stages
+from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, DemoConfig, Plan, Stage, run_stages
 from guided_diffusion.util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_demo_plan_tunes_on_validation_then_runs_what_tune_printed(tmp_path):
         with open(out / "protocols" / key / "comparison.csv") as f:
             rows = list(csv.DictReader(f))
         assert [r["method"].split(":")[0] for r in rows] == ["DDIM (paper)", "FLAIR intensity"]
-        assert all(f"--protocol {r['protocol']}" in flags for r in rows)
+        assert all(r["protocol"] == flags["protocol"] for r in rows)
         assert {r["threshold_rule"] for r in rows} == ({"otsu"} if key == "paper" else {key.split("_")[1]})
     with open(out / "protocols" / "volume_val" / "comparison.csv") as f:
         ddim_row = next(csv.DictReader(f))
@@ -69,34 +70,60 @@ def test_demo_plan_tunes_on_validation_then_runs_what_tune_printed(tmp_path):
 
 
 def test_stages_wait_for_what_they_need_and_a_failure_stops_the_plan(tmp_path):
-    def never() -> str:
+    def never() -> dict:
         raise AssertionError("a stage after the failure was started")
 
-    evaluate_missing = Stage("bad", "evaluate.py", str(tmp_path / "missing"))
+    evaluate_missing = Stage("bad", "evaluate", {"run_dir": str(tmp_path / "missing")})
     with pytest.raises(UserError, match=r"stage bad failed \(exit status 2\); its output is in .*bad.log"):
-        run_stages([evaluate_missing, Stage("after", "evaluate.py", never, needs=("bad",))], str(tmp_path / "logs"))
+        run_stages([evaluate_missing, Stage("after", "evaluate", never, needs=("bad",))], str(tmp_path / "logs"))
     assert "missing" in (tmp_path / "logs" / "bad.log").read_text()
+    x = {"run_dir": "x"}
     with pytest.raises(ValueError, match=r"stage a needs unknown stage\(s\) \['b'\]"):
-        run_stages([Stage("a", "evaluate.py", "x", needs=("b",))], str(tmp_path / "logs"))
+        run_stages([Stage("a", "evaluate", x, needs=("b",))], str(tmp_path / "logs"))
     with pytest.raises(ValueError, match="wait for each other"):
-        run_stages([Stage("a", "evaluate.py", "x", needs=("b",)), Stage("b", "evaluate.py", "x", needs=("a",))],
+        run_stages([Stage("a", "evaluate", x, needs=("b",)), Stage("b", "evaluate", x, needs=("a",))],
                    str(tmp_path / "logs"))
-    # arguments are read when the stage starts: here from the folder the stage before it wrote
+    # flags are read when the stage starts: here from the folder the stage before it wrote
     made = tmp_path / "made"
-    synthetic = "--size 16 --n_train 0 --n_test 2 --n_val 0 --datasets chexpert"
-    def again() -> str:
-        return f"--out {made / os.listdir(made)[0]}_again {synthetic}"
+    synthetic = {"size": 16, "n_train": 0, "n_test": 2, "n_val": 0, "datasets": "chexpert"}
+    def again() -> dict:
+        return {"out": f"{made / os.listdir(made)[0]}_again", **synthetic}
 
-    runs = run_stages([Stage("make", "make_synthetic.py", f"--out {made} {synthetic}"),
-                       Stage("again", "make_synthetic.py", again, needs=("make",))], str(tmp_path / "logs"), jobs=2)
-    assert runs["again"].args.startswith(f"--out {made / 'chexpert'}_again ") and runs["make"].seconds > 0
+    runs = run_stages([Stage("make", "make_synthetic", {"out": str(made), **synthetic}),
+                       Stage("again", "make_synthetic", again, needs=("make",))], str(tmp_path / "logs"), jobs=2)
+    assert f"--out {made / 'chexpert'}_again" in runs["again"].args and runs["make"].seconds > 0
+    assert runs["again"].command.startswith("python scripts/make_synthetic.py --size 16 ")
     assert (made / "chexpert_again" / "chexpert" / "testing").is_dir()
 
 
-def test_flags_set_again_replace_those_of_the_tuned_command():
-    """DDPM runs DDIM's chosen command with --use_ddim False: the pair it replaces is dropped, the rest kept."""
-    words = ["--noise_level", "20", "--use_ddim", "True", "--label_dir", ""]
-    assert _without(words, ["--use_ddim", "False"]) == ["--noise_level", "20", "--label_dir", ""]
-    assert _without(words, []) == words
-    with pytest.raises(ValueError, match="pairs"):
-        _without(["--noise_level", "20", "stray"], [])
+def test_a_stage_holds_typed_flags_and_names_itself_in_errors():
+    """A stage's flags are its command's config: a flag the command does not take, or a value of the wrong
+    type, fails when the plan is made, naming the stage; the command line writes each flag given."""
+    with pytest.raises(UserError, match=r"stage t: .*takes no flag\(s\) --noise_levell"):
+        Stage("t", "tune", {"noise_levell": ((2,),)})
+    with pytest.raises(UserError, match=r"stage t: --classifier_scales"):
+        Stage("t", "tune", {"classifier_scales": "many"})
+    with pytest.raises(ValueError, match="no command 'tune.py'"):
+        Stage("t", "tune.py", {})
+    flags = {"run_dir": "r", "protocol": "paper", "threshold": "otsu"}  # otsu: evaluate.py's default threshold
+    argv = Stage("e", "evaluate", flags).argv(flags)
+    assert "r" in argv and argv[argv.index("--protocol") + 1] == "paper" and argv[argv.index("--threshold") + 1] == "otsu"
+
+
+def test_flags_set_again_replace_those_of_the_tuned_setting(tmp_path):
+    """DDPM runs DDIM's chosen setting with use_ddim False: best.json's flags, the split's folders, then the
+    flags set again on top."""
+    plan = Plan(_demo_config(tmp_path))
+    tune_dir = tmp_path / "out" / "tune" / "ddim"
+    tune_dir.mkdir(parents=True)
+    (tune_dir / "best.json").write_text(json.dumps({"flags": {"noise_level": [20], "use_ddim": True,
+                                                              "data_dir": "elsewhere"}}))
+    flags = plan.from_best("ddim", "validation", "o", "l", {"use_ddim": False})()
+    assert flags["use_ddim"] is False and flags["noise_level"] == [20]
+    assert (flags["data_dir"], flags["label_dir"], flags["output_dir"]) == (f"{plan.data}/validation", "", "o")
+    assert "--use_ddim False" in " ".join(Stage("ddpm", "classifier_sample_known", flags).argv(flags))
+
+
+def _demo_config(tmp_path):
+    from guided_diffusion.util.flagspec import parse_flags
+    return parse_flags(DemoConfig, ["--out", str(tmp_path / "out")])

@@ -149,7 +149,7 @@ def test_presets_parse_as_the_scripts_that_take_them():
                     "--model_path m.pt --classifier_path c.pt --out t")
     assert (tuning["guidance"], tuning["noise_levels"], tuning["classifier_scales"], tuning["threshold"]) == (
         "classifier", ((20,), (30,), (50,)), (50.0, 100.0, 200.0), "val")
-    demo = parsed(runs.SampleConfig, p.DEMO_MODEL_FLAGS, p.DEMO_DIFFUSION_FLAGS, p.DEMO_CLASSIFIER_FLAGS)
+    demo = parsed(runs.SampleConfig, p.preset_text(p.DEMO_MODEL, p.DEMO_DIFFUSION, p.DEMO_CLASSIFIER))
     assert (demo["image_size"], demo["classifier_num_head_channels"]) == (64, 32)
 
 

@@ -1,20 +1,21 @@
 """The example runs on the bundled synthetic data: ``make demo`` and ``make compare``.
 
-Both are plans of stages, each a real command-line script run as a user would run it
-(so the examples exercise exactly what the README documents). A stage starts when the
-stages it needs have finished; up to ``jobs`` stages run side by side, each then with
-``cores / jobs`` threads. A stage's arguments may be read only when it starts: the test-set
-translation of a tuned method is the command line its ``tune.py`` run wrote into
-``best.json``. Every stage's output goes to ``<out>/logs/<stage>.log``; a failing stage
-stops the run with the end of its log.
+Both are plans of stages. A stage is a command of :data:`.commands.COMMANDS` (a script's config and
+run function) and its flags as data, a partial config ({flag: value}); it starts when the stages it
+needs have finished and runs in a process of its own (``python -m guided_diffusion.pipeline.commands
+<command> <flags>``: only there does the config become a command line). Up to ``jobs`` stages run side by
+side, each then with ``cores / jobs`` threads. A stage's flags may be read only when it starts: the
+test-set translation of a tuned method is the setting its ``tune.py`` run wrote into ``best.json``'s
+``flags``. Every stage's output goes to ``<out>/logs/<stage>.log``; a failing stage stops the run with the
+end of its log.
 
-A plan is a list of :class:`Method`\\ s, the rows of its tables: each translates the test
-folder into ``<out>/<key>`` and names the validation folder its threshold is chosen on
-(``<out>/tune/<key>/<setting>`` for a tuned method, ``<out>/val/<key>`` otherwise).
+A plan is a list of :class:`Row`\\ s, the rows of its tables: each translates the test folder into
+``<out>/<key>`` and names the validation folder its threshold is chosen on (``<out>/tune/<key>/<setting>``
+for a tuned method, ``<out>/val/<key>`` otherwise).
 
 * ``demo``: the paper's method with tiny networks (classifier, diffusion model), L and s
   chosen on the validation split with ``tune.py``, the test translation and ``evaluate.py``
-  as ``tune.py`` printed them, and the FLAIR-intensity baseline; one table of both under four
+  as ``tune.py`` chose them, and the FLAIR-intensity baseline; one table of both under four
   evaluations (``PROTOCOL_ROWS``), ``report.md`` with the choices and the panels;
 * ``compare``: the demo plus the levers on the paper's method (``--classifier_max_t``, the
   noise-level ensemble, both), stochastic DDPM sampling, classifier-free guidance, simplex
@@ -43,30 +44,34 @@ from ..evaluation.results import format_table, load_result, read_metrics, read_s
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, TuneFlags
-from ..util.flagspec import part
+from ..util.flagspec import config_defaults, flag_dict, from_dict, part, to_argv
+from .commands import COMMANDS
+from .evaluate import EvaluateConfig
 from .presets import (
-    DEMO_CLASSIFIER_FLAGS,
-    DEMO_DAE_FLAGS,
-    DEMO_DAE_NOISE_FLAGS,
-    DEMO_DIFFUSION_FLAGS,
-    DEMO_FPGAN_FLAGS,
-    DEMO_MAX_T_FLAGS,
-    DEMO_MODEL_FLAGS,
+    DEMO_CLASSIFIER,
+    DEMO_DAE,
+    DEMO_DAE_NOISE,
+    DEMO_DIFFUSION,
+    DEMO_FPGAN,
+    DEMO_MAX_T,
+    DEMO_MODEL,
     DEMO_RESPACING,
-    DEMO_SIMPLEX_FLAGS,
-    DEMO_VAE_FLAGS,
+    DEMO_SIMPLEX,
+    DEMO_VAE,
 )
 from .detect import SUMMARY_CSV
-from .tune import BEST_JSON, TUNE_CSV, fill_command, read_best
+from .tune import BEST_JSON, TUNE_CSV, read_best
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+Flags = Union[dict, Callable[[], dict]]
+"""A stage's flags ({flag: value}): fixed, or made when the stage starts (from a best.json)."""
 Text = Union[str, Callable[[], str]]
-"""A stage's arguments or a method's name: fixed, or read when needed (from a best.json)."""
+"""A row's name or validation folder: fixed, or read when needed (from a best.json)."""
 
 
-def resolve(text: Text) -> str:
-    return text() if callable(text) else text
+def resolve(value):
+    return value() if callable(value) else value
 
 
 @dataclass(frozen=True)
@@ -84,16 +89,29 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class Stage:
-    """One script run: ``python scripts/<script> <args>`` once the stages in ``needs`` are done."""
+    """One command (:data:`.commands.COMMANDS`) with its ``flags``, once the stages in ``needs`` are done."""
 
     name: str
-    script: str
-    args: Text
+    command: str
+    flags: Flags
     needs: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.command not in COMMANDS:
+            raise ValueError(f"stage {self.name}: no command {self.command!r} (one of {', '.join(COMMANDS)})")
+        if not callable(self.flags):
+            self.argv(self.flags)  # a fixed stage's flags are checked when the plan is made
+
+    def argv(self, flags: dict) -> list[str]:
+        """The command line of ``flags``: typed by the command's config (a flag it does not take, or a
+        value of the wrong type, is an error naming the stage), each flag given written even at its
+        default (a translation completes only the flags it was not given from its checkpoints)."""
+        config = from_dict(COMMANDS[self.command].config, flags, f"stage {self.name}")
+        return to_argv(config, given=flags)
 
 
 @dataclass(frozen=True)
-class Method:
+class Row:
     """One row of the tables: the stages that make ``test`` (the translated test folder) and ``val``
     (the translated validation folder its threshold comes from)."""
 
@@ -106,16 +124,18 @@ class Method:
 
 # the evaluations of the demo's table: (key, what the row is, evaluate.py / compare.py flags)
 PROTOCOL_ROWS = (
-    ("paper", "paper: diseased slices, per-slice Otsu", "--protocol paper"),
-    ("volume_val", "volume, threshold chosen on validation", "--protocol volume --threshold val"),
-    ("volume_best", "volume, best threshold on the test set (oracle)", "--protocol volume --threshold best"),
+    ("paper", "paper: diseased slices, per-slice Otsu", {"protocol": "paper"}),
+    ("volume_val", "volume, threshold chosen on validation", {"protocol": "volume", "threshold": "val"}),
+    ("volume_best", "volume, best threshold on the test set (oracle)", {"protocol": "volume", "threshold": "best"}),
     ("slice_fpr", "slice, 1 % of validation's healthy brain pixels positive",
-     "--protocol slice --threshold fpr --fpr 0.01"),
+     {"protocol": "slice", "threshold": "fpr", "fpr": 0.01}),
 )
-MAIN_EVALUATION = "--protocol volume --threshold val"  # the comparison's
+MAIN_EVALUATION = {"protocol": "volume", "threshold": "val"}  # the comparison's
+VALIDATION_RULES = ("val", "fpr")
+"""The thresholds fitted on each method's validation folder (compare.py's --val_dir)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Plan:
     """Where one run of a plan reads and writes."""
 
@@ -131,12 +151,12 @@ class Plan:
         return self.cfg.data.data_dir
 
     @property
-    def common(self) -> str:
-        return f"--dataset brats --seed {self.cfg.run.seed} --progress False"
+    def common(self) -> dict:
+        return {"dataset": "brats", "seed": self.cfg.run.seed, "progress": False}
 
     @property
-    def test_set(self) -> str:
-        return f"--data_dir {self.data}/testing --label_dir {self.data}/test_labels"
+    def test_set(self) -> dict:
+        return {"data_dir": f"{self.data}/testing", "label_dir": f"{self.data}/test_labels"}
 
     def folder(self, *parts: str) -> str:
         if parts[0] not in self.written:
@@ -153,75 +173,65 @@ class Plan:
     def checkpoint(self, key: str, steps: int, prefix: str = "model") -> str:
         return self.folder("train", key, f"{prefix}{steps:06d}.pt")
 
-    def train(self, key: str, script: str, flags: str, steps_flag: str, steps: int, batch: int) -> Stage:
+    def train(self, key: str, command: str, flags: dict, steps_flag: str, steps: int, batch: int) -> Stage:
         """A training stage writing ``<out>/train/<key>/``, one checkpoint at the end."""
-        return Stage(f"train_{key}", script, f"--data_dir {self.data}/training {self.common} {flags} --lr 3e-4 "
-                                  f"--batch_size {batch} {steps_flag} {steps} --save_interval {steps} "
-                                  f"--log_interval 100 --log_dir {self.folder('train', key)}")
+        return Stage(f"train_{key}", command, {"data_dir": f"{self.data}/training", **self.common, **flags,
+                                               "lr": 3e-4, "batch_size": batch, steps_flag: steps,
+                                               "save_interval": steps, "log_interval": 100,
+                                               "log_dir": self.folder("train", key)})
 
-    def tuned(self, key: str, name: str, flags: str, needs: tuple[str, ...]) -> Method:
-        """tune.py on the validation split, then the test translation and evaluation it printed."""
+    def tuned(self, key: str, name: str, flags: dict, needs: tuple[str, ...]) -> Row:
+        """tune.py on the validation split, then the test translation of the setting it chose."""
         tune_dir = self.tune_dir(key)
-        args = (f"--data_dir {self.data}/validation {self.common} {flags} {MAIN_EVALUATION} --out {tune_dir} "
-                f"--log_dir {self.log(key + '_tune')}")
-        tune = Stage(f"tune_{key}", "tune.py", args, needs)
-        test = Stage(key, "classifier_sample_known.py",
+        tune = Stage(f"tune_{key}", "tune", {"data_dir": f"{self.data}/validation", **self.common, **flags,
+                                              **MAIN_EVALUATION, "out": tune_dir, "log_dir": self.log(key + "_tune")},
+                     needs)
+        test = Stage(key, "classifier_sample_known",
                      self.from_best(key, "testing", self.folder(key), self.log(f"{key}_run")), needs=(tune.name,))
-        return Method(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key),
-                      lambda: read_best(tune_dir)["validation_folder"], (tune, test))
+        return Row(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key),
+                   lambda: read_best(tune_dir)["validation_folder"], (tune, test))
 
-    def from_best(self, tuned_key: str, split: str, output: str, log: str, extra: str = "") -> Callable[[], str]:
-        """The arguments of the translation ``tune_<tuned_key>`` chose, on the test or validation split."""
+    def from_best(self, tuned_key: str, split: str, output: str, log: str, extra: dict | None = None
+                  ) -> Callable[[], dict]:
+        """The flags of the translation ``tune_<tuned_key>`` chose (best.json's ``flags``) on the test or
+        validation split, ``extra`` flags on top."""
         tune_dir = self.tune_dir(tuned_key)
         labels = f"{self.data}/test_labels" if split == "testing" else ""
 
-        def args() -> str:
-            words = fill_command(read_best(tune_dir)["translate"], f"{self.data}/{split}", labels, output)
-            if words[:2] != ["python", "scripts/classifier_sample_known.py"]:
-                raise ValueError(f"{tune_dir}/best.json: unexpected translate command {words[:2]}")
-            return shlex.join([*_without(words[2:], shlex.split(extra)), "--log_dir", log, *shlex.split(extra)])
-        return args
+        def flags() -> dict:
+            return {**read_best(tune_dir)["flags"], "data_dir": f"{self.data}/{split}", "label_dir": labels,
+                    "output_dir": output, "log_dir": log, "progress": False, **(extra or {})}
+        return flags
 
-    def follows(self, key: str, name: str, tuned_key: str, extra: str) -> Method:
+    def follows(self, key: str, name: str, tuned_key: str, extra: dict) -> Row:
         """The setting ``tuned_key`` chose with ``extra`` flags on top, on the test and validation splits."""
         needs = (f"tune_{tuned_key}",)
-        test = Stage(key, "classifier_sample_known.py",
+        test = Stage(key, "classifier_sample_known",
                      self.from_best(tuned_key, "testing", self.folder(key), self.log(f"{key}_run"), extra), needs)
-        val = Stage(f"{key}_val", "classifier_sample_known.py",
+        val = Stage(f"{key}_val", "classifier_sample_known",
                     self.from_best(tuned_key, "validation", self.folder("val", key), self.log(f"{key}_val_run"), extra),
                     needs)
         tune_dir = self.tune_dir(tuned_key)
-        return Method(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key), self.folder("val", key),
-                      (test, val))
+        return Row(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key), self.folder("val", key),
+                   (test, val))
 
-    def fixed(self, key: str, name: str, script: str, flags: str, needs: tuple[str, ...] = ()) -> Method:
+    def fixed(self, key: str, name: str, command: str, flags: dict, needs: tuple[str, ...] = ()) -> Row:
         """A method with nothing to tune: the same flags on the test and the validation split."""
-        def stage(stage_name: str, data: str, output: str) -> Stage:
-            return Stage(stage_name, script, f"{data} {self.common} {flags} --output_dir {output} "
-                                             f"--log_dir {self.log(stage_name + '_run')}", needs)
+        def stage(stage_name: str, data: dict, output: str) -> Stage:
+            return Stage(stage_name, command, {**data, **self.common, **flags, "output_dir": output,
+                                               "log_dir": self.log(stage_name + "_run")}, needs)
         test = stage(key, self.test_set, self.folder(key))
-        val = stage(f"{key}_val", f"--data_dir {self.data}/validation", self.folder("val", key))
-        return Method(key, name, self.folder(key), self.folder("val", key), (test, val))
+        val = stage(f"{key}_val", {"data_dir": f"{self.data}/validation"}, self.folder("val", key))
+        return Row(key, name, self.folder(key), self.folder("val", key), (test, val))
 
-    def compare(self, name: str, methods: Sequence[Method], evaluation: str, out: str, examples: int) -> Stage:
-        """compare.py over the methods' test folders, each thresholded on its own validation folder."""
-        uses_val = any(f"--threshold {rule}" in evaluation for rule in ("val", "fpr"))
-
-        def args() -> str:
-            words = [m.test for m in methods] + ["--names", ",".join(resolve(m.name) for m in methods)]
-            if uses_val:
-                words += ["--val_dir", ",".join(resolve(m.val) for m in methods)]
-            return shlex.join(words) + f" {evaluation} --out {out} --examples {examples} --seed {self.cfg.run.seed}"
-        return Stage(name, "compare.py", args, needs=tuple(s.name for m in methods for s in m.stages))
-
-
-def _without(words: list[str], extra: list[str]) -> list[str]:
-    """``words`` (``--flag value`` pairs) without the flags that ``extra`` sets again."""
-    overridden = {w for w in extra if w.startswith("--")}
-    pairs = list(zip(words[::2], words[1::2]))
-    if any(not flag.startswith("--") for flag, _ in pairs) or len(words) % 2:
-        raise ValueError(f"expected --flag value pairs, got {words}")
-    return [w for flag, value in pairs if flag not in overridden for w in (flag, value)]
+    def compare(self, name: str, rows: Sequence[Row], evaluation: dict, out: str, examples: int) -> Stage:
+        """compare.py over the rows' test folders, each thresholded on its own validation folder."""
+        def flags() -> dict:
+            val = {"val_dir": ",".join(resolve(r.val) for r in rows)} \
+                if evaluation.get("threshold") in VALIDATION_RULES else {}
+            return {"run_dirs": tuple(r.test for r in rows), "names": ",".join(resolve(r.name) for r in rows),
+                    **val, **evaluation, "out": out, "examples": examples, "seed": self.cfg.run.seed}
+        return Stage(name, "compare", flags, needs=tuple(s.name for r in rows for s in r.stages))
 
 
 def _tuned_name(name: str, best: dict) -> str:
@@ -230,109 +240,105 @@ def _tuned_name(name: str, best: dict) -> str:
     return f"{name}: L={levels}{scale}"
 
 
-def _sampling(model: str) -> str:
-    return (f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --timestep_respacing ddim{DEMO_RESPACING} --batch_size 8 "
-            f"--model_path {model}")
+def _sampling(model: str) -> dict:
+    return {**DEMO_MODEL, **DEMO_DIFFUSION, "timestep_respacing": f"ddim{DEMO_RESPACING}", "batch_size": 8,
+            "model_path": (model,)}
 
 
-def _grid(levels: Sequence[Sequence[int]]) -> str:
-    return ",".join("+".join(map(str, level)) for level in levels)
+def _guided(plan: Plan, model: str, classifier: str, levels: tuple) -> dict:
+    return {**_sampling(model), **DEMO_CLASSIFIER, "use_ddim": True, "classifier_path": classifier,
+            "noise_levels": levels, "classifier_scales": plan.cfg.tune.classifier_scales}
 
 
-def _guided(plan: Plan, model: str, classifier: str, levels: str) -> str:
-    t = plan.cfg.tune
-    return (f"{_sampling(model)} {DEMO_CLASSIFIER_FLAGS} --use_ddim True --classifier_path {classifier} "
-            f"--noise_levels {levels} --classifier_scales {','.join(f'{s:g}' for s in t.classifier_scales)}")
-
-
-def demo_plan(plan: Plan) -> tuple[list[Stage], list[Method]]:
+def demo_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
     """The paper's method tuned on validation, and the FLAIR intensity; training stages first."""
     d = plan.cfg.driver
-    classifier = plan.train("classifier", "classifier_train.py", f"{DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS}",
-                            "--iterations", d.classifier_steps, 8)
-    model = plan.train("model", "image_train.py", f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999",
-                       "--lr_anneal_steps", d.model_steps, 8)
+    classifier = plan.train("classifier", "classifier_train", {**DEMO_CLASSIFIER, **DEMO_DIFFUSION},
+                            "iterations", d.classifier_steps, 8)
+    model = plan.train("model", "image_train", {**DEMO_MODEL, **DEMO_DIFFUSION, "ema_rate": "0.999"},
+                       "lr_anneal_steps", d.model_steps, 8)
     paths = (plan.checkpoint("model", d.model_steps), plan.checkpoint("classifier", d.classifier_steps))
-    ddim = plan.tuned("ddim", "DDIM (paper)", _guided(plan, *paths, _grid(plan.cfg.tune.noise_levels)),
+    ddim = plan.tuned("ddim", "DDIM (paper)", _guided(plan, *paths, plan.cfg.tune.noise_levels),
                       needs=("train_classifier", "train_model"))
-    intensity = plan.fixed("intensity", "FLAIR intensity", "intensity_translate.py", "--image_size 64 --channel flair")
+    intensity = plan.fixed("intensity", "FLAIR intensity", "intensity_translate", {"image_size": 64, "channel": "flair"})
     return [classifier, model], [ddim, intensity]
 
 
-def compare_plan(plan: Plan) -> tuple[list[Stage], list[Method]]:
-    """Every method, the paper's first: the demo's two, the levers, and the neighbours."""
+def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
+    """The demo plus every lever and comparison method, each thresholded on the validation split."""
     d, t = plan.cfg.driver, plan.cfg.tune
     training, (ddim, intensity) = demo_plan(plan)
     model = plan.checkpoint("model", d.model_steps)
     classifier = plan.checkpoint("classifier", d.classifier_steps)
     max_t = plan.checkpoint("classifier_max_t", d.classifier_steps)
-    single, ensembles = _grid(t.noise_levels), _grid(d.ensemble_levels)
     training += [
-        plan.train("classifier_max_t", "classifier_train.py",
-                   f"{DEMO_CLASSIFIER_FLAGS} {DEMO_DIFFUSION_FLAGS} {DEMO_MAX_T_FLAGS}",
-                   "--iterations", d.classifier_steps, 8),
-        plan.train("cfg_model", "image_train.py",
-                   f"{DEMO_MODEL_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999 --p_uncond 0.2",
-                   "--lr_anneal_steps", d.model_steps, 8),
-        plan.train("simplex_model", "image_train.py",
-                   f"{DEMO_SIMPLEX_FLAGS} {DEMO_DIFFUSION_FLAGS} --ema_rate 0.999 --healthy_only True",
-                   "--lr_anneal_steps", d.model_steps, 8),
-        plan.train("dae", "dae_train.py", f"{DEMO_DAE_FLAGS} {DEMO_DAE_NOISE_FLAGS}", "--iterations", d.dae_steps, 8),
-        plan.train("vae", "vae_train.py", DEMO_VAE_FLAGS, "--iterations", d.vae_steps, 10),
-        plan.train("fpgan", "fpgan_train.py", DEMO_FPGAN_FLAGS, "--iterations", d.fpgan_steps, 10),
+        plan.train("classifier_max_t", "classifier_train", {**DEMO_CLASSIFIER, **DEMO_DIFFUSION, **DEMO_MAX_T},
+                   "iterations", d.classifier_steps, 8),
+        plan.train("cfg_model", "image_train", {**DEMO_MODEL, **DEMO_DIFFUSION, "ema_rate": "0.999", "p_uncond": 0.2},
+                   "lr_anneal_steps", d.model_steps, 8),
+        plan.train("simplex_model", "image_train", {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "ema_rate": "0.999"},
+                   "lr_anneal_steps", d.model_steps, 8),
+        plan.train("dae", "dae_train", {**DEMO_DAE, **DEMO_DAE_NOISE}, "iterations", d.dae_steps, 8),
+        plan.train("vae", "vae_train", DEMO_VAE, "iterations", d.vae_steps, 10),
+        plan.train("fpgan", "fpgan_train", DEMO_FPGAN, "iterations", d.fpgan_steps, 10),
     ]
-    methods = [
-        ddim,
+    single = t.noise_levels
+    rows = [
+        ddim, intensity,
         plan.tuned("max_t", "DDIM + classifier_max_t", _guided(plan, model, max_t, single),
                    needs=("train_classifier_max_t", "train_model")),
-        plan.tuned("ensemble", "DDIM + ensemble", _guided(plan, model, classifier, ensembles),
+        plan.tuned("ensemble", "DDIM + ensemble", _guided(plan, model, classifier, d.ensemble_levels),
                    needs=("train_classifier", "train_model")),
-        plan.tuned("both", "DDIM + classifier_max_t + ensemble", _guided(plan, model, max_t, ensembles),
+        plan.tuned("both", "DDIM + classifier_max_t + ensemble", _guided(plan, model, max_t, d.ensemble_levels),
                    needs=("train_classifier_max_t", "train_model")),
-        plan.follows("ddpm", "DDPM sampling (DDIM's setting)", "ddim", "--use_ddim False"),
+        plan.follows("ddpm", "DDPM sampling (DDIM's setting)", "ddim", {"use_ddim": False}),
         plan.tuned("cfg", "Classifier-free guidance",
-                   f"{_sampling(plan.checkpoint('cfg_model', d.model_steps))} --use_ddim True --guidance cfg "
-                   f"--noise_levels {single} --guidance_scales {','.join(f'{w:g}' for w in t.guidance_scales)}",
-                   needs=("train_cfg_model",)),
+                   {**_sampling(plan.checkpoint("cfg_model", d.model_steps)), "use_ddim": True, "guidance": "cfg",
+                    "noise_levels": single, "guidance_scales": t.guidance_scales}, needs=("train_cfg_model",)),
         plan.tuned("simplex", "Simplex diffusion (AnoDDPM)",
-                   f"{DEMO_SIMPLEX_FLAGS} {DEMO_DIFFUSION_FLAGS} --timestep_respacing ddim{DEMO_RESPACING} "
-                   f"--batch_size 8 --model_path {plan.checkpoint('simplex_model', d.model_steps)} --use_ddim False "
-                   f"--guidance none --noise_levels {single}", needs=("train_simplex_model",)),
-        plan.fixed("dae", "Denoising autoencoder", "dae_translate.py",
-                   f"{DEMO_DAE_FLAGS} --model_path {plan.checkpoint('dae', d.dae_steps)}", needs=("train_dae",)),
-        plan.fixed("vae", "VAE (cAAE)", "vae_translate.py",
-                   f"{DEMO_VAE_FLAGS} --model_path {plan.checkpoint('vae', d.vae_steps)}", needs=("train_vae",)),
-        plan.fixed("fpgan", "FixedPoint-GAN", "fpgan_translate.py",
-                   f"{DEMO_FPGAN_FLAGS} --model_path {plan.checkpoint('fpgan', d.fpgan_steps, 'G')}",
+                   {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "timestep_respacing": f"ddim{DEMO_RESPACING}", "batch_size": 8,
+                    "model_path": (plan.checkpoint("simplex_model", d.model_steps),), "use_ddim": False,
+                    "guidance": "none", "noise_levels": single}, needs=("train_simplex_model",)),
+        plan.fixed("dae", "Denoising autoencoder", "dae_translate",
+                   {**DEMO_DAE, "model_path": (plan.checkpoint("dae", d.dae_steps),)}, needs=("train_dae",)),
+        plan.fixed("vae", "VAE (cAAE)", "vae_translate",
+                   {**DEMO_VAE, "model_path": (plan.checkpoint("vae", d.vae_steps),)}, needs=("train_vae",)),
+        plan.fixed("fpgan", "FixedPoint-GAN", "fpgan_translate",
+                   {**DEMO_FPGAN, "model_path": (plan.checkpoint("fpgan", d.fpgan_steps, "G"),)},
                    needs=("train_fpgan",)),
-        intensity,
     ]
-    return training, methods
+    return training, rows
 
 
 PLANS = {"demo": demo_plan, "compare": compare_plan}
 
 
-def plan_stages(plan: Plan) -> tuple[list[Stage], list[Method]]:
-    """Every stage of the plan in the order they may start, and its methods."""
-    training, methods = PLANS[plan.cfg.driver.plan](plan)
-    ddim = methods[0]
+def evaluation_flags(flags: dict) -> dict:
+    """The flags of a translation's setting that evaluate.py takes (its evaluation)."""
+    takes = flag_dict(config_defaults(EvaluateConfig))
+    return {k: v for k, v in flags.items() if k in takes}
+
+
+def plan_stages(plan: Plan) -> tuple[list[Stage], list[Row]]:
+    """Every stage of the plan in the order they may start, and its rows."""
+    training, rows = PLANS[plan.cfg.driver.plan](plan)
+    ddim = rows[0]
     tune_dir = plan.tune_dir(ddim.key)
-    stages = training + [s for m in methods for s in m.stages]
-    stages.append(Stage("evaluate", "evaluate.py", lambda: shlex.join(
-        fill_command(read_best(tune_dir)["evaluate"], "", "", ddim.test)[2:]), needs=(ddim.key,)))
-    demo_rows = [m for m in methods if m.key in ("ddim", "intensity")]
+    stages = training + [s for r in rows for s in r.stages]
+    stages.append(Stage("evaluate", "evaluate", lambda: {**evaluation_flags(read_best(tune_dir)["flags"]),
+                                                         "run_dir": ddim.test}, needs=(ddim.key,)))
+    demo_rows = [r for r in rows if r.key in ("ddim", "intensity")]
     stages += [plan.compare(f"eval_{key}", demo_rows, flags, plan.folder("protocols", key), 0)
                for key, _, flags in PROTOCOL_ROWS]
     if plan.cfg.driver.plan == "compare":
-        stages.append(plan.compare("compare", methods, MAIN_EVALUATION, plan.out, 4))
+        stages.append(plan.compare("compare", rows, MAIN_EVALUATION, plan.out, 4))
     stages += detection_stages(plan, tune_dir)
-    return stages, methods
+    return stages, rows
 
 
 # the end of every plan: tune.py's choice as a bundle, applied to whole raw patients as a release ships them
 RAW_PATIENTS = 2
-RAW_FLAGS = f"--size 64 --n_volumes {RAW_PATIENTS} --release 2021 --n_train 0 --n_test 0 --datasets brats"
+RAW_FLAGS = {"size": 64, "n_volumes": RAW_PATIENTS, "release": "2021", "n_train": 0, "n_test": 0, "datasets": "brats"}
 BUNDLE_SLICES = "100,107"  # 8 axial slices of the raw volumes' tumour slices (88..119), to keep the demo short
 
 
@@ -340,11 +346,11 @@ def detection_stages(plan: Plan, tune_dir: str) -> list[Stage]:
     """make_synthetic.py's raw volumes, export_bundle.py of the tuned DDIM, detect.py on the volumes."""
     raw, bundle = plan.folder("raw"), plan.folder("bundle")
     return [
-        Stage("raw_volumes", "make_synthetic.py", f"--out {raw} {RAW_FLAGS} --seed {plan.cfg.run.seed}"),
-        Stage("bundle", "export_bundle.py", f"--tune_dir {tune_dir} --out {bundle} --slice_range {BUNDLE_SLICES}",
+        Stage("raw_volumes", "make_synthetic", {"out": raw, **RAW_FLAGS, "seed": plan.cfg.run.seed}),
+        Stage("bundle", "export_bundle", {"tune_dir": tune_dir, "out": bundle, "slice_range": BUNDLE_SLICES},
               needs=(f"tune_{os.path.basename(tune_dir)}",)),
-        Stage("detect", "detect.py", f"--bundle {bundle} -i {os.path.join(raw, RAW_FOLDER)} -o "
-                                     f"{plan.folder('detect')} --overlay True --progress False",
+        Stage("detect", "detect", {"bundle": bundle, "input": (os.path.join(raw, RAW_FOLDER),),
+                                   "output": plan.folder("detect"), "overlay": True, "progress": False},
               needs=("raw_volumes", "bundle")),
     ]
 
@@ -366,11 +372,16 @@ def detection_lines(plan: Plan) -> list[str]:
 
 @dataclass(frozen=True)
 class StageRun:
-    """What ran: the arguments as they were when the stage started, and its wall seconds."""
+    """What ran: the command line of the flags as they were when the stage started, and its wall seconds."""
 
     stage: Stage
     args: str
     seconds: float
+
+    @property
+    def command(self) -> str:
+        """The same run as a user types it."""
+        return f"python scripts/{self.stage.command}.py {self.args}"
 
 
 def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, StageRun]:
@@ -393,10 +404,11 @@ def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, S
         while pending or running:
             for stage in [s for s in pending if all(n in done for n in s.needs)][: jobs - len(running)]:
                 pending.remove(stage)
-                args = resolve(stage.args)
-                print(f"== {stage.name}: python scripts/{stage.script} {args}", flush=True)
+                args = shlex.join(stage.argv(resolve(stage.flags)))
+                print(f"== {stage.name}: python scripts/{stage.command}.py {args}", flush=True)
                 log = open(os.path.join(logs, f"{stage.name}.log"), "w")
-                command = [sys.executable, os.path.join("scripts", stage.script), *shlex.split(args)]
+                command = [sys.executable, "-m", "guided_diffusion.pipeline.commands", stage.command,
+                           *shlex.split(args)]
                 proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[stage.name] = (proc, log, time.perf_counter(), stage, args)
             if not running:
@@ -458,31 +470,31 @@ def protocol_table(out: str) -> str:
     return "\n".join(lines)
 
 
-def tuning_lines(plan: Plan, methods: Sequence[Method]) -> list[str]:
+def tuning_lines(plan: Plan, rows: Sequence[Row]) -> list[str]:
     """What each tune.py run chose on the validation split, and its grid for the paper's method."""
     lines = ["| Method | chosen on validation | validation Dice (volume) | threshold |", "| --- | --- | --- | --- |"]
-    for m in methods:
+    for m in rows:
         tune_dir = plan.tune_dir(m.key)
         if os.path.exists(os.path.join(tune_dir, BEST_JSON)):
             best = read_best(tune_dir)
             threshold = "n/a" if best["threshold"] is None else f"{best['threshold']:.4g}"
             lines.append(f"| {resolve(m.name)} | {best['setting']} | {best['dice']:.3f} | {threshold} |")
-    grid = _read_csv(os.path.join(plan.tune_dir(methods[0].key), TUNE_CSV))
-    lines += ["", f"The grid of {resolve(methods[0].name).split(':')[0]} (mean Dice per patient on validation):", "",
+    grid = _read_csv(os.path.join(plan.tune_dir(rows[0].key), TUNE_CSV))
+    lines += ["", f"The grid of {resolve(rows[0].name).split(':')[0]} (mean Dice per patient on validation):", "",
               "| L | s | Dice |", "| --- | --- | --- |"]
     lines += [f"| {r['noise_level']} | {float(r['scale']):g} | {_number(r['dice_mean'])} |" for r in grid]
     return lines
 
 
-def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun]) -> str:
+def write_report(plan: Plan, rows: Sequence[Row], runs: dict[str, StageRun]) -> str:
     """``<out>/report.md`` (choices, tables, chance level, panels, what ran) and ``timings.json``."""
-    out, ddim = plan.out, methods[0]
-    summary, rows = read_summary(ddim.test), read_metrics(ddim.test)
-    diseased = [r for r in rows if r["label"] == 1]
+    out, ddim = plan.out, rows[0]
+    summary, slices = read_summary(ddim.test), read_metrics(ddim.test)
+    diseased = [r for r in slices if r["label"] == 1]
     lines = [f"# `make {plan.cfg.driver.plan}`: anomaly detection on {plan.data}", "",
              "Tiny networks trained for minutes on a CPU; see the README for the paper-scale commands. L, s (or W) "
              f"and the thresholds were chosen on the validation split ({plan.data}/validation) with tune.py.", "",
-             "## Chosen on the validation split", "", *tuning_lines(plan, methods), "",
+             "## Chosen on the validation split", "", *tuning_lines(plan, rows), "",
              "## The paper's method and the FLAIR intensity, four evaluations", "", protocol_table(out), "",
              f"Chance level: a mask of the same size as each Otsu mask, placed at random, has an expected Dice of "
              f"{chance_dice(ddim.test, [r['id'] for r in diseased]):.3f} on these diseased slices "
@@ -496,10 +508,10 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
     lines += ["## Panels", "", f"The whole test run, worst patient first: [its page]({os.path.relpath(ddim.test, out)}/"
               f"{REPORT_HTML}). Each panel names its tiles: input channels; healthy reconstruction; anomaly map on "
               "the run's colour scale with its colour bar, the mask of the evaluation above, ground truth.", ""]
-    for r in diseased[:4] + [r for r in rows if r["label"] == 0][:1]:
+    for r in diseased[:4] + [r for r in slices if r["label"] == 0][:1]:
         lines += [f"![{r['id']}]({os.path.relpath(ddim.test, out)}/{r['id']}.png)", ""]
     lines += ["## What ran", "", "| stage | seconds | command |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {run.seconds:.0f} | `python scripts/{run.stage.script} {run.args}` |"
+    lines += [f"| {name} | {run.seconds:.0f} | `{run.command}` |"
               for name, run in runs.items()]
     lines += ["", f"Total: {sum(r.seconds for r in runs.values()):.0f} s of stages.", ""]
     path = os.path.join(out, "report.md")
@@ -513,13 +525,13 @@ def write_report(plan: Plan, methods: Sequence[Method], runs: dict[str, StageRun
 def run_demo(cfg: DemoConfig) -> str:
     """``make demo`` (``--plan demo``) or ``make compare`` (``--plan compare``); returns the report's path."""
     plan = Plan(cfg)
-    stages, methods = plan_stages(plan)
+    stages, rows = plan_stages(plan)
     for name in plan.written:  # no stale result is resumed
         shutil.rmtree(os.path.join(plan.out, name), ignore_errors=True)
     start = time.perf_counter()
     runs = run_stages(stages, plan.log(""), cfg.driver.jobs)
-    report = write_report(plan, methods, runs)
-    page = os.path.join(methods[0].test, REPORT_HTML)  # the page of the paper's method's test run
+    report = write_report(plan, rows, runs)
+    page = os.path.join(rows[0].test, REPORT_HTML)  # the page of the paper's method's test run
     print(f"\nwrote {report} ({time.perf_counter() - start:.0f} s)")
     print(f"report: {os.path.abspath(page)}  (open it in a browser)")
     return report

@@ -1,6 +1,8 @@
-"""Flag presets as command-line strings: the original README's (the paper's networks), the
-small networks of ``make demo`` and ``make compare`` (minutes on a CPU), and the recipe the
-comparison recommends."""
+"""Flag presets: the original README's (the paper's networks) as the command-line text SPEC section 6a
+pins, the small networks of ``make demo`` and ``make compare`` (minutes on a CPU) as typed partial
+configs ({flag: value}, :func:`~guided_diffusion.util.flagspec.from_dict` completes one), and the recipe
+the comparison recommends."""
+from ..util.flagspec import flag_text
 
 # SPEC section 6a: the original README's presets, verbatim
 MODEL_FLAGS = ("--image_size 256 --num_channels 128 --class_cond True --num_res_blocks 2 --num_heads 1 "
@@ -13,26 +15,32 @@ CLASSIFIER_FLAGS = ("--image_size 256 --classifier_attention_resolutions 32,16,8
                     "--classifier_use_scale_shift_norm True")
 SAMPLE_FLAGS = "--batch_size 1 --num_samples 1 --timestep_respacing ddim1000 --use_ddim True"
 
-# the demo's small networks on the 64x64 synthetic example
-DEMO_MODEL_FLAGS = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 "
-                    "--attention_resolutions 16 --num_heads 1 --class_cond True --learn_sigma True "
-                    "--use_scale_shift_norm False")
-DEMO_DIFFUSION_FLAGS = "--diffusion_steps 1000 --noise_schedule linear"
-DEMO_CLASSIFIER_FLAGS = ("--image_size 64 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2,2 "
-                         "--classifier_attention_resolutions 16 --classifier_num_head_channels 32 "
-                         "--classifier_pool attention")
+# the demo's small networks on the 64x64 synthetic example, as typed partial configs ({flag: value}); the
+# command line of one is preset_text(...)
+DEMO_MODEL = {"image_size": 64, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2,2",
+              "attention_resolutions": "16", "num_heads": 1, "class_cond": True, "learn_sigma": True,
+              "use_scale_shift_norm": False}
+DEMO_DIFFUSION = {"diffusion_steps": 1000, "noise_schedule": "linear"}
+DEMO_CLASSIFIER = {"image_size": 64, "classifier_width": 32, "classifier_depth": 1, "classifier_channel_mult": "1,2,2",
+                   "classifier_attention_resolutions": "16", "classifier_num_head_channels": 32,
+                   "classifier_pool": "attention"}
 DEMO_RESPACING = 50  # translation with --timestep_respacing ddim50: L counts steps of 20
-DEMO_SIMPLEX_FLAGS = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 "
-                      "--attention_resolutions 16 --num_heads 1 --class_cond False --learn_sigma True "
-                      "--use_scale_shift_norm False --noise_type simplex --simplex_frequency 16")
+DEMO_SIMPLEX = {**DEMO_MODEL, "class_cond": False, "noise_type": "simplex", "simplex_frequency": 16}
 # the DAE's UNet like the diffusion model's; trained with coarse noise on an 8 x 8 grid (Kascenas: 16 at 128
 # pixels)
-DEMO_DAE_FLAGS = "--image_size 64 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 --attention_resolutions 16"
-DEMO_DAE_NOISE_FLAGS = "--noise_res 8 --noise_std 0.2"
-DEMO_VAE_FLAGS = "--image_size 64 --vae_width 16 --vae_depth 4 --latent_dim 64 --latent_disc_width 128"
-DEMO_FPGAN_FLAGS = "--image_size 64 --fpgan_width 16 --fpgan_res_blocks 3 --fpgan_d_width 16 --fpgan_d_depth 4"
+DEMO_DAE = {k: DEMO_MODEL[k] for k in ("image_size", "num_channels", "num_res_blocks", "channel_mult",
+                                       "attention_resolutions")}
+DEMO_DAE_NOISE = {"noise_res": 8, "noise_std": 0.2}
+DEMO_VAE = {"image_size": 64, "vae_width": 16, "vae_depth": 4, "latent_dim": 64, "latent_disc_width": 128}
+DEMO_FPGAN = {"image_size": 64, "fpgan_width": 16, "fpgan_res_blocks": 3, "fpgan_d_width": 16, "fpgan_d_depth": 4}
 # the lever: a classifier trained where translation asks it, t < 400 of 1000 (L <= 20 of ddim50)
-DEMO_MAX_T_FLAGS = "--classifier_max_t 400"
+DEMO_MAX_T = {"classifier_max_t": 400}
+
+
+def preset_text(*presets: dict) -> str:
+    """The presets as command-line text (``--flag value ...``), for the README and the benchmarks."""
+    return " ".join(f"--{name} {flag_text(value)}" for preset in presets for name, value in preset.items())
+
 
 # The recipe for a new user (README "The recipe we recommend"): the paper's classifier-guided DDIM,
 # trained with MODEL_FLAGS, DIFFUSION_FLAGS, CLASSIFIER_FLAGS and TRAIN_FLAGS, with L, s and the

@@ -33,7 +33,7 @@ from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import EvaluationFlags, OutputFlags, SamplingFlags, TranslateFlags, TuneFlags
-from ..util.flagspec import config_defaults, flag_dict, flag_text, from_dict, part, to_argv
+from ..util.flagspec import config_defaults, flag_dict, from_dict, part, to_argv
 from .evaluate import scoring_of
 from .runs import SampleConfig, run_translation
 
@@ -168,13 +168,9 @@ def applied_flags(config: SampleConfig) -> dict[str, Any]:
 
 def _translate_command(config: SampleConfig) -> str:
     """The classifier_sample_known.py line of a test config (placeholders for the folders)."""
-    flags = applied_flags(config)
+    flags = applied_flags(config)  # the chosen setting written even at its default
     argv = ["--data_dir", TEST_DIR, "--label_dir", TEST_LABELS, "--output_dir", TEST_OUTPUT_DIR,
-            *to_argv(from_dict(SampleConfig, flags))]
-    given = set(argv)
-    for name, value in flags.items():  # the chosen setting, even at its default
-        if f"--{name}" not in given:
-            argv += [f"--{name}", flag_text(value)]
+            *to_argv(from_dict(SampleConfig, flags), given=flags)]
     return shlex.join(["python", "scripts/classifier_sample_known.py", *argv])
 
 
@@ -197,13 +193,6 @@ def read_best(out: str) -> dict:
             return json.load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run tune.py --out {out} first") from None
-
-
-def fill_command(command: str, test_dir: str, test_labels: str, output_dir: str) -> list[str]:
-    """One of best.json's command lines as words, its placeholders replaced by these folders
-    (``test_labels`` may be empty: a folder whose leaves hold their seg)."""
-    fill = dict(zip(PLACEHOLDERS, (test_dir, test_labels, output_dir)))
-    return [fill.get(word, word) for word in shlex.split(command)]
 
 
 def best_row(rows: list[dict]) -> dict:

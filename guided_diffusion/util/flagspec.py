@@ -26,7 +26,7 @@ import dataclasses
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 from .errors import UserError
 
@@ -351,10 +351,13 @@ def from_dict(config_cls, values: dict[str, Any], where: str = "flags"):
     return _build(config_cls, merged)
 
 
-def to_argv(config, full: bool = False) -> list[str]:
+def to_argv(config, full: bool = False, given: Iterable[str] = ()) -> list[str]:
     """The command line that :func:`parse_flags` turns back into ``config`` (``parse_flags(type(c),
     to_argv(c)) == c``): every flag that differs from the config's defaults, or all with ``full``,
-    in declaration order. Only where a process is launched does a config become text."""
+    in declaration order; the flags named in ``given`` even at their default (so a script that
+    completes the flags it was not given, from checkpoints, keeps these). Only where a process is
+    launched does a config become text."""
+    given = set(given)
     config_cls = type(config)
     flags = _collect(config_cls)
     defaults = {name: f.default for name, f in flags.items()}
@@ -363,7 +366,7 @@ def to_argv(config, full: bool = False) -> list[str]:
     argv: list[str] = []
     for name, f in flags.items():
         value = values[name]
-        if not full and value == defaults[name] and defaults[name] is not REQUIRED:
+        if not full and name not in given and value == defaults[name] and defaults[name] is not REQUIRED:
             continue
         words = list(value) if f.nargs else [flag_text(value)]
         argv += words if f.positional else [f"--{name}", *words]
