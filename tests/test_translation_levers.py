@@ -181,6 +181,22 @@ def test_autoddpm_resamples_the_stitched_image_and_keeps_the_input_outside_the_m
     assert th.equal(kept[outside], x[outside]) and th.equal(kept[inside], pred[inside])
 
 
+@pytest.mark.parametrize("use_ddim", [True, False])
+def test_the_levers_do_not_depend_on_the_batch(use_ddim):
+    """Each image's mask is its own map's quantile and its noise its own generator's: translated alone,
+    an image comes out as in a batch (up to the rounding of batched convolutions)."""
+    model, diffusion, cond_fn = _networks(timestep_respacing="25")
+    x = _images()
+    levers = Levers(autoddpm=True, autoddpm_quantile=0.8, patch_size=8, scale_schedule="cosine")
+    with th.no_grad():
+        batch = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=use_ddim,
+                                levers=levers)
+        for b, image_id in enumerate(IDS):
+            alone = translate_batch(model, diffusion, cond_fn, x[b:b + 1], [image_id], seed=0, noise_level=10,
+                                    use_ddim=use_ddim, levers=levers)
+            th.testing.assert_close(alone[0], batch[b], rtol=1e-4, atol=2e-5)
+
+
 # ------------------------------------------------------------------------------------------ pDDPM
 
 
