@@ -1,8 +1,9 @@
 """Guidance towards a class: the classifier's gradient (Dhariwal & Nichol 2021) or classifier-free
-guidance (Ho & Salimans 2022)."""
+guidance (Ho & Salimans 2022), and a schedule of the classifier's scale over the decoding steps."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch as th
 import torch.nn.functional as F
@@ -31,6 +32,54 @@ def make_cond_fn(classifier, classifier_scale: float, autocast=None):
         return grad * scale
 
     return cond_fn
+
+
+def _fade_out_linear(tau: th.Tensor) -> th.Tensor:
+    return tau
+
+
+def _fade_out_cosine(tau: th.Tensor) -> th.Tensor:
+    return th.sin(tau * (math.pi / 2)) ** 2
+
+
+def _fade_in_linear(tau: th.Tensor) -> th.Tensor:
+    return 1 - tau
+
+
+SCALE_WEIGHTS = {"linear": _fade_out_linear, "cosine": _fade_out_cosine, "rising": _fade_in_linear}
+"""w(tau) of each schedule but "constant" (w = 1); tau = t / t_start in [0, 1] is 1 at the first
+decoding step and 0 at t = 0 (see :func:`schedule_cond_fn`)."""
+
+
+def scale_weight(schedule: str, t: th.Tensor, t_start: float) -> th.Tensor:
+    """w(t) of ``schedule`` at the timesteps ``t`` (B,), in the units the network is called with, for a
+    decoding that starts at ``t_start`` (same units): a float32 tensor (B,) in [0, 1]."""
+    if schedule == "constant":
+        return th.ones(t.shape, dtype=th.float32, device=t.device)
+    if schedule not in SCALE_WEIGHTS:
+        raise ValueError(f"scale schedule {schedule!r}: expected constant or one of {', '.join(SCALE_WEIGHTS)}")
+    tau = (t.float() / t_start).clamp(0, 1) if t_start > 0 else th.ones(t.shape, device=t.device)
+    return SCALE_WEIGHTS[schedule](tau)
+
+
+def schedule_cond_fn(cond_fn, schedule: str, t_start: float):
+    """``cond_fn`` with its scale s multiplied by w(t): s(t) = s * w(t / t_start) over a decoding that
+    starts at timestep ``t_start`` (the units ``cond_fn`` is called with) and ends at t = 0.
+
+    * constant: w = 1; ``cond_fn`` itself is returned (the paper's guidance, bit for bit);
+    * linear: w = tau (s at the first decoding step, fading to 0 at t = 0);
+    * cosine: w = sin^2(pi tau / 2) (near s for longer at the start, near 0 for longer at the end);
+    * rising: w = 1 - tau (0 at the first step, s at t = 0; linear's mirror).
+    """
+    if cond_fn is None or schedule == "constant":
+        return cond_fn
+    scale_weight(schedule, th.zeros(1), t_start)  # an unknown name fails here, not at the first step
+
+    def scheduled(x: th.Tensor, t: th.Tensor, **kwargs) -> th.Tensor:
+        grad = cond_fn(x, t, **kwargs)
+        return grad * scale_weight(schedule, t, t_start).to(grad.device).view(-1, *([1] * (grad.ndim - 1)))
+
+    return scheduled
 
 
 def make_cfg_model(model, guidance_scale: float, null_class: int, channels: int):

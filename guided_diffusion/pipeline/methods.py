@@ -8,7 +8,9 @@ reconstruction out (see :class:`pipeline.translate.Method`).
   sampling). Each image's noise comes from its own generator seeded by (seed, image id), so a
   result does not depend on the batch size, on which images share its batch, or on how many
   processes split the folder.
-  Classifier-free guidance, simplex noise and a noise-level ensemble are options of it.
+  Classifier-free guidance, simplex noise and a noise-level ensemble are options of it, and so are
+  the levers of :class:`Levers`: a schedule of the classifier's scale, AutoDDPM's mask, stitch and
+  resample, pDDPM's patch-wise noising (the maths in :mod:`guided_diffusion.translation_levers`).
 * :class:`NetworkTranslation`: one forward pass of a baseline network (the VAE's
   reconstruction, FixedPoint-GAN's G(x, healthy), the DAE's D(x)).
 """
@@ -21,7 +23,18 @@ from typing import Callable, Sequence
 import torch as th
 
 from ..anomaly import anomaly_map
+from ..guidance import schedule_cond_fn
 from ..script_util import HEALTHY
+from ..translation_levers import (
+    autoddpm_level,
+    autoddpm_mask,
+    box_mask,
+    keep_known,
+    mask_gradient,
+    patch_boxes,
+    stitch,
+    with_clean_context,
+)
 
 
 
@@ -53,27 +66,97 @@ def per_image(noise_fn: Callable) -> Callable:
     return draw
 
 
+@dataclass(frozen=True)
+class Levers:
+    """The translation levers of issue 20 (each off by default, which is the paper's translation):
+
+    ``scale_schedule``: s(t) over the decoding steps (:func:`guidance.schedule_cond_fn`);
+    ``autoddpm``: AutoDDPM's mask (``autoddpm_quantile`` of the image's first anomaly map, dilated by
+    ``autoddpm_dilation`` pixels), stitch and resample at ``autoddpm_level`` (0: L / 4);
+    ``patch_size``: pDDPM's patch-wise noising, one translation per patch of the grid."""
+
+    scale_schedule: str = "constant"
+    autoddpm: bool = False
+    autoddpm_quantile: float = 0.95
+    autoddpm_level: int = 0
+    autoddpm_dilation: int = 1
+    patch_size: int = 0
+
+    def describe(self) -> str:
+        """What differs from the paper's translation, for a method's name ("" when nothing does)."""
+        parts = []
+        if self.scale_schedule != "constant":
+            parts.append(f"{self.scale_schedule} s(t)")
+        if self.autoddpm:
+            level = f"L2={self.autoddpm_level}" if self.autoddpm_level else "L2=L/4"
+            parts.append(f"AutoDDPM q={self.autoddpm_quantile:g} {level}")
+        if self.patch_size:
+            parts.append(f"pDDPM P={self.patch_size}")
+        return ", ".join(parts)
+
+
+def decode_start(diffusion, noise_level: int, use_ddim: bool) -> float:
+    """The timestep of the first guided decoding step at level L (DDIM: step L-2, DDPM: L-1 of the
+    possibly respaced process) in the units the network and ``cond_fn`` are called with (original
+    timesteps, scaled to 0..1000 with ``rescale_timesteps``)."""
+    index = max(noise_level - (2 if use_ddim else 1), 0)
+    timestep_map = getattr(diffusion, "timestep_map", None)
+    t = float(timestep_map[index] if timestep_map is not None else index)
+    if diffusion.rescale_timesteps:
+        t *= 1000.0 / getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
+    return t
+
+
 def translate_batch(model_fn, diffusion, cond_fn, x: th.Tensor, ids, *, seed: int, noise_level: int,
                     use_ddim: bool, clip_denoised: bool = True, callback=None, progress: bool = False,
-                    decode_fn=None, draw: Callable = _draw, class_cond: bool = True):
+                    decode_fn=None, draw: Callable = _draw, class_cond: bool = True, levers: Levers = Levers()):
     """Healthy reconstructions of a batch ``x`` (B, C, H, W) in [0, 1]; returns (B, C, H, W).
 
     ``decode_fn`` replaces the network in DDIM's decoding half (classifier-free guidance);
     ``draw`` makes each image's noise (Gaussian, or simplex); ``class_cond`` False calls the network
-    without the class label (an unconditional model)."""
+    without the class label (an unconditional model); ``levers``: see :class:`Levers` (the default,
+    all off, is the paper's translation, bit for bit)."""
     device = x.device
     gens = _generators(seed, ids, device)
-    noise = draw(gens, x.shape[1:], device)
     model_kwargs = {"y": th.full((x.shape[0],), HEALTHY, dtype=th.long, device=device)} if class_cond else {}
-    kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, progress=progress, callback=callback,
-                  model_kwargs=model_kwargs, noise_level=noise_level, noise=noise)
-    if use_ddim:
-        sample, _, _ = diffusion.ddim_sample_loop_known(model_fn, tuple(x.shape), x, decode_model=decode_fn, **kwargs)
-    else:
-        sample, _, _ = diffusion.p_sample_loop_known(
-            decode_fn or model_fn, tuple(x.shape), x, noise_fn=lambda x_t, t: draw(gens, x_t.shape[1:], device),
-            **kwargs)
-    return sample
+
+    def translate(img: th.Tensor, level: int, model, decode, cond, denoised_fn=None) -> th.Tensor:
+        """One translation of ``img`` at ``level``: each image's noise drawn from its own generator."""
+        noise = draw(gens, img.shape[1:], device)
+        cond = schedule_cond_fn(cond, levers.scale_schedule, decode_start(diffusion, level, use_ddim))
+        kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond, progress=progress, callback=callback,
+                      model_kwargs=model_kwargs, noise_level=level, noise=noise, denoised_fn=denoised_fn)
+        if use_ddim:
+            sample, _, _ = diffusion.ddim_sample_loop_known(model, tuple(img.shape), img, decode_model=decode, **kwargs)
+        else:
+            sample, _, _ = diffusion.p_sample_loop_known(
+                decode or model, tuple(img.shape), img,
+                noise_fn=lambda x_t, t: draw(gens, x_t.shape[1:], device), **kwargs)
+        return sample
+
+    def reconstruct(img: th.Tensor, level: int, cond, denoised_fn=None) -> th.Tensor:
+        """A translation of ``img``, or with a patch size, pDDPM's: each patch of the grid noised and
+        reconstructed from the clean image around it, the patches tiled."""
+        if not levers.patch_size:
+            return translate(img, level, model_fn, decode_fn, cond, denoised_fn)
+        out = th.empty_like(img)
+        for box in patch_boxes(img.shape[2], img.shape[3], levers.patch_size):
+            mask = box_mask(img.shape, box, device)
+            part = translate(img, level, with_clean_context(model_fn, img, mask),
+                             with_clean_context(decode_fn, img, mask), with_clean_context(cond, img, mask),
+                             denoised_fn)
+            out[:, :, box[0], box[1]] = part[:, :, box[0], box[1]]
+        return out
+
+    healthy = reconstruct(x, noise_level, cond_fn)
+    if not levers.autoddpm:
+        return healthy
+    # AutoDDPM (Bercea et al. 2023): mask the likely anomalies, stitch the reconstruction into the input there,
+    # and resample the stitched image at a lower level with the input held outside the mask
+    mask = autoddpm_mask(x, healthy, levers.autoddpm_quantile, levers.autoddpm_dilation)
+    resampled = reconstruct(stitch(x, healthy, mask), autoddpm_level(noise_level, levers.autoddpm_level),
+                            mask_gradient(cond_fn, mask), denoised_fn=keep_known(x, mask))
+    return stitch(x, resampled.to(x.dtype), mask)
 
 
 @dataclass
@@ -98,6 +181,7 @@ class DiffusionTranslation:
     draw: Callable = _draw
     class_cond: bool = True
     noise_type: str = "gaussian"
+    levers: Levers = Levers()
 
     @property
     def name(self) -> str:
@@ -106,12 +190,14 @@ class DiffusionTranslation:
         if self.noise_type == "simplex":
             sampler = f"simplex {sampler}"
         guide = {"classifier": f"s={self.scale:g}", "cfg": f"CFG W={self.scale:g}", "none": "unguided"}[self.guidance]
-        return f"{sampler}, L={levels}, {guide}"
+        levers = self.levers.describe()
+        return f"{sampler}, L={levels}, {guide}" + (f", {levers}" if levers else "")
 
     def __call__(self, x: th.Tensor, ids: Sequence[str], callback=None):
         outs = [translate_batch(self.model_fn, self.diffusion, self.cond_fn, x, ids, seed=self.seed, noise_level=level,
                                 use_ddim=self.use_ddim, clip_denoised=self.clip_denoised, callback=callback,
-                                decode_fn=self.decode_fn, draw=self.draw, class_cond=self.class_cond)
+                                decode_fn=self.decode_fn, draw=self.draw, class_cond=self.class_cond,
+                                levers=self.levers)
                 for level in self.noise_levels]
         if len(outs) == 1:
             return outs[0]

@@ -26,6 +26,7 @@ from ..methods import fpgan as fpgan_lib
 from ..methods import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
 from ..script_util import NULL_CLASS
+from ..translation_levers import patch_boxes, patch_masks, patched_training_losses
 from ..util import checkpoint as ckpt
 from ..util import logger
 from ..util.errors import UserError
@@ -62,14 +63,19 @@ class DiffusionPiece(OneNetworkPiece):
 
     ``noise_fn(shape, generator)`` draws the forward process's noise for the global batch (Gaussian,
     or AnoDDPM's simplex noise). With ``p_uncond`` > 0 each label is replaced by ``null_class`` with
-    that probability (label dropout of classifier-free guidance, Ho & Salimans 2022)."""
+    that probability (label dropout of classifier-free guidance, Ho & Salimans 2022). With ``patch_size``
+    > 0 only one patch per image, drawn from the grid of ``patch_size`` squares that tile it, is noised
+    and the loss is that patch's (pDDPM, Behrendt et al. 2023: the network learns to reconstruct a patch
+    from its clean context)."""
 
     kind = "model"
 
     def __init__(self, model, diffusion, ema_rate: str = "0.9999", schedule_sampler=None,
-                 noise_fn: Callable = gaussian_noise, p_uncond: float = 0.0, null_class: int = NULL_CLASS):
+                 noise_fn: Callable = gaussian_noise, p_uncond: float = 0.0, null_class: int = NULL_CLASS,
+                 patch_size: int = 0):
         if not 0.0 <= p_uncond < 1.0:
             raise UserError(f"--p_uncond {p_uncond}: expected a probability, 0 <= p < 1")
+        self.patch_size = patch_size
         self.model = self.net = model
         self.diffusion = diffusion
         self.ema_rate = _parse_rates(ema_rate)
@@ -88,10 +94,17 @@ class DiffusionPiece(OneNetworkPiece):
         if self.p_uncond:
             drop = trainer.rand() < self.p_uncond  # (B,) this rank's share of the global draw
             cond = {**cond, "y": th.where(drop, th.full_like(cond["y"], self.null_class), cond["y"])}
+        mask = None
+        if self.patch_size:  # pDDPM: one patch of the grid per image (drawn after the paper's draws)
+            n_patches = len(patch_boxes(x.shape[2], x.shape[3], self.patch_size))
+            mask = patch_masks(x.shape, self.patch_size, trainer.randint(n_patches))
 
         def loss(sl):
-            losses = self.diffusion.training_losses(trainer.net, x[sl], t[sl], noise=noise[sl],
-                                                    model_kwargs={k: v[sl] for k, v in cond.items()})
+            kwargs = dict(noise=noise[sl], model_kwargs={k: v[sl] for k, v in cond.items()})
+            if mask is None:
+                losses = self.diffusion.training_losses(trainer.net, x[sl], t[sl], **kwargs)
+            else:
+                losses = patched_training_losses(self.diffusion, trainer.net, x[sl], t[sl], mask[sl], **kwargs)
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(t[sl], losses["loss"].detach())
             return (losses["loss"] * weights[sl]).mean(), losses

@@ -30,6 +30,7 @@ from ..methods.fpgan import translate_to_healthy
 from ..resample import create_named_schedule_sampler
 from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
 from ..simplex import simplex_noise
+from ..translation_levers import check_patch_size
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
@@ -49,6 +50,7 @@ from ..util.flags import (
     ModelFlags,
     MonitorFlags,
     NoiseFlags,
+    PatchFlags,
     RunFlags,
     SamplingFlags,
     SpeedFlags,
@@ -68,7 +70,7 @@ from .devices import (
     wrap_network,
 )
 from .evaluate import scoring_of
-from .methods import DiffusionTranslation, NetworkTranslation, per_image
+from .methods import DiffusionTranslation, Levers, NetworkTranslation, per_image
 from .networks import (
     CLASSIFIER_FLAGS,
     DAE_FLAGS,
@@ -123,6 +125,7 @@ class ImageTrainConfig(_TrainingConfig):
     diffusion: DiffusionFlags
     noise: NoiseFlags
     schedule: DiffusionTrainFlags
+    patches: PatchFlags
     timesteps: TimestepFlags
     speed: SpeedFlags
     SCRIPT: ClassVar[str] = "image_train"
@@ -158,6 +161,7 @@ class SampleConfig(_TranslationConfig):
     noise: NoiseFlags
     classifier: ClassifierFlags
     sampling: SamplingFlags
+    patches: PatchFlags
     speed: SpeedFlags
     SCRIPT: ClassVar[str] = "classifier_sample_known"
     VISDOM_ENV: ClassVar[str] = "translate"
@@ -290,12 +294,14 @@ def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
     model.to(device)
     dataset = _dataset(cfg.data, "training")
     sched = cfg.schedule
+    check_patch_size(cfg.patches.patch_size, cfg.data.image_size)
     if sched.p_uncond and not cfg.model.class_cond:
         raise UserError(f"--p_uncond {sched.p_uncond}: classifier-free guidance needs a class-conditional model "
                         "(--class_cond True)")
     piece = DiffusionPiece(model, diffusion, sched.ema_rate,
                            create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
-                           noise_fn=noise_fn_of(cfg.noise), p_uncond=sched.p_uncond)
+                           noise_fn=noise_fn_of(cfg.noise), p_uncond=sched.p_uncond,
+                           patch_size=cfg.patches.patch_size)
     indices = _healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
     steps = sched.lr_anneal_steps
     precision = resolve_precision(cfg.speed.precision, cfg.model.use_fp16)
@@ -444,6 +450,7 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     if cfg_guidance and not cfg.model.class_cond:
         raise UserError("--guidance cfg: needs a class-conditional model (--class_cond True) trained with --p_uncond")
     model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion, uncond_label=cfg_guidance)
+    levers = levers_of(cfg, diffusion.num_timesteps)
     load_weights(model, checkpoint_of(cfg), "--model_path", "diffusion model",
                  check=_check_uncond_label if cfg_guidance else None)
     for level in s.noise_level:  # before any image is translated
@@ -471,7 +478,27 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_levels=s.noise_level,
                                 use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, guidance=s.guidance, scale=scale,
                                 decode_fn=decode_fn, draw=per_image(noise_fn_of(cfg.noise)),
-                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type)
+                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type, levers=levers)
+
+
+def levers_of(cfg: SampleConfig, num_timesteps: int) -> Levers:
+    """The translation levers of the flags (scale schedule, AutoDDPM, pDDPM patches), checked against the
+    image size and the process's ``num_timesteps``: a bad value is a :class:`UserError` naming its flag."""
+    s = cfg.sampling
+    if s.scale_schedule != "constant" and s.guidance != "classifier":
+        raise UserError(f"--scale_schedule {s.scale_schedule}: schedules the classifier's scale; --guidance "
+                        f"{s.guidance} has no classifier")
+    if not 0.0 < s.autoddpm_quantile <= 1.0:
+        raise UserError(f"--autoddpm_quantile {s.autoddpm_quantile:g}: expected 0 < q <= 1")
+    if not 0 <= s.autoddpm_level <= num_timesteps:
+        raise UserError(f"--autoddpm_level {s.autoddpm_level}: expected 0 (L / 4) or 1..{num_timesteps} (steps of "
+                        f"the process with --timestep_respacing {cfg.diffusion.timestep_respacing or 'none'})")
+    if s.autoddpm_dilation < 0:
+        raise UserError(f"--autoddpm_dilation {s.autoddpm_dilation}: expected 0 or more pixels")
+    check_patch_size(cfg.patches.patch_size, cfg.data.image_size)
+    return Levers(scale_schedule=s.scale_schedule, autoddpm=s.autoddpm, autoddpm_quantile=s.autoddpm_quantile,
+                  autoddpm_level=s.autoddpm_level, autoddpm_dilation=s.autoddpm_dilation,
+                  patch_size=cfg.patches.patch_size)
 
 
 def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:

@@ -23,6 +23,7 @@ THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
 LATENT_PRIORS = ("adversarial", "kl")
 NOISE_TYPES = ("gaussian", "simplex")
 GUIDANCE = ("classifier", "cfg", "none")
+SCALE_SCHEDULES = ("constant", "linear", "cosine", "rising")  # guidance.SCALE_WEIGHTS, and constant
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -50,6 +51,14 @@ def threshold_problem(text: str) -> str | None:
     except ValueError:
         return f"expected one of {', '.join(THRESHOLD_RULES)} or a number"
     return None if math.isfinite(value) else "expected a finite number"
+
+
+def _fraction_problem(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else "expected 0 < q <= 1"
+
+
+def _non_negative_problem(value: int) -> str | None:
+    return None if value >= 0 else "expected 0 or more"
 
 
 BRATS_RELEASES = ("auto", "2020", "2021", "2023")
@@ -273,6 +282,29 @@ class SamplingFlags(FlagGroup):
                                        "--p_uncond > 0, --guidance_scale); none: unguided", choices=GUIDANCE)
     guidance_scale: float = flag(3.0, "W of classifier-free guidance: eps = (1 + W) eps(x, healthy) - W eps(x, "
                                       "no class)")
+    scale_schedule: str = flag("constant", "the classifier scale over the decoding steps, tau = t / (first decoding "
+                                           "step's t): constant s (the paper); linear s * tau and cosine s * sin^2(pi "
+                                           "tau / 2) fade from s to 0 at t = 0; rising s * (1 - tau) grows from 0 to s",
+                               choices=SCALE_SCHEDULES)
+    autoddpm: bool = flag(False, "AutoDDPM (Bercea et al. 2023): mask where the first translation's anomaly map is "
+                                 "high, stitch that translation into the input there, resample the stitched image at "
+                                 "--autoddpm_level with the input kept outside the mask")
+    autoddpm_quantile: float = flag(0.95, "AutoDDPM: the mask is the anomaly map above this quantile of the image's "
+                                          "map, 0 < q <= 1 (1: an empty mask)", check=_fraction_problem)
+    autoddpm_level: int = flag(0, "AutoDDPM: the resampling level L2 in steps of the (respaced) process (0: L / 4, "
+                                  "AutoDDPM's 200 then 50 of 1000)", check=_non_negative_problem)
+    autoddpm_dilation: int = flag(1, "AutoDDPM: dilate the mask by this many pixels (a 2d+1 square; AutoDDPM: 3 x 3)",
+                                  check=_non_negative_problem)
+
+
+@dataclass(frozen=True)
+class PatchFlags(FlagGroup):
+    NAME = "patches"
+    ABOUT = "pDDPM's patch-wise noising (Behrendt et al. 2023), in training and translation"
+    patch_size: int = flag(0, "side P of the patches (0: off; P divides --image_size): image_train.py noises one "
+                              "patch of the P x P grid per image, its loss on that patch; translation noises and "
+                              "reconstructs each patch of the grid from the clean image around it and tiles them",
+                           check=_non_negative_problem)
 
 
 def parse_floats(text: str) -> tuple[float, ...]:
@@ -529,8 +561,8 @@ class DetectFlags(FlagGroup):
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
-    SamplingFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags,
-    DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags,
-    SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
+    SamplingFlags, PatchFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags,
+    FPGANLossFlags, DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags,
+    PrepareChexpertFlags, SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""
