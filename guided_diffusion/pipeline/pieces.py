@@ -26,7 +26,7 @@ from ..methods import fpgan as fpgan_lib
 from ..methods import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
 from ..script_util import NULL_CLASS
-from ..util import checkpoint as ckpt
+from ..unet_forensics import check_state_dict
 from ..util import logger
 from ..util.errors import UserError
 from .train import Piece, TrainConfig, Trainer, step_generator
@@ -121,7 +121,7 @@ class DiffusionPiece(OneNetworkPiece):
     def check_state_dicts(self, states, paths):
         for prefix in states:
             what = "diffusion model" if prefix == "model" else "EMA weights of the diffusion model"
-            ckpt.check_state_dict(self.model, states[prefix], paths[prefix], what)
+            check_state_dict(self.model, states[prefix], paths[prefix], what)
 
     def load_state_dicts(self, states):
         self.model.load_state_dict(states["model"], strict=True)

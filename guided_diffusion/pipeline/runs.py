@@ -16,6 +16,7 @@ from typing import Callable, ClassVar
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
+from ..datasets.common import CHANNELS
 from ..datasets.loaders import (
     collate_training_batch,
     create_dataset,
@@ -34,7 +35,6 @@ from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import (
-    CHANNELS,
     ClassifierFlags,
     ClassifierTrainFlags,
     DAEFlags,

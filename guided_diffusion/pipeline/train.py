@@ -47,6 +47,7 @@ import torch as th
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..unet_forensics import check_state_dict
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
 from ..util.errors import MissingInputError, Stopped, UserError
@@ -127,7 +128,7 @@ class Piece:
         """Raise a :class:`~guided_diffusion.util.checkpoint.CheckpointError` naming the file when a
         state does not fit; called for every file before anything is loaded."""
         for name, net in self.modules().items():
-            ckpt.check_state_dict(net, states[name], paths[name], f"{self.kind} {name}")
+            check_state_dict(net, states[name], paths[name], f"{self.kind} {name}")
 
     def load_state_dicts(self, states: dict[str, dict]) -> None:
         for name, net in self.modules().items():
