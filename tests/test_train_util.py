@@ -1,4 +1,5 @@
 """Training loop: exact resume, mixed precision unscaling, checkpoint files and safe loading."""
+import dataclasses
 import io
 import os
 import pickle
@@ -11,6 +12,7 @@ import torch as th
 from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, have_cxx_compiler
 from PIL import Image
 
+from guided_diffusion.pipeline import runs
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig
 from guided_diffusion.script_util import (
@@ -20,6 +22,8 @@ from guided_diffusion.script_util import (
 from guided_diffusion.util import checkpoint as ckpt
 from guided_diffusion.util import logger
 from guided_diffusion.util.errors import Stopped, UserError
+from guided_diffusion.util.flags import REGISTRY, RunFlags, SpeedFlags, TrainFlags
+from guided_diffusion.util.flagspec import parse_flags
 from guided_diffusion.util.progress_plot import plot_progress
 
 TINY = {**TINY_UNET, "dropout": 0.1}
@@ -38,15 +42,32 @@ def make_loop(log_dir, total, resume="", save_interval=2, precision="fp32", micr
               use_compile=False, device=None, fused=None, anneal_lr=False, log_interval=100, progress=False):
     th.manual_seed(0)
     model, diffusion = create_model_and_diffusion(**{**TINY, "dropout": dropout})
-    cfg = TrainConfig(batch_size=4, microbatch=microbatch, lr=1e-3, total_steps=total, save_interval=save_interval,
-                      log_interval=log_interval, seed=5, resume_checkpoint=resume, log_dir=str(log_dir),
-                      precision=precision, progress=progress, use_compile=use_compile, fused=fused,
-                      anneal_lr=anneal_lr)
+    cfg = TrainConfig(TrainFlags(lr=1e-3, microbatch=microbatch, log_interval=log_interval, save_interval=save_interval,
+                                 resume_checkpoint=resume),
+                      RunFlags(log_dir=str(log_dir), seed=5, progress=progress),
+                      SpeedFlags(precision=precision, compile=use_compile),
+                      batch_size=4, total_steps=total, anneal_lr=anneal_lr, fused=fused)
     return TrainLoop(model.to(device), diffusion, batches, cfg, ema_rate="0.9,0.99", device=device)
 
 
 def params_of(loop):
     return {k: v.clone() for k, v in loop.model.state_dict().items()}
+
+
+def test_the_scaffold_takes_the_scripts_flag_groups_as_parsed():
+    cfg = parse_flags(runs.ImageTrainConfig, ["--lr", "3e-4", "--microbatch", "1", "--seed", "7", "--log_dir", "run",
+                                              "--progress", "False", "--channels_last", "True", "--batch_size", "3"])
+    train_cfg = runs._train_config(cfg, 10, anneal=True, precision="fp16")
+    assert train_cfg.training is cfg.training and train_cfg.run is cfg.run
+    assert train_cfg.speed == SpeedFlags(precision="fp16", compile=False, channels_last=True)  # the resolved precision
+    assert (train_cfg.batch_size, train_cfg.total_steps, train_cfg.anneal_lr) == (3, 10, True)
+    # a script without speed flags trains in fp32, eager
+    assert runs._train_config(parse_flags(runs.VAETrainConfig, []), 5, anneal=False).speed == SpeedFlags()
+    # no flag is declared again: the config's own fields are what a script works out (the per-process batch,
+    # whether to anneal: --anneal_lr for the classifier, --lr_anneal_steps for the diffusion model)
+    flags = {f.name for group in REGISTRY for f in group.flags()}
+    own = {f.name for f in dataclasses.fields(TrainConfig)} - {"training", "run", "speed"}
+    assert own & flags == {"batch_size", "anneal_lr"}
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
@@ -318,8 +339,9 @@ def test_compiled_training_matches_eager(tmp_path):
 def make_classifier_loop(log_dir, precision="fp32", total=3, resume="", save_interval=100):
     th.manual_seed(0)
     clf, diffusion = create_classifier_and_diffusion(**CLASSIFIER)
-    cfg = TrainConfig(batch_size=4, lr=1e-3, total_steps=total, save_interval=save_interval, log_interval=100,
-                      log_dir=str(log_dir), precision=precision, progress=False, resume_checkpoint=resume)
+    cfg = TrainConfig(TrainFlags(lr=1e-3, log_interval=100, save_interval=save_interval, resume_checkpoint=resume),
+                      RunFlags(log_dir=str(log_dir), progress=False), SpeedFlags(precision=precision),
+                      batch_size=4, total_steps=total)
     return ClassifierTrainLoop(clf, diffusion, batches, cfg, make_val_data=lambda: batches(500))
 
 
@@ -347,8 +369,9 @@ def test_classifier_loop_trains_and_evaluates(tmp_path):
     # informative noise levels to learn from in a few seconds); about 5 s on one thread
     th.manual_seed(0)
     clf, diffusion = create_classifier_and_diffusion(**{**CLASSIFIER, "diffusion_steps": 1000})
-    cfg = TrainConfig(batch_size=8, lr=3e-4, total_steps=160, save_interval=160, log_interval=20,
-                      log_dir=str(tmp_path), progress=False)
+    cfg = TrainConfig(TrainFlags(lr=3e-4, log_interval=20, save_interval=160), RunFlags(log_dir=str(tmp_path),
+                                                                                        progress=False),
+                      batch_size=8, total_steps=160)
     loop = ClassifierTrainLoop(clf, diffusion, squares, cfg, make_val_data=lambda: squares(10_000), eval_interval=160)
     logged = []
     log_step = loop.log_step

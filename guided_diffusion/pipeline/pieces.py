@@ -200,7 +200,7 @@ class ClassifierPiece(OneNetworkPiece):
         self.classifier.eval()
         sums: dict[str, float] = {}
         n = 0
-        gen = step_generator(trainer.cfg.seed + 1, trainer.step, trainer.device)
+        gen = step_generator(trainer.cfg.run.seed + 1, trainer.step, trainer.device)
         for x, y in self._held_out(trainer.device):
             t = th.randint(0, self.max_t or self.diffusion.num_timesteps, (x.shape[0],), generator=gen,
                            device=trainer.device)
