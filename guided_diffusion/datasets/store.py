@@ -32,7 +32,6 @@ import hashlib
 import json
 import mmap
 import os
-import tempfile
 from typing import Iterator
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Training loop: exact resume, mixed precision unscaling, checkpoint files and safe loading."""
+"""The training scaffold (pipeline/train.py) and its pieces: exact resume, mixed precision unscaling, checkpoint
+files and safe loading."""
 import dataclasses
 import io
 import os
