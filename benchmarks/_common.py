@@ -86,7 +86,7 @@ def _redraw_zero_layers(net: th.nn.Module) -> None:
 def build_networks(flags: dict, device: th.device, seed: int = 0):
     """(model, diffusion, classifier) in eval mode on ``device``, gradients off, seeded random weights
     (or the checkpoints of ``model_path`` / ``classifier_path``)."""
-    from guided_diffusion.util import checkpoint as ckpt
+    from guided_diffusion.unet_forensics import load_state_dict_into
 
     th.manual_seed(seed)
     model, diffusion = create_model_and_diffusion(**args_to_dict_from(flags, model_and_diffusion_defaults()))
@@ -94,7 +94,7 @@ def build_networks(flags: dict, device: th.device, seed: int = 0):
     for net, path, what in ((model, flags.get("model_path"), "diffusion model"),
                             (classifier, flags.get("classifier_path"), "classifier")):
         if path:
-            ckpt.load_state_dict_into(net, path, what)
+            load_state_dict_into(net, path, what)
         else:
             _redraw_zero_layers(net)
         net.to(device).eval().requires_grad_(False)

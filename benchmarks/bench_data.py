@@ -58,6 +58,7 @@ from guided_diffusion.script_util import (  # noqa: E402
     model_and_diffusion_defaults,
 )
 from guided_diffusion.util import logger  # noqa: E402
+from guided_diffusion.util.flags import RunFlags, TrainFlags  # noqa: E402
 
 PRESETS = {
     "demo": dict(size=64, image_size=64, batch_size=8,
@@ -191,9 +192,9 @@ def wait(args, tmp: str, device: th.device) -> list[dict]:
                 streams.append(stream)
                 return stream
 
-            cfg = TrainConfig(batch_size=batch, lr=1e-4, seed=args.seed, total_steps=0,
-                              log_dir=os.path.join(tmp, f"log-{kind}-{workers}"), progress=False,
-                              save_interval=10**9, log_interval=10**9)
+            cfg = TrainConfig(TrainFlags(lr=1e-4, log_interval=10**9, save_interval=10**9),
+                              RunFlags(log_dir=os.path.join(tmp, f"log-{kind}-{workers}"), seed=args.seed,
+                                       progress=False), batch_size=batch, total_steps=0)
             net = (model if kind == "model" else classifier).to(device)
             trainer = (TrainLoop(net, diffusion, make_data, cfg, ema_rate="0.9999", device=device) if kind == "model"
                        else ClassifierTrainLoop(net, diffusion, make_data, cfg, device=device))

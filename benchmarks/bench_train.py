@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop  # noqa: E402
 from guided_diffusion.pipeline.train import TrainConfig, dropout_seed  # noqa: E402
-from guided_diffusion.util.flags import ClassifierTrainFlags, TrainFlags  # noqa: E402
+from guided_diffusion.util.flags import ClassifierTrainFlags, RunFlags, SpeedFlags, TrainFlags  # noqa: E402
 
 ALL_PATHS = ("fp32", "bf16", "fp16", "cl", "compile")
 # --strict: the most a path's first-step loss may differ from the fp32 one, relative to it
@@ -123,9 +124,9 @@ def run_path(kind: str, name: str, net0, diffusion, args, device, log_dir: str) 
     if channels_last:
         net = net.to(memory_format=th.channels_last)
     precision = name if name in ("bf16", "fp16") else "fp32"
-    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, precision=precision, seed=args.seed,
-                      log_dir=log_dir, use_compile=name == "compile", progress=False, save_interval=10**9,
-                      log_interval=10**9)
+    cfg = TrainConfig(TrainFlags(lr=args.lr, log_interval=10**9, save_interval=10**9),
+                      RunFlags(log_dir=log_dir, seed=args.seed, progress=False),
+                      SpeedFlags(precision=precision, compile=name == "compile"), batch_size=args.batch_size)
     make_data = random_batches(net0.in_channels, args.image_size, args.batch_size, device, args.seed)
     if kind == "model":
         trainer = TrainLoop(net, diffusion, make_data, cfg, ema_rate="0.9999", device=device)
@@ -191,8 +192,8 @@ def scaffold_overhead(kind: str, net0, diffusion, args, device, log_dir: str) ->
     held-out evaluation (classifier), logging, checkpointing."""
     bare = bare_step_fn(kind, copy.deepcopy(net0).train().requires_grad_(True), diffusion, args, device)
     net = copy.deepcopy(net0).train().requires_grad_(True)
-    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, log_dir=log_dir, progress=False,
-                      save_interval=10**9, log_interval=10**9)
+    cfg = TrainConfig(TrainFlags(lr=args.lr, log_interval=10**9, save_interval=10**9),
+                      RunFlags(log_dir=log_dir, seed=args.seed, progress=False), batch_size=args.batch_size)
     make_data = random_batches(net0.in_channels, args.image_size, args.batch_size, device, args.seed)
     if kind == "model":
         trainer = TrainLoop(net, diffusion, make_data, cfg, ema_rate="0.9999", device=device)
@@ -201,7 +202,7 @@ def scaffold_overhead(kind: str, net0, diffusion, args, device, log_dir: str) ->
                                       eval_interval=0, device=device)
     for _ in range(args.warmup):
         bare()
-    trainer.cfg.total_steps = args.warmup
+    trainer.cfg = dataclasses.replace(trainer.cfg, total_steps=args.warmup)
     trainer.run_loop()
     bare_ms, loop_ms = [], []
     for _ in range(args.rounds):
@@ -209,7 +210,7 @@ def scaffold_overhead(kind: str, net0, diffusion, args, device, log_dir: str) ->
         for _ in range(args.steps):
             bare()
         bare_ms.append(1000 * (now(device) - start) / args.steps)
-        trainer.cfg.total_steps = trainer.step + args.steps
+        trainer.cfg = dataclasses.replace(trainer.cfg, total_steps=trainer.step + args.steps)
         start = now(device)
         trainer.run_loop()  # ends with a checkpoint: timed below and taken off
         loop_s = now(device) - start

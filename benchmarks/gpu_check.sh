@@ -5,7 +5,7 @@
 #
 # 1. environment (nvidia-smi, torch, CUDA)                                   <= 45 s
 # 2. tests/test_precision.py on CUDA: bf16/fp16 close to fp32, channels-last,
-#    no host sync inside a training step (tests/test_train_util.py),
+#    no host sync inside a training step (tests/test_train.py),
 #    batch 4 = batch 1, torch.compile = eager (TF32 off)                      <= 100 s
 # 3. benchmarks/bench_translate.py: README presets at 256x256, ddim1000, L = 100,
 #    8 slices: base (fp32, batch 1), batch 8, channels-last, bf16, fp16,
@@ -76,7 +76,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT_DIR/env.log"
 
 step tests 100 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py -k "not cpu" \
-    tests/test_train_util.py::test_cuda_training_step_has_no_host_sync
+    tests/test_train.py::test_cuda_training_step_has_no_host_sync
 step translate 150 "$PY" benchmarks/bench_translate.py --device cuda --timestep_respacing ddim1000 \
     --noise_level 100 --n_images 8 --batch_size 8 --compile_mode default --strict True \
     --json_out "$OUT_DIR/translate.json"

@@ -12,13 +12,14 @@ from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, UNetModel
 from .util.errors import UserError
-from .util.flags import CHANNELS, ClassifierFlags, DataFlags, DiffusionFlags, ModelFlags
+from .util.flags import ClassifierFlags, DataFlags, DiffusionFlags, ModelFlags
 from .util.flagspec import str2bool
 
 NUM_CLASSES = 2  # 0 = healthy, 1 = diseased, for both data sets
 HEALTHY = 0  # the class translation steers towards
 NULL_CLASS = NUM_CLASSES  # the extra "no class" label of classifier-free guidance
-DATASET_CHANNELS = {dataset: len(names) for dataset, names in CHANNELS.items()}
+DATASET_CHANNELS = {"brats": 4, "chexpert": 1}  # input channels per --dataset (SPEC section 4; their names:
+# datasets.common.CHANNELS, which this layer does not import; a test checks the two agree)
 
 # channel multipliers per level, by image size (guided diffusion's choices)
 _CHANNEL_MULT = {

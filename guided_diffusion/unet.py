@@ -386,7 +386,7 @@ class UNetModel(nn.Module):
         self.channel_mult = tuple(channel_mult)
         self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
-        # Half precision is applied with torch.autocast by the caller (see train_util / sampling);
+        # Half precision is applied with torch.autocast by the caller (see pipeline/train.py and pipeline/devices.py);
         # the flag is kept for compatibility of the constructor and checkpoints.
         self.use_fp16 = use_fp16
         self.dtype = th.float32

@@ -12,7 +12,7 @@ import torch as th
 
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
-# the tiny networks of the training tests (tests/test_train_util.py) and their multi-process worker
+# the tiny networks of the training tests (tests/test_train.py) and their multi-process worker
 TINY_UNET = {**model_and_diffusion_defaults(), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
              "channel_mult": "1,2", "attention_resolutions": "8", "num_heads": 1, "learn_sigma": True,
              "class_cond": True, "diffusion_steps": 50}

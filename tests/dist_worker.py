@@ -25,6 +25,7 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
 )
 from guided_diffusion.util import dist_util
+from guided_diffusion.util.flags import RunFlags, TrainFlags
 
 GLOBAL_BATCH = 4
 SEED = 5
@@ -53,8 +54,8 @@ def scaffold_gradients(kind, batch, microbatch, dropout):
         while True:
             yield x[rank * batch:(rank + 1) * batch], {"y": y[rank * batch:(rank + 1) * batch]}
 
-    cfg = TrainConfig(batch_size=batch, microbatch=microbatch, lr=1e-3, total_steps=1, seed=SEED,
-                      save_interval=10**6, log_interval=10**6, log_dir=tempfile.mkdtemp(), progress=False)
+    cfg = TrainConfig(TrainFlags(lr=1e-3, microbatch=microbatch, log_interval=10**6, save_interval=10**6),
+                      RunFlags(log_dir=tempfile.mkdtemp(), seed=SEED, progress=False), batch_size=batch, total_steps=1)
     loop = (TrainLoop(net, diffusion, make_data, cfg) if kind == "unet"
             else ClassifierTrainLoop(net, diffusion, make_data, cfg))
     grads = []

@@ -326,7 +326,7 @@ def test_training_into_a_folder_of_checkpoints_says_how_to_resume(call, testset,
     assert_user_error(proc, rf"^error: --log_dir {log}: holds the checkpoints of an earlier run \(the newest: "
                             r"ema_0\.9999_000001\.pt, model000001\.pt, opt000001\.pt\); continue it with "
                             r"--resume_checkpoint auto, or start afresh with another --log_dir$", log)
-    assert files_of(log) == made  # the checkpoints and the saved flags untouched (resuming: test_train_util.py)
+    assert files_of(log) == made  # the checkpoints and the saved flags untouched (resuming: test_train.py)
 
 
 def test_translation_logs_beside_its_outputs_and_a_failed_run_leaves_no_folder(call, nets, testset, tmp_path,

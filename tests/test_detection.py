@@ -21,7 +21,7 @@ import numpy as np
 import torch as th
 
 from guided_diffusion.script_util import create_classifier
-from guided_diffusion.util import checkpoint as ckpt
+from guided_diffusion.unet_forensics import load_state_dict_into
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "brats"
@@ -67,7 +67,7 @@ def test_guided_translation_finds_the_tumours(tmp_path):
                 healthy.append(z["healthy"])
     classifier = create_classifier(64, False, 32, 1, "16", True, True, "attention", classifier_channel_mult="1,2,2",
                                    classifier_num_head_channels=32)
-    ckpt.load_state_dict_into(classifier, str(tmp_path / "classifier" / "model000100.pt"))
+    load_state_dict_into(classifier, str(tmp_path / "classifier" / "model000100.pt"))
     classifier.eval()
 
     def p_healthy(images):

@@ -8,9 +8,14 @@ from typing import ClassVar
 
 import pytest
 
+from guided_diffusion.datasets.common import CHANNELS, DATASETS
+from guided_diffusion.evaluation.protocols import PROTOCOLS
+from guided_diffusion.evaluation.results import CHANNEL_NAMES
+from guided_diffusion.methods.vae import LATENT_PRIORS
 from guided_diffusion.pipeline import bundle, detect, driver, evaluate, prepare, presets, runs, tune
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
+from guided_diffusion.script_util import DATASET_CHANNELS
 from guided_diffusion.util.flagspec import FlagGroup, build_parser, config_defaults, flag, flag_dict, parse_flags, part
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +45,23 @@ def test_every_flag_is_declared_once_and_every_group_is_registered():
     groups = {obj for _, obj in inspect.getmembers(flags, inspect.isclass)
               if issubclass(obj, FlagGroup) and obj is not FlagGroup}
     assert groups == set(flags.REGISTRY)
+
+
+def _choices(group: type[FlagGroup], name: str) -> tuple:
+    (found,) = [f.choices for f in group.flags() if f.name == name]
+    return found
+
+
+def test_domain_choices_are_the_names_their_owners_define():
+    # util (layer 0) cannot import the layers that own these names, so the flags spell them out
+    assert CHANNELS == {"brats": ("t1", "t1ce", "t2", "flair"), "chexpert": ("xray",)}  # SPEC section 1
+    assert _choices(flags.DataFlags, "dataset") == DATASETS == tuple(CHANNELS)
+    assert _choices(flags.IntensityFlags, "channel") == sum(CHANNELS.values(), ())
+    assert _choices(flags.EvaluationFlags, "protocol") == PROTOCOLS
+    assert _choices(flags.VAEFlags, "latent_prior") == LATENT_PRIORS
+    # the networks' factories (below the data sets) and the result panels (beside them) know them by count
+    assert DATASET_CHANNELS == {dataset: len(names) for dataset, names in CHANNELS.items()}
+    assert CHANNEL_NAMES == {len(names): names for names in CHANNELS.values()}
 
 
 def test_every_script_has_a_config_and_no_flags_of_its_own():

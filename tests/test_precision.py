@@ -52,6 +52,7 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
+from guided_diffusion.util.flags import RunFlags, SpeedFlags
 from guided_diffusion.util.flagspec import parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,7 +220,7 @@ def test_precision_flag_rejects_unknown_values(cpu_nets, tmp_path):
     model, diffusion, classifier = cpu_nets
     with pytest.raises(ValueError, match="--precision"):
         TrainLoop(copy.deepcopy(model), diffusion, lambda start: iter(()),
-                  TrainConfig(precision="half", log_dir=str(tmp_path), progress=False))
+                  TrainConfig(run=RunFlags(log_dir=str(tmp_path), progress=False), speed=SpeedFlags(precision="half")))
     # the translation script's flag, with real checkpoint files
     th.save(model.state_dict(), tmp_path / "model.pt")
     th.save(classifier.state_dict(), tmp_path / "classifier.pt")

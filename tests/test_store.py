@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from guided_diffusion.datasets.brats import BRATSDataset
-from guided_diffusion.datasets.layout import brats_slice_filename, write_brats_leaf
+from guided_diffusion.datasets.layout import write_brats_leaf
 from guided_diffusion.datasets.loaders import create_dataset, create_reader, resolve_num_workers, training_batches
 from guided_diffusion.datasets.nifti import write_nifti_gz
-from guided_diffusion.datasets.store import STORE_FOLDER, StoreDataset, build_store
+from guided_diffusion.datasets.store import STORE_FOLDER, StoreDataset
 from guided_diffusion.util.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

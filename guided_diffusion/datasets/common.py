@@ -1,4 +1,5 @@
-"""Helpers every loader shares: argument checks, padding, file stems (images are channel-first)."""
+"""What every loader shares: the data sets' channel names, argument checks, padding, file stems
+(images are channel-first)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,11 @@ import os
 import numpy as np
 
 from ..util.errors import MissingInputError, UserError
+
+CHANNELS = {"brats": ("t1", "t1ce", "t2", "flair"), "chexpert": ("xray",)}
+"""The image channels of each data set, in tensor order (healthy is class 0 in both)."""
+DATASETS = tuple(CHANNELS)
+"""The values of ``--dataset``."""
 
 
 def check_dataset_args(directory: str | os.PathLike, image_size: int) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
-from ..util.flags import CHANNELS
+from .common import CHANNELS
 from .nifti import write_nifti_gz
 
 MODALITIES = CHANNELS["brats"]

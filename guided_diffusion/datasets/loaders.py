@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..util.errors import UserError
-from ..util.flags import DATASETS
 from .brats import BRATSDataset
 from .chexpert import CheXpertDataset
+from .common import DATASETS
 from .store import open_store
 
 

@@ -41,12 +41,14 @@ from sklearn.metrics import roc_auc_score
 
 from ..anomaly import IMAGE_SCORE_PERCENTILE, dice, image_score, pixel_auprc, pixel_auroc
 from ..util.errors import UserError
-from ..util.flags import PROTOCOLS, THRESHOLD_RULES
+from ..util.flags import THRESHOLD_RULES
 from .bootstrap import percentile_interval, resample_weights, resampled_means
 from .postprocess import PostProcessing, process_map, process_mask
 from .ranking import Ranking, ranking_scores
 from .thresholds import SearchResult, best_threshold, fpr_threshold, otsu_masks
 
+PROTOCOLS = ("paper", "slice", "volume", "all")
+"""The values of ``--protocol`` (above; ``all`` is the old name of ``slice``)."""
 # Paper protocol: AUROC/AUPRC only for slices with more than this many tumour pixels.
 MIN_TUMOUR_PIXELS = 20
 METRICS = ("dice", "auroc", "auprc")

@@ -64,13 +64,13 @@ from PIL import Image, ImageDraw, ImageFont
 from ..anomaly import Array, anomaly_map, dice, otsu_mask, to_numpy
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
-from ..util.flags import CHANNELS, PROTOCOLS
 from .postprocess import brain_of
 from .protocols import (
     METRICS,
     MIN_TUMOUR_PIXELS,
     PATIENT_COLUMNS,
     PROTOCOL_DESCRIPTIONS,
+    PROTOCOLS,
     Scores,
     Scoring,
     SliceResult,
@@ -380,12 +380,14 @@ def _colour_bar_tile(height: int, width: int) -> np.ndarray:
     return tile
 
 
+CHANNEL_NAMES = {4: ("t1", "t1ce", "t2", "flair"), 1: ("xray",)}
+"""A panel's captions of an image's channels, by their count: the data sets' channels (BRATS, CheXpert),
+which a result file does not name (evaluation does not import the data sets; a test checks the two agree)."""
+
+
 def _channel_names(channels: int) -> tuple[str, ...]:
-    """The names of an image's channels, from the data sets' (t1, t1ce, t2, flair for BRATS)."""
-    for names in CHANNELS.values():
-        if len(names) == channels:
-            return names
-    return tuple(f"channel {c}" for c in range(channels))
+    """The names of an image's channels (t1, t1ce, t2, flair for BRATS), else numbered."""
+    return CHANNEL_NAMES.get(channels, tuple(f"channel {c}" for c in range(channels)))
 
 
 def _wrap(title: str, font, width: float) -> list[str]:

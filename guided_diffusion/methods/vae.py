@@ -54,8 +54,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..util.errors import UserError
-from ..util.flags import LATENT_PRIORS
 
+LATENT_PRIORS = ("adversarial", "kl")
+"""The values of ``--latent_prior``: the cAAE's adversarial prior, or a Gaussian VAE's KL term."""
 MAX_WIDTH_MULT = 8
 
 
@@ -232,6 +233,7 @@ def latent_prior_check(prior: str) -> bool:
 
 
 __all__ = [
+    "LATENT_PRIORS",
     "VAE",
     "LatentDiscriminator",
     "autoencoder_loss",

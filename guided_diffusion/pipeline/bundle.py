@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch as th
 
+from ..datasets.common import CHANNELS
 from ..datasets.layout import SPLIT_FILE
 from ..datasets.prepare_brats import CLIP_PERCENTILE, RELEASES
 from ..evaluation.protocols import fixed_threshold
@@ -33,7 +34,7 @@ from ..util import logger
 from ..util.checkpoint import parse_checkpoint_name
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write, sha256_of, staged_folder
-from ..util.flags import CHANNELS, BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
+from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
 from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
 from .runs import TRANSLATION_METHODS, SampleConfig

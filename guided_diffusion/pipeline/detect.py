@@ -133,13 +133,6 @@ def find_patients(inputs: Sequence[str], slice_range: tuple[int, int]) -> list[B
 # ------------------------------------------------------------------------------------------ one patient
 
 
-@dataclass
-class PatientResult:
-    maps: np.ndarray  # (X, Y, Z) float32, 0 outside the slice range
-    mask: np.ndarray  # (X, Y, Z) uint8
-    row: dict
-
-
 def translate_patient(bundle: Bundle, method, patient: BratsPatient, device: th.device, batch_size: int,
                       on_slices=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The anomaly maps of the patient's processed slices, (X, Y, n) float32 for the n slices of the

@@ -24,6 +24,7 @@ from ..script_util import (
     create_model_and_diffusion,
     in_channels_for,
 )
+from ..unet_forensics import apply_state_dict, classifier_flags, network_kind, unet_flags
 from ..util import checkpoint as ckpt
 from ..util.errors import UserError
 from ..util.flags import (
@@ -101,7 +102,7 @@ def load_weights(net: th.nn.Module, path: str, flag: str, what: str, hint: str |
     state = ckpt.load(path)
     if check is not None:
         check(path, state)
-    ckpt.apply_state_dict(net, state, path, what, hint=hint)
+    apply_state_dict(net, state, path, what, hint=hint)
     return net
 
 
@@ -220,13 +221,13 @@ def _shape_flags(config_cls, cfg, path: str, kind: str, names: list[str]) -> dic
     """What the tensor shapes of the checkpoint at ``path`` tell of ``names`` (attention levels read
     at the config's --image_size); nothing for a file that is not a network of ``kind``."""
     state = ckpt.load(path)
-    if not isinstance(state, dict) or ckpt.network_kind(state) != kind:
+    if not isinstance(state, dict) or network_kind(state) != kind:
         return {}  # loading names what the file is
     image_size = cfg.data.image_size
     if kind == "unet":
-        found = ckpt.unet_flags(state, image_size)
+        found = unet_flags(state, image_size)
     else:
-        found = ckpt.classifier_flags(state, image_size)
+        found = classifier_flags(state, image_size)
     text = {k[2:]: v for k, v in found.items() if k.startswith("--") and k[2:] in names}
     text = {k: "" if v == '""' else v for k, v in text.items() if "image_size/" not in v}
     return coerce_flags(config_cls, text, f"{path} (its tensor shapes)")

@@ -27,7 +27,7 @@ from ..methods import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
 from ..script_util import NULL_CLASS
 from ..translation_levers import patch_boxes, patch_masks, patched_training_losses
-from ..util import checkpoint as ckpt
+from ..unet_forensics import check_state_dict
 from ..util import logger
 from ..util.errors import UserError
 from .train import Piece, TrainConfig, Trainer, step_generator
@@ -134,7 +134,7 @@ class DiffusionPiece(OneNetworkPiece):
     def check_state_dicts(self, states, paths):
         for prefix in states:
             what = "diffusion model" if prefix == "model" else "EMA weights of the diffusion model"
-            ckpt.check_state_dict(self.model, states[prefix], paths[prefix], what)
+            check_state_dict(self.model, states[prefix], paths[prefix], what)
 
     def load_state_dicts(self, states):
         self.model.load_state_dict(states["model"], strict=True)
@@ -213,7 +213,7 @@ class ClassifierPiece(OneNetworkPiece):
         self.classifier.eval()
         sums: dict[str, float] = {}
         n = 0
-        gen = step_generator(trainer.cfg.seed + 1, trainer.step, trainer.device)
+        gen = step_generator(trainer.cfg.run.seed + 1, trainer.step, trainer.device)
         for x, y in self._held_out(trainer.device):
             t = th.randint(0, self.max_t or self.diffusion.num_timesteps, (x.shape[0],), generator=gen,
                            device=trainer.device)

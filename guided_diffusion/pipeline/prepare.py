@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..datasets.common import DATASETS
 from ..datasets.layout import VALIDATION
 from ..datasets.prepare_brats import prepare_brats
 from ..datasets.prepare_chexpert import prepare_chexpert
@@ -12,7 +13,6 @@ from ..datasets.realistic import generate_realistic
 from ..datasets.synthetic import generate, generate_volumes
 from ..util.errors import UserError
 from ..util.flags import (
-    DATASETS,
     DataFlags,
     OutputFlags,
     PrepareBratsFlags,

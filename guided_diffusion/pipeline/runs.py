@@ -7,6 +7,7 @@ to the training scaffold (:mod:`.train`) or the translation loop (:mod:`.transla
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Callable, ClassVar
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
+from ..datasets.common import CHANNELS
 from ..datasets.loaders import (
     collate_training_batch,
     create_dataset,
@@ -35,7 +37,6 @@ from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import (
-    CHANNELS,
     ClassifierFlags,
     ClassifierTrainFlags,
     DAEFlags,
@@ -254,15 +255,13 @@ def _length(length: LengthFlags, n_images: int, batch_size: int) -> int:
 
 
 def _train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", epoch_size: int = 0) -> TrainConfig:
+    """The scaffold's config: the script's training, run and speed flags (the speed flags' precision
+    replaced by the one resolved from them; a script without speed flags trains in fp32, eager)."""
     if total_steps < 0:
         raise UserError(f"total steps {total_steps}: expected 0 (no limit) or more")
-    speed = getattr(cfg, "speed", SpeedFlags())
-    t = cfg.training
-    return TrainConfig(batch_size=cfg.data.batch_size, microbatch=t.microbatch, lr=t.lr, weight_decay=t.weight_decay,
-                       total_steps=total_steps, anneal_lr=anneal, log_interval=t.log_interval,
-                       save_interval=t.save_interval, precision=precision, seed=cfg.run.seed,
-                       resume_checkpoint=t.resume_checkpoint, log_dir=cfg.run.log_dir, use_compile=speed.compile,
-                       channels_last=speed.channels_last, progress=cfg.run.progress, epoch_size=epoch_size)
+    speed = dataclasses.replace(getattr(cfg, "speed", SpeedFlags()), precision=precision)
+    return TrainConfig(training=cfg.training, run=cfg.run, speed=speed, batch_size=cfg.data.batch_size,
+                       total_steps=total_steps, anneal_lr=anneal, epoch_size=epoch_size)
 
 
 def _train(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, monitor, indices=None, what: str = "") -> dict:

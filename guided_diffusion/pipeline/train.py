@@ -40,13 +40,14 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch as th
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..unet_forensics import check_state_dict
 from ..util import checkpoint as ckpt
 from ..util import dist_util, logger
 from ..util.errors import MissingInputError, Stopped, UserError
@@ -61,25 +62,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _GROUP_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """What the scaffold needs to know (defaults: the flag registry's)."""
+    """What the scaffold needs to know: the run's flag groups as parsed, and what a script works out
+    from them (defaults: the flag registry's)."""
 
+    training: TrainFlags = field(default_factory=TrainFlags)  # AdamW, micro-batches, intervals, resume
+    run: RunFlags = field(default_factory=RunFlags)  # seed, log folder (none: the working folder), progress bar
+    # precision (the one a script resolved from --precision and --use_fp16), compile, channels last
+    speed: SpeedFlags = field(default_factory=SpeedFlags)
     batch_size: int = DataFlags.batch_size  # per process
-    microbatch: int = TrainFlags.microbatch  # -1: no gradient accumulation
-    lr: float = TrainFlags.lr
-    weight_decay: float = TrainFlags.weight_decay
     total_steps: int = 0  # stop after this many steps (0: never)
     anneal_lr: bool = False  # linear decay to 0 at total_steps
-    log_interval: int = TrainFlags.log_interval
-    save_interval: int = TrainFlags.save_interval
-    precision: str = SpeedFlags.precision
-    seed: int = RunFlags.seed
-    resume_checkpoint: str = TrainFlags.resume_checkpoint  # a checkpoint file, "auto" or ""
-    log_dir: str = "."
-    use_compile: bool = False
-    channels_last: bool = False
-    progress: bool = True
     fused: bool | None = None  # AdamW's fused kernels; None: on CUDA
     epoch_size: int = 0  # training images, for the logged epoch (0: not logged)
 
@@ -127,7 +121,7 @@ class Piece:
         """Raise a :class:`~guided_diffusion.util.checkpoint.CheckpointError` naming the file when a
         state does not fit; called for every file before anything is loaded."""
         for name, net in self.modules().items():
-            ckpt.check_state_dict(net, states[name], paths[name], f"{self.kind} {name}")
+            check_state_dict(net, states[name], paths[name], f"{self.kind} {name}")
 
     def load_state_dicts(self, states: dict[str, dict]) -> None:
         for name, net in self.modules().items():
@@ -166,25 +160,27 @@ class Trainer:
         self.rank = dist_util.get_rank()
         self.world = dist_util.get_world_size()
         self.is_main = self.rank == 0
+        self.log_dir = config.run.log_dir or "."
+        t = config.training
         if config.batch_size < 1:
             raise UserError(f"--batch_size {config.batch_size}: expected a positive integer")
-        if config.microbatch > 0 and config.batch_size % config.microbatch:
-            raise UserError(f"--microbatch {config.microbatch} must divide --batch_size {config.batch_size}")
-        if config.log_interval < 1 or config.save_interval < 1:
-            raise UserError(f"--log_interval {config.log_interval} / --save_interval {config.save_interval}: "
+        if t.microbatch > 0 and config.batch_size % t.microbatch:
+            raise UserError(f"--microbatch {t.microbatch} must divide --batch_size {config.batch_size}")
+        if t.log_interval < 1 or t.save_interval < 1:
+            raise UserError(f"--log_interval {t.log_interval} / --save_interval {t.save_interval}: "
                             "expected positive step counts")
-        if config.lr <= 0:
-            raise UserError(f"--lr {config.lr}: expected a positive learning rate")
-        self.microbatch = config.microbatch if config.microbatch > 0 else config.batch_size
-        self.autocast = autocast_for(self.device, config.precision)
-        self.scaler = th.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        if t.lr <= 0:
+            raise UserError(f"--lr {t.lr}: expected a positive learning rate")
+        self.microbatch = t.microbatch if t.microbatch > 0 else config.batch_size
+        self.autocast = autocast_for(self.device, config.speed.precision)
+        self.scaler = th.amp.GradScaler(self.device.type, enabled=config.speed.precision == "fp16")
         self.fused = config.fused if config.fused is not None else self.device.type == "cuda"
         for net in modules.values():
             net.train()
-            if config.channels_last:
+            if config.speed.channels_last:
                 net.to(memory_format=th.channels_last)
         self.optimizers = {
-            name: th.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=self.fused, **options)
+            name: th.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=self.fused, **options)
             for name, (params, options) in piece.param_groups().items()}
         self.step = 0
         self._resume()
@@ -218,7 +214,7 @@ class Trainer:
             return None
         if self.world > 1:
             net = DDP(net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if self.cfg.use_compile:
+        if self.cfg.speed.compile:
             # static shapes: the batch shape is fixed; dynamic-shape graphs are slower and, in torch
             # 2.13's inductor, can fail to compile once a process has compiled another input size
             net = th.compile(net, dynamic=False)
@@ -287,8 +283,8 @@ class Trainer:
 
     def run_step(self, batch: th.Tensor, cond: dict) -> None:
         """One training step on this rank's ``batch`` (the step counter is not advanced)."""
-        self.generator = step_generator(self.cfg.seed, self.step, self.device)
-        if self.cfg.channels_last and batch.ndim == 4:
+        self.generator = step_generator(self.cfg.run.seed, self.step, self.device)
+        if self.cfg.speed.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=th.channels_last)
         self.piece.step(self, batch, cond)
         self.scaler.update()
@@ -299,15 +295,15 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The learning rate of ``step``: constant, or lr * (1 - step / total_steps) when annealed."""
         if not (self.cfg.anneal_lr and self.cfg.total_steps):
-            return self.cfg.lr
-        return self.cfg.lr * (1 - step / self.cfg.total_steps)
+            return self.cfg.training.lr
+        return self.cfg.training.lr * (1 - step / self.cfg.total_steps)
 
     def run_loop(self) -> None:
         """Train to ``total_steps`` (or until stopped). A stop signal between two steps writes the
         checkpoint of the step reached and raises :class:`~guided_diffusion.util.errors.Stopped`."""
         total = self.cfg.total_steps
         bar = None
-        if self.cfg.progress and self.is_main and (not total or self.step < total):
+        if self.cfg.run.progress and self.is_main and (not total or self.step < total):
             from tqdm.auto import tqdm
             bar = tqdm(total=total or None, initial=self.step, desc=f"train {self.piece.kind}", dynamic_ncols=True)
         self._bar = bar
@@ -332,17 +328,17 @@ class Trainer:
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(self.step)
-        th.manual_seed(dropout_seed(self.cfg.seed, self.step, self.rank))
+        th.manual_seed(dropout_seed(self.cfg.run.seed, self.step, self.rank))
         batch = batch.to(self.device, non_blocking=True)
         self.run_step(batch, {k: v.to(self.device, non_blocking=True) for k, v in cond.items() if th.is_tensor(v)})
         self.step += 1
         if self._bar is not None:
             self._bar.update(1)
-        if self.step % self.cfg.log_interval == 0:
+        if self.step % self.cfg.training.log_interval == 0:
             self.log_step()
             if self.monitor is not None and self.monitor.enabled:
                 self.piece.show(self, batch)
-        if self.step % self.cfg.save_interval == 0:
+        if self.step % self.cfg.training.save_interval == 0:
             self.save()
         self.piece.periodic(self)
 
@@ -386,7 +382,7 @@ class Trainer:
         marker = self.checkpoint_path(self.marker_prefix(), self.step)
         raise Stopped(signum, f"stopped by {signal.Signals(signum).name} at step {self.step}, its checkpoint "
                               f"written ({marker}); continue with --resume_checkpoint auto --log_dir "
-                              f"{self.cfg.log_dir}")
+                              f"{self.log_dir}")
 
     def _accumulate(self, terms: dict) -> None:
         # device-side sums: no host synchronisation inside the step
@@ -431,13 +427,13 @@ class Trainer:
         return list(self.piece.state_dicts())[-1]
 
     def checkpoint_path(self, prefix: str, step: int) -> str:
-        return os.path.join(self.cfg.log_dir, ckpt.checkpoint_name(prefix, step))
+        return os.path.join(self.log_dir, ckpt.checkpoint_name(prefix, step))
 
     def save(self) -> None:
         """Write this step's checkpoint files atomically (rank 0 only): the optimizer file first,
         then the piece's files, its marker last, so a marker file means a complete checkpoint."""
         if self.is_main:
-            os.makedirs(self.cfg.log_dir, exist_ok=True)
+            os.makedirs(self.log_dir, exist_ok=True)
             states = {OPT: self._optimizer_state(), **self.piece.state_dicts()}
             for prefix, state in states.items():
                 ckpt.save(state, self.checkpoint_path(prefix, self.step))
@@ -465,7 +461,7 @@ class Trainer:
                 **{name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
     def _resume(self) -> None:
-        spec = self.cfg.resume_checkpoint
+        spec = self.cfg.training.resume_checkpoint
         if not spec:
             self._refuse_to_overwrite()
             return
@@ -485,7 +481,7 @@ class Trainer:
     def _refuse_to_overwrite(self) -> None:
         """A fresh run into a folder of checkpoints would overwrite them step by step (model000004.pt of
         this run over the earlier run's): an error that says how to continue or where to start afresh."""
-        folder = self.cfg.log_dir
+        folder = self.log_dir
         found = sorted((parsed[1], name) for name in (os.listdir(folder) if os.path.isdir(folder) else ())
                        if (parsed := ckpt.parse_checkpoint_name(name)) is not None)
         if found:
@@ -495,7 +491,7 @@ class Trainer:
                             "continue it with --resume_checkpoint auto, or start afresh with another --log_dir")
 
     def _resume_newest(self) -> None:
-        folder = self.cfg.log_dir
+        folder = self.log_dir
         if self.is_main:
             for name in ckpt.remove_stale_temporaries(folder):
                 logger.warn(f"removed the half-written {name} of an interrupted run")

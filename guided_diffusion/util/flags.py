@@ -4,6 +4,11 @@ Groups are the sections of ``--help`` and the typed configs the library takes (t
 is :mod:`guided_diffusion.util.flagspec`). The model, diffusion and classifier groups are the
 flags of guided diffusion (their defaults are :mod:`guided_diffusion.script_util`'s defaults
 dicts); the others belong to this project's scripts. A script picks the groups it needs.
+
+Choices that are the vocabulary of a layer above (data sets and their channels, protocols,
+latent priors) are written out here as the command line spells them; their owners define them
+(``datasets.common.CHANNELS``, ``evaluation.protocols.PROTOCOLS``, ``methods.vae.LATENT_PRIORS``),
+and ``tests/test_flags.py`` fails when a flag's choices and its owner's names differ.
 """
 from __future__ import annotations
 
@@ -13,14 +18,9 @@ from dataclasses import dataclass
 
 from .flagspec import REQUIRED, FlagGroup, flag
 
-CHANNELS = {"brats": ("t1", "t1ce", "t2", "flair"), "chexpert": ("xray",)}
-"""The image channels of each data set, in tensor order (healthy is class 0 in both)."""
-DATASETS = tuple(CHANNELS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
-PROTOCOLS = ("paper", "slice", "volume", "all")  # all: the old name of slice
 THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
-LATENT_PRIORS = ("adversarial", "kl")
 NOISE_TYPES = ("gaussian", "simplex")
 GUIDANCE = ("classifier", "cfg", "none")
 SCALE_SCHEDULES = ("constant", "linear", "cosine", "rising")  # guidance.SCALE_WEIGHTS, and constant
@@ -86,7 +86,8 @@ class DataFlags(FlagGroup):
                          metavar="DIR")
     label_dir: str = flag("", "BRATS ground truths <leaf>-label.nii.gz for leaves without a seg file",
                           metavar="DIR")
-    dataset: str = flag("brats", "brats: 4 channels t1, t1ce, t2, flair; chexpert: 1 channel", choices=DATASETS)
+    dataset: str = flag("brats", "brats: 4 channels t1, t1ce, t2, flair; chexpert: 1 channel",
+                        choices=("brats", "chexpert"))
     image_size: int = flag(64, "side of the square network input in pixels; smaller images are "
                                "zero-padded evenly to it, larger ones are an error")
     batch_size: int = flag(1, "images per batch and process")
@@ -348,7 +349,8 @@ class EvaluationFlags(FlagGroup):
     protocol: str = flag("paper", "paper: the 2022 paper's (Dice over diseased slices, AUROC/AUPRC over slices with "
                                   "more than 20 tumour pixels); slice: every slice with ground truth, healthy ones "
                                   "included; volume: each patient's slices stacked, Dice per patient (needs the "
-                                  "files' patient and slice keys); all: the old name of slice", choices=PROTOCOLS)
+                                  "files' patient and slice keys); all: the old name of slice",
+                          choices=("paper", "slice", "volume", "all"))
     threshold: str = flag("auto", "otsu: per slice (the paper); best: the one global threshold with the best mean "
                                   "Dice on this set (an oracle, labelled so); val: the one best on --val_dir, applied "
                                   "unchanged; fpr: the one marking --fpr of --val_dir's healthy brain pixels; auto: "
@@ -375,7 +377,7 @@ class VAEFlags(FlagGroup):
     vae_depth: int = flag(6, "stride-2 downsamplings (the bottleneck side is --image_size / 2^depth)")
     latent_dim: int = flag(128, "size of the latent code")
     latent_prior: str = flag("adversarial", "adversarial (the cAAE) or kl (a Gaussian VAE)",
-                             choices=LATENT_PRIORS)
+                             choices=("adversarial", "kl"))
     latent_disc_width: int = flag(256, "units of the latent discriminator (adversarial prior)")
 
 

@@ -1,4 +1,4 @@
-"""CheXpertDataset, create_dataset and the order contract of the training batch stream."""
+"""The loaders: CheXpertDataset, create_dataset and the order contract of the training batch stream."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion.datasets import chexpert as image_datasets
+from guided_diffusion.datasets import chexpert
 from guided_diffusion.datasets.brats import BRATSDataset
 from guided_diffusion.datasets.chexpert import CheXpertDataset
 from guided_diffusion.datasets.loaders import ShardedBatchSampler, create_dataset, create_reader, training_batches
@@ -106,7 +106,7 @@ def test_labels_come_from_folder_names_whatever_the_listing_order(tmp_path, monk
     # names of healthy images sort after the diseased ones, and the folder listing is reversed
     _write_chexpert(tmp_path, {"healthy": ["zz01", "zz02"], "diseased": ["aa03"]})
     real_listdir = os.listdir
-    monkeypatch.setattr(image_datasets.os, "listdir", lambda p: sorted(real_listdir(p), reverse=True))
+    monkeypatch.setattr(chexpert.os, "listdir", lambda p: sorted(real_listdir(p), reverse=True))
     data = CheXpertDataset(tmp_path, image_size=8)
     for i in range(len(data)):
         image, info = data[i]
