@@ -23,6 +23,10 @@ THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
 LATENT_PRIORS = ("adversarial", "kl")
 NOISE_TYPES = ("gaussian", "simplex")
 GUIDANCE = ("classifier", "cfg", "none")
+MAP_RESIDUALS = ("abs", "ssim", "abs+ssim")
+"""The per-channel residuals of an anomaly map (guided_diffusion/maps.py)."""
+MAP_NORMALISATIONS = ("none", "channel")
+"""How the channels' residuals are scaled before they are summed (guided_diffusion/maps.py)."""
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -273,6 +277,25 @@ class SamplingFlags(FlagGroup):
                                        "--p_uncond > 0, --guidance_scale); none: unguided", choices=GUIDANCE)
     guidance_scale: float = flag(3.0, "W of classifier-free guidance: eps = (1 + W) eps(x, healthy) - W eps(x, "
                                       "no class)")
+
+
+def sigma_problem(value: float) -> str | None:
+    """What is wrong with a filter's sigma in pixels: it must be finite and 0 (off) or more."""
+    return None if math.isfinite(value) and value >= 0 else "expected a sigma of 0 (off) or more pixels"
+
+
+@dataclass(frozen=True)
+class MapFlags(FlagGroup):
+    NAME = "anomaly map"
+    ABOUT = ("how the anomaly map is made of an image and its healthy translation (guided_diffusion/maps.py; the "
+             "defaults are the paper's sum over channels of |x - healthy|)")
+    map_residual: str = flag("abs", "each channel's residual: abs, |x - healthy| (the paper); ssim, 1 - local SSIM "
+                                    "(7 x 7 window); abs+ssim, their product", choices=MAP_RESIDUALS)
+    map_normalise: str = flag("none", "none: sum the channels' residuals as they are; channel: first divide each "
+                                      "channel's residual by its median over the image's brain (pixels above 0 in "
+                                      "any channel)", choices=MAP_NORMALISATIONS)
+    map_smooth: float = flag(0.0, "sigma in pixels of a Gaussian filter on the summed map (0: off)",
+                             check=sigma_problem)
 
 
 def parse_floats(text: str) -> tuple[float, ...]:
@@ -529,8 +552,8 @@ class DetectFlags(FlagGroup):
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
-    SamplingFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags, FPGANLossFlags,
-    DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags, PrepareChexpertFlags,
-    SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
+    SamplingFlags, MapFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags,
+    FPGANLossFlags, DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags,
+    PrepareChexpertFlags, SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""
