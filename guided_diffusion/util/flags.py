@@ -317,6 +317,10 @@ class TuneFlags(FlagGroup):
                                     metavar="S1,S2,...", parse=parse_floats)
     guidance_scales: tuple = flag((1.0, 3.0), "classifier-free guidance scales W to try (--guidance cfg)",
                                   metavar="W1,W2,...", parse=parse_floats)
+    grid: tuple = flag((), "further levers to try, each NAME=V1,V2,...: an on/off, choice or number flag of "
+                           "classifier_sample_known.py and its values (map_residual=abs,ssim map_smooth=0,1); every "
+                           "combination is tried with every L and scale; repeatable", metavar="NAME=V1,V2,...",
+                       nargs="+", parse=str, repeat=True)
     test_dir: str = flag("", "then translate this test folder with the chosen setting and score it as evaluate.py "
                              "would (none: only print the command lines)", metavar="DIR")
     test_label_dir: str = flag("", "the --label_dir of --test_dir", metavar="DIR")
