@@ -1,13 +1,15 @@
-r"""Choose the checkpoint, the noise level L and the guidance scale on a labelled validation folder.
+r"""Choose the checkpoint, the noise level L, the guidance scale and further levers on a labelled validation folder.
 
     python scripts/tune.py --data_dir brats2020/validation --timestep_respacing ddim1000 --use_ddim True \
         --model_path runs/model/model060000.pt runs/model/model080000.pt \
         --classifier_path runs/classifier/model020000.pt --noise_levels 200,350,500 \
-        --classifier_scales 50,100,300 --protocol volume --threshold val --out runs/tune \
-        --test_dir brats2020/testing --test_output_dir runs/test
+        --classifier_scales 50,100,300 --grid map_residual=abs,abs+ssim --grid map_smooth=0,2 \
+        --protocol volume --threshold val --out runs/tune --test_dir brats2020/testing --test_output_dir runs/test
 
 The network and diffusion flags not given are the checkpoints' (the flags saved beside them).
-Translates the validation folder once per (checkpoint, L, s) into OUT/<setting>/ (a rerun resumes),
+Translates the validation folder once per (checkpoint, L, s) into OUT/<setting>/ (a rerun resumes), and
+writes a folder for each combination of the --grid levers' values (NAME=V1,V2,...: any on/off, choice or
+number flag of classifier_sample_known.py; the anomaly map's levers reuse the translation),
 scores each with evaluate.py's flags, writes OUT/tune.csv (one row per setting, every summary number)
 and OUT/best.json (the setting with the best mean Dice, its flags, and its threshold under --threshold
 val), and prints the classifier_sample_known.py and evaluate.py command lines that apply it to the test
@@ -31,8 +33,10 @@ def main(argv=None):
         if test is not None:
             scale = SCALE_NAMES.get(best["guidance"])
             dice = (test.get("dice") or {}).get("mean")
+            levers = "".join(f", {name}={value}" for name, value in best.get("levers", {}).items())
             print(f"test: mean Dice {'n/a' if dice is None else f'{dice:.3f}'} with L="
-                  + "+".join(map(str, best["noise_level"])) + (f", {scale}={best['scale']:g}" if scale else ""))
+                  + "+".join(map(str, best["noise_level"])) + (f", {scale}={best['scale']:g}" if scale else "")
+                  + levers)
     return best
 
 

@@ -333,6 +333,26 @@ def test_detect_writes_the_input_space_and_the_tumour_voxels(intensity_bundle, t
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
 
 
+def test_detect_makes_the_map_with_the_bundles_map_flags(intensity_bundle, tmp_path):
+    """A bundle exported with --map_smooth 1 smooths each padded slice's map before it is cut back."""
+    from scipy import ndimage
+
+    from guided_diffusion.datasets.common import crop_from_size, pad_to_size
+    _write_patient(tmp_path / "release" / "BraTS2021_00007", _names("BraTS2021_00007"))
+    smooth = _export("intensity", tmp_path, "--threshold", "0.5", "--slice_range", "5,14", map_smooth=1.0)
+    assert json.loads((smooth / "bundle.json").read_text())["flags"]["map_smooth"] == 1.0
+    maps = {}
+    for name, bundle in (("plain", intensity_bundle), ("smooth", smooth)):
+        assert detect_main(["--bundle", str(bundle), "-i", str(tmp_path / "release"), "-o", str(tmp_path / name),
+                            "--progress", "False"]) == 0
+        maps[name] = nib.load(tmp_path / name / "BraTS2021_00007_anomaly.nii.gz").get_fdata(dtype=np.float32)
+    height, width = SHAPE[:2]
+    for k in range(5, 15):  # the slice range; the plain map is the FLAIR, 0 in the padding
+        expected = crop_from_size(ndimage.gaussian_filter(pad_to_size(maps["plain"][:, :, k], SIZE), 1.0), height, width)
+        np.testing.assert_allclose(maps["smooth"][:, :, k], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(maps["smooth"], maps["plain"])
+
+
 def test_detect_reads_four_files_given_by_modality(intensity_bundle, tmp_path, capsys):
     paths = _write_patient(tmp_path / "scans", _names("case7"))
     out = tmp_path / "out"

@@ -445,10 +445,12 @@ def write_run(folder: str | os.PathLike, scoring: Scoring, extra_summary: Mappin
 
 
 def write_tune_report(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any],
-                      scale_name: str) -> Path:
+                      scale_name: str, levers: Sequence[str] = ()) -> Path:
     """``<out>/report.html`` of a tuning: per checkpoint a heat map of the validation Dice over L
     (rows) and the scale (``scale_name``: s or W; columns), the choice outlined, and the table of
-    settings linking to each setting's own report."""
+    settings linking to each setting's own report. ``levers``: the further columns of the rows that
+    tell settings apart (tune.py's varying ``--grid`` levers); a cell of the heat map then shows the
+    best Dice over them."""
     out = Path(out)
     (out / ASSETS).mkdir(parents=True, exist_ok=True)
     checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
@@ -460,7 +462,8 @@ def write_tune_report(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
         grid = np.full((len(levels), len(scales)), np.nan)
         for r in rows:
             if r["checkpoint"] == checkpoint and r.get("dice_mean") is not None:
-                grid[levels.index(str(r["noise_level"])), scales.index(float(r["scale"]))] = r["dice_mean"]
+                cell = levels.index(str(r["noise_level"])), scales.index(float(r["scale"]))
+                grid[cell] = np.fmax(grid[cell], r["dice_mean"])  # the best over the levers (NaN: none yet)
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
             ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.3f}", ha="center", va="center",
@@ -470,7 +473,8 @@ def write_tune_report(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
         ax.set_xticks(range(len(scales)), [f"{s:g}" for s in scales])
         ax.set_yticks(range(len(levels)), levels)
-        ax.set(xlabel=scale_name, ylabel="L", title=os.path.basename(checkpoint))
+        ax.set(xlabel=scale_name, ylabel="L", title=os.path.basename(checkpoint)
+               + (" (best over " + ", ".join(levers) + ")" if levers else ""))
         fig.colorbar(image, ax=ax, label="validation Dice")
     fig.tight_layout()
     with atomic_write(out / ASSETS / "tune_grid.png", "wb") as f:
@@ -479,13 +483,14 @@ def write_tune_report(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     for r in sorted(rows, key=lambda r: -(r.get("dice_mean") if r.get("dice_mean") is not None else -1)):
         link = _relative(Path(r["folder"]) / REPORT_HTML, out)
         table.append([f"<a href=\"{_e(link)}\">{_e(r['setting'])}</a>" + (" (chosen)" if r["setting"] == best.get("setting") else ""),
-                      _e(r["noise_level"]), _e(f"{float(r['scale']):g}"), _num_cell(r.get("dice_mean")),
-                      _num_cell(r.get("auprc_pooled"))])
+                      _e(r["noise_level"]), _e(f"{float(r['scale']):g}"), *(_e(r.get(lever, "")) for lever in levers),
+                      _num_cell(r.get("dice_mean")), _num_cell(r.get("auprc_pooled"))])
     body = (f"<p>Chosen: <b>{_e(best.get('setting'))}</b>, validation Dice {_number(best.get('dice'))} "
             f"(threshold {_e(best.get('threshold_rule'))}).</p>\n"
             f"<img src=\"{ASSETS}/tune_grid.png\" alt=\"validation Dice over L and {scale_name}\">\n"
-            "<h2>Settings</h2>\n" + html_table(["setting", "L", scale_name, "Dice", "pooled AUPRC"], table,
-                                               cls="sortable", sortable=[False, False, False, True, True])
+            "<h2>Settings</h2>\n" + html_table(["setting", "L", scale_name, *levers, "Dice", "pooled AUPRC"], table,
+                                               cls="sortable",
+                                               sortable=[False, False, False, *(False for _ in levers), True, True])
             + "\n<h2>Apply to the test set</h2>\n"
             f"<pre>{_e(best.get('translate', ''))}\n{_e(best.get('evaluate', ''))}</pre>")
     path = out / REPORT_HTML

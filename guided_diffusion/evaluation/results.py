@@ -4,7 +4,8 @@ Files in an output folder (names pinned by SPEC 6a):
 
 ``<id>.npz``
     ``input`` (C, H, W) float32 and ``healthy`` (C, H, W) float32, images in [0, 1];
-    ``anomaly`` (H, W) float32, |input - healthy| summed over channels (an ensemble stores
+    ``anomaly`` (H, W) float32, |input - healthy| summed over channels (the paper's map; the
+    translation's ``--map_*`` flags make another, guided_diffusion/maps.py; an ensemble stores
     the mean of its members' maps); ``mask`` (H, W) bool, the Otsu mask of ``anomaly``;
     ``label`` int (0 = healthy, 1 = diseased); ``ground_truth`` (H, W) uint8 0/1, only where
     it is known; ``patient`` (str) and ``slice`` (int), where the loader knows them (BRATS:
@@ -62,6 +63,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..anomaly import Array, anomaly_map, dice, otsu_mask, to_numpy
+from ..maps import MapOptions, make_map
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write
 from .postprocess import brain_of
@@ -155,12 +157,17 @@ def _array(a: Any, name: str) -> np.ndarray:
     return to_numpy(a, name)
 
 
-def result_map(input: np.ndarray, healthy: np.ndarray, anomaly: Array | None = None) -> np.ndarray:
-    """The stored anomaly map of one image: ``anomaly`` when the method made its own, else
-    |input - healthy| summed over channels, from float32 images (C, H, W); float32 (H, W)."""
+def result_map(input: np.ndarray, healthy: np.ndarray, anomaly: Array | None = None,
+               options: MapOptions | None = None) -> np.ndarray:
+    """The stored anomaly map of one image: ``anomaly`` when the method made its own, else the map of
+    ``options`` (:func:`guided_diffusion.maps.make_map`; none: the paper's, |input - healthy| summed over
+    channels) from float32 images (C, H, W); float32 (H, W)."""
     if anomaly is not None:
         return _array(anomaly, "anomaly").astype(np.float32)
-    return anomaly_map(input.astype(np.float32), healthy.astype(np.float32)).astype(np.float32)
+    x, x_healthy = input.astype(np.float32), healthy.astype(np.float32)
+    if options is None:
+        return anomaly_map(x, x_healthy).astype(np.float32)
+    return make_map(x, x_healthy, options).astype(np.float32)
 
 
 def save_result(

@@ -52,6 +52,7 @@ from ..util.fileio import atomic_save_bytes, atomic_write, ensure_writable_dir, 
 from ..util.flags import DataFlags, DetectFlags, RunFlags, SpeedFlags
 from ..util.flagspec import part
 from .bundle import BUNDLE_JSON, Bundle, load_bundle
+from .translate import map_options
 
 SUMMARY_CSV = "summary.csv"
 ROWS_DIR = ".detect"  # one finished patient's row each: the marker that it is done
@@ -145,6 +146,7 @@ def translate_patient(bundle: Bundle, method, patient: BratsPatient, device: th.
     volumes = load_patient(patient, first, last, normaliser)  # seq -> (X, Y, n) float64
     n = last - first + 1
     maps = np.zeros((height, width, n), dtype=np.float32)
+    options = map_options(bundle.config.maps)  # the translation's --map_* flags, as its folders were made
     with th.no_grad():
         for start in range(0, n, batch_size):
             ks = list(range(start, min(n, start + batch_size)))
@@ -155,7 +157,7 @@ def translate_patient(bundle: Bundle, method, patient: BratsPatient, device: th.
             x_cpu, healthy_cpu = x.float().cpu(), healthy.float().cpu()
             for j, k in enumerate(ks):
                 own = None if amaps is None else amaps[j].float().cpu().numpy()
-                amap = result_map(x_cpu[j].numpy(), healthy_cpu[j].numpy(), own)  # (S, S)
+                amap = result_map(x_cpu[j].numpy(), healthy_cpu[j].numpy(), own, options)  # (S, S)
                 maps[:, :, k] = crop_from_size(amap, height, width)
             if on_slices is not None:
                 on_slices(len(ks))

@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 
 import torch as th
 
-from ..anomaly import anomaly_map
 from ..guidance import schedule_cond_fn
+from ..maps import MapOptions, make_map
 from ..script_util import HEALTHY
 from ..translation_levers import (
     autoddpm_level,
@@ -166,7 +166,8 @@ class DiffusionTranslation:
     unguided denoising from a partial level with simplex noise (AnoDDPM, ``draw``).
 
     Several ``noise_levels``: one translation per level; the healthy image is their mean and the
-    anomaly map the mean of their maps (the noise-level ensemble of Behrendt et al.'s cDDPM)."""
+    anomaly map the mean of their maps, each made with ``map_options`` (the noise-level ensemble of
+    Behrendt et al.'s cDDPM)."""
 
     model_fn: Callable
     diffusion: object
@@ -182,6 +183,7 @@ class DiffusionTranslation:
     class_cond: bool = True
     noise_type: str = "gaussian"
     levers: Levers = Levers()
+    map_options: MapOptions = MapOptions()
 
     @property
     def name(self) -> str:
@@ -202,7 +204,7 @@ class DiffusionTranslation:
         if len(outs) == 1:
             return outs[0]
         healthy = th.stack(outs).mean(dim=0)
-        return healthy, th.stack([anomaly_map(x.float(), h.float()) for h in outs]).mean(dim=0)
+        return healthy, th.stack([make_map(x.float(), h.float(), self.map_options) for h in outs]).mean(dim=0)
 
 
 @dataclass

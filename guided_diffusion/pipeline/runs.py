@@ -48,6 +48,7 @@ from ..util.flags import (
     FPGANLossFlags,
     IntensityFlags,
     LengthFlags,
+    MapFlags,
     ModelFlags,
     MonitorFlags,
     NoiseFlags,
@@ -93,7 +94,7 @@ from .networks import (
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
 from .settings import claim_output_dir
-from .translate import LoopConfig, Method, translate_folder
+from .translate import LoopConfig, Method, map_options, remap_folder, translate_folder
 
 # -------------------------------------------------------------------------------- configs
 
@@ -116,6 +117,7 @@ class _TrainingConfig(_ScriptConfig):
 class _TranslationConfig(_ScriptConfig):
     translation: TranslateFlags
     evaluation: EvaluationFlags
+    maps: MapFlags
 
 
 @dataclass(frozen=True)
@@ -393,15 +395,20 @@ def checkpoint_of(cfg) -> str:
     return paths[0] if paths else ""
 
 
-def _translate(cfg, method: Method, dataset, device, monitor) -> dict | None:
+def _translate(cfg, method: Method | None, dataset, device, monitor, maps_from: str = "") -> dict | None:
+    """Translate ``dataset`` with ``method`` into the config's output folder and score it; without a
+    method, make the maps of ``maps_from``'s translation again with the config's map options."""
     output_dir = cfg.translation.output_dir or os.path.join(cfg.run.log_dir, "samples")
     loop = LoopConfig(output_dir=output_dir, num_samples=cfg.translation.num_samples, batch_size=cfg.data.batch_size,
                       num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
                       progress=cfg.run.progress,
-                      visdom_every=cfg.monitoring.visdom_every)
+                      visdom_every=cfg.monitoring.visdom_every, maps=map_options(cfg.maps))
     claim_output_dir(output_dir, cfg)  # before any result: other settings are an error, the same ones resume
     flags = dict(sorted(flag_dict(cfg).items()))
-    summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
+    if method is None:
+        summary = remap_folder(maps_from, loop, summary={"flags": flags})
+    else:
+        summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
     if summary is not None:
         logger.log(format_table(summary))
     return summary
@@ -477,7 +484,8 @@ def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslati
     return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_levels=s.noise_level,
                                 use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, guidance=s.guidance, scale=scale,
                                 decode_fn=decode_fn, draw=per_image(noise_fn_of(cfg.noise)),
-                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type, levers=levers)
+                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type, levers=levers,
+                                map_options=map_options(cfg.maps))
 
 
 def levers_of(cfg: SampleConfig, num_timesteps: int) -> Levers:
@@ -505,6 +513,14 @@ def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
     device = dist_util.dev(cfg.run.device or None)
     method = diffusion_method(cfg, device)
     return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+
+
+def remap_translation(cfg, maps_from: str) -> dict | None:
+    """The results of ``cfg`` (any translation script's) written from ``maps_from``, a folder translated
+    with settings that differ from ``cfg``'s only in the ``--map_*`` flags and with one healthy image per
+    input (no noise-level ensemble): each map is made again from its saved input and healthy image, and
+    nothing is translated (:func:`.translate.remap_folder`). The summary on rank 0."""
+    return _translate(cfg, None, None, None, None, maps_from=maps_from)
 
 
 def vae_method(cfg: VAETranslateConfig, device: th.device) -> NetworkTranslation:

@@ -10,28 +10,36 @@ others. :func:`translate_folder` owns everything around it:
 * the progress bar (rank 0), closed before any error reaches the user;
 * Visdom: the input channels, the ground truth, intermediate states every ``visdom_every``
   steps, the healthy reconstruction and the anomaly heat map of each batch's first image;
+* the anomaly map of each image, made with the loop's map options (``--map_*``,
+  :mod:`guided_diffusion.maps`) unless the method makes its own (an ensemble, with the same options);
 * timing (the method's time per image, synchronised on CUDA), saving
   (:func:`evaluation.results.save_result`), the barrier and, on rank 0, ``metrics.csv``,
   ``summary.json``, the panels with the evaluated masks and ``report.html`` over the whole folder.
+
+:func:`remap_folder` writes a folder whose settings differ from an earlier one's only in the map
+options from that folder's saved inputs and healthy reconstructions, translating nothing.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch as th
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..anomaly import anomaly_map
 from ..datasets.loaders import resolve_num_workers
 from ..evaluation.protocols import Scoring
 from ..evaluation.report import write_run
-from ..evaluation.results import is_done, save_result
+from ..evaluation.results import SUMMARY_JSON, is_done, load_result, result_map, save_result
+from ..maps import MapOptions
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import ensure_writable_dir
-from ..util.flags import MonitorFlags, RunFlags, TranslateFlags
+from ..util.flags import MapFlags, MonitorFlags, RunFlags, TranslateFlags
 
 Callback = Callable[[dict], None]
 
@@ -43,8 +51,8 @@ class Method(Protocol):
     ``__call__(x, ids, callback)``: ``x`` (B, C, H, W) in [0, 1] on the device, ``ids`` the
     images' names (for per-image seeding), ``callback`` an optional function that iterative
     methods call with each step's dict (``sample``, ``t``, ``phase``). Returns the healthy
-    reconstruction (B, C, H, W), or (healthy, anomaly (B, H, W)) for a method whose anomaly
-    map is not |x - healthy| summed over channels.
+    reconstruction (B, C, H, W), or (healthy, anomaly (B, H, W)) for a method that makes its
+    own anomaly map (an ensemble's mean map) instead of the loop's map of (x, healthy).
     """
 
     name: str
@@ -64,6 +72,12 @@ class LoopConfig:
     scoring: Scoring = field(default_factory=Scoring)  # how metrics.csv and summary.json score the folder
     progress: bool = RunFlags.progress
     visdom_every: int = MonitorFlags.visdom_every
+    maps: MapOptions = field(default_factory=MapOptions)  # how each image's anomaly map is made
+
+
+def map_options(flags: MapFlags) -> MapOptions:
+    """The map options of the ``--map_*`` flags."""
+    return MapOptions(residual=flags.map_residual, normalise=flags.map_normalise, smooth=flags.map_smooth)
 
 
 def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, device: th.device, monitor=None,
@@ -105,17 +119,20 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
             seconds += time.perf_counter() - start
             count += len(batch_ids)
             x_cpu, healthy_cpu = x.float().cpu(), healthy.float().cpu()
+            first = None
             for j, image_id in enumerate(batch_ids):
+                # the map of the stored float32 arrays, so remap_folder makes the same map from the files
+                amap = result_map(x_cpu[j].numpy(), healthy_cpu[j].numpy(),
+                                  None if amaps is None else amaps[j].float().cpu().numpy(), cfg.maps)
+                first = amap if first is None else first
                 save_result(cfg.output_dir, image_id, input=x_cpu[j].numpy(), healthy=healthy_cpu[j].numpy(),
-                            anomaly=None if amaps is None else amaps[j].float().cpu().numpy(),
-                            label=int(info["y"][j]),
+                            anomaly=amap, label=int(info["y"][j]),
                             ground_truth=info["gt"][j].numpy() if bool(info["has_gt"][j]) else None,
                             patient=info["patient"][j] or None,
                             slice=int(info["slice"][j]) if int(info["slice"][j]) >= 0 else None)
             if show:
-                first = anomaly_map(x_cpu[:1], healthy_cpu[:1])[0] if amaps is None else amaps[0].float().cpu()
                 monitor.images("sample", healthy_cpu[0].clamp(0, 1), title=f"{batch_ids[0]}: healthy reconstruction")
-                monitor.heatmap("anomaly", first, title=f"{batch_ids[0]}: anomaly map")
+                monitor.heatmap("anomaly", th.from_numpy(first), title=f"{batch_ids[0]}: anomaly map")
             if bar is not None:
                 bar.update(len(batch_ids) * world)
     finally:
@@ -144,3 +161,41 @@ def _show_inputs(monitor, x: th.Tensor, info: dict, every: int) -> Callback:
             monitor.images("x_t", out["sample"][0].clamp(0, 1), title=f"{first}: {out['phase']} t={out['t']}")
 
     return callback
+
+
+def remap_folder(source: str, cfg: LoopConfig, *, summary: Mapping[str, Any] | None = None) -> dict | None:
+    """Write ``cfg.output_dir``'s results from ``source``'s: each ``<id>.npz``'s input and healthy
+    reconstruction, its anomaly map made again with ``cfg.maps``, and score the folder like
+    :func:`translate_folder`. For settings that differ from ``source``'s only in the map options (the
+    caller checks that, and that ``source`` holds per-image healthy reconstructions, not an ensemble's
+    mean), this gives the files a translation would have written, translating nothing.
+
+    :param summary: extra keys for ``summary.json`` (the flags); ``method`` and ``device`` are the
+        source's, ``maps_from`` is ``source`` and ``images_per_rank`` the images each rank wrote; there is
+        no ``seconds_per_image``, since nothing was translated.
+    :return: the summary on rank 0, None on the other ranks.
+    """
+    ensure_writable_dir(cfg.output_dir, "--output_dir")
+    paths = sorted((p for p in Path(source).glob("*.npz") if p.is_file()), key=lambda p: p.stem)
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    count = 0
+    for path in paths[rank::world]:
+        if is_done(cfg.output_dir, path.stem):
+            continue
+        r = load_result(path)
+        save_result(cfg.output_dir, path.stem, input=r["input"], healthy=r["healthy"],
+                    anomaly=result_map(r["input"], r["healthy"], None, cfg.maps), label=r["label"],
+                    ground_truth=r["ground_truth"], patient=r["patient"], slice=r["slice"])
+        count += 1
+    per_rank = dist_util.all_gather_object(count)  # also waits for every rank's files
+    if rank != 0:
+        return None
+    logger.log(f"{cfg.output_dir}: {sum(per_rank)} of {len(paths)} maps made again from {source}'s translation")
+    try:
+        with open(os.path.join(source, SUMMARY_JSON)) as f:
+            translated = json.load(f)
+    except (OSError, ValueError):
+        translated = {}
+    extra = {"method": translated.get("method", ""), **(summary or {}), "device": translated.get("device", ""),
+             "maps_from": os.path.abspath(source), "images_per_rank": per_rank}
+    return write_run(cfg.output_dir, cfg.scoring, extra)

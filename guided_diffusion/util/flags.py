@@ -24,6 +24,10 @@ THRESHOLD_RULES = ("auto", "otsu", "best", "val", "fpr")
 NOISE_TYPES = ("gaussian", "simplex")
 GUIDANCE = ("classifier", "cfg", "none")
 SCALE_SCHEDULES = ("constant", "linear", "cosine", "rising")  # guidance.SCALE_WEIGHTS, and constant
+MAP_RESIDUALS = ("abs", "ssim", "abs+ssim")
+"""The per-channel residuals of an anomaly map (guided_diffusion/maps.py)."""
+MAP_NORMALISATIONS = ("none", "channel")
+"""How the channels' residuals are scaled before they are summed (guided_diffusion/maps.py)."""
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -308,6 +312,25 @@ class PatchFlags(FlagGroup):
                            check=_non_negative_problem)
 
 
+def sigma_problem(value: float) -> str | None:
+    """What is wrong with a filter's sigma in pixels: it must be finite and 0 (off) or more."""
+    return None if math.isfinite(value) and value >= 0 else "expected a sigma of 0 (off) or more pixels"
+
+
+@dataclass(frozen=True)
+class MapFlags(FlagGroup):
+    NAME = "anomaly map"
+    ABOUT = ("how the anomaly map is made of an image and its healthy translation (guided_diffusion/maps.py; the "
+             "defaults are the paper's sum over channels of |x - healthy|)")
+    map_residual: str = flag("abs", "each channel's residual: abs, |x - healthy| (the paper); ssim, 1 - local SSIM "
+                                    "(7 x 7 window); abs+ssim, their product", choices=MAP_RESIDUALS)
+    map_normalise: str = flag("none", "none: sum the channels' residuals as they are; channel: first divide each "
+                                      "channel's residual by its median over the image's brain (pixels above 0 in "
+                                      "any channel)", choices=MAP_NORMALISATIONS)
+    map_smooth: float = flag(0.0, "sigma in pixels of a Gaussian filter on the summed map (0: off)",
+                             check=sigma_problem)
+
+
 def parse_floats(text: str) -> tuple[float, ...]:
     """``X`` or ``X1,X2,...``."""
     try:
@@ -327,6 +350,10 @@ class TuneFlags(FlagGroup):
                                     metavar="S1,S2,...", parse=parse_floats)
     guidance_scales: tuple = flag((1.0, 3.0), "classifier-free guidance scales W to try (--guidance cfg)",
                                   metavar="W1,W2,...", parse=parse_floats)
+    grid: tuple = flag((), "further levers to try, each NAME=V1,V2,...: an on/off, choice or number flag of "
+                           "classifier_sample_known.py and its values (map_residual=abs,ssim map_smooth=0,1); every "
+                           "combination is tried with every L and scale; repeatable", metavar="NAME=V1,V2,...",
+                       nargs="+", parse=str, repeat=True)
     test_dir: str = flag("", "then translate this test folder with the chosen setting and score it as evaluate.py "
                              "would (none: only print the command lines)", metavar="DIR")
     test_label_dir: str = flag("", "the --label_dir of --test_dir", metavar="DIR")
@@ -563,8 +590,8 @@ class DetectFlags(FlagGroup):
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
-    SamplingFlags, PatchFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags, FPGANFlags,
-    FPGANLossFlags, DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags,
+    SamplingFlags, PatchFlags, MapFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags,
+    FPGANFlags, FPGANLossFlags, DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags,
     PrepareChexpertFlags, SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
 )
 """Every group; a test checks that no flag name is declared twice."""

@@ -30,8 +30,9 @@ from typing import Any, Callable, ClassVar, Iterable
 
 from .errors import UserError
 
-__all__ = ["Flag", "FlagGroup", "build_parser", "coerce_flags", "config_defaults", "flag", "flag_dict", "from_dict",
-           "parse_command", "parse_flags", "parse_known_flags", "part", "str2bool", "to_argv"]
+__all__ = ["Flag", "FlagGroup", "build_parser", "coerce_flags", "config_defaults", "declared_flags", "flag",
+           "flag_dict", "from_dict", "parse_command", "parse_flags", "parse_known_flags", "part", "replace_flags",
+           "str2bool", "to_argv"]
 
 
 class _Required:
@@ -57,13 +58,18 @@ def str2bool(text) -> bool:
 
 def flag(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
          parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-         positional: bool = False, short: str | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
+         positional: bool = False, short: str | None = None, check: Callable[[Any], str | None] | None = None,
+         repeat: bool = False) -> Any:
     """Declare a flag as a field of a :class:`FlagGroup`: its default, one line of help,
     optional choices, and ``parse`` when the field's type is not a plain int/float/str/bool; ``short`` is
     a one-letter alias (``-i`` for ``--input``); ``check(value)`` returns what is wrong with a parsed
-    value (None when nothing is), for values that choices cannot list (a rule name or a number)."""
+    value (None when nothing is), for values that choices cannot list (a rule name or a number);
+    ``repeat`` (a flag of several words, ``nargs``): each occurrence adds its words to the earlier ones'
+    instead of replacing them (``--grid a=1 --grid b=2`` is ``--grid a=1 b=2``)."""
+    if repeat and not nargs:
+        raise TypeError("repeat: only for a flag of several words (nargs)")
     meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, positional=positional,
-                short=short, check=check)
+                short=short, check=check, repeat=repeat)
     if isinstance(default, (list, dict, set)):
         raise TypeError("flag defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -84,10 +90,12 @@ class Flag:
     group: str
     short: str | None = None
     check: Callable[[Any], str | None] | None = None
+    repeat: bool = False
 
     def declaration(self) -> tuple:
         """What must agree when two groups declare the same name."""
-        return (self.type, self.default, self.help, self.choices, self.nargs, self.positional, self.check)
+        return (self.type, self.default, self.help, self.choices, self.nargs, self.positional, self.check,
+                self.repeat)
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with a parsed ``value`` (outside the choices, or refused by ``check``), else None."""
@@ -117,7 +125,7 @@ class FlagGroup:
                 raise TypeError(f"{cls.__name__}.{f.name}: type {kind} needs parse=")
             out.append(Flag(f.name, parse, f.default, meta["help"], meta["choices"], meta["metavar"],
                             meta["nargs"], meta["positional"], cls.NAME, meta.get("short"),
-                            meta.get("check")))
+                            meta.get("check"), meta.get("repeat", False)))
         return out
 
     @classmethod
@@ -222,6 +230,9 @@ def build_parser(config_cls, description: str = "", prog: str | None = None,
             if f.positional:
                 sections[f.group].add_argument(f.name, **kwargs)
                 continue
+            if f.repeat:  # argparse extends a list it copies: the default as a list, never a shared one
+                kwargs["action"] = "extend"
+                default = default if default is REQUIRED else list(default)
             if default is REQUIRED:
                 kwargs["required"] = defaults
             elif defaults:
@@ -280,6 +291,27 @@ def _check_choices(config_cls, values: dict[str, Any]) -> None:
         problem = f.problem(values[name])
         if problem:
             raise UserError(f"--{name} {values[name]!r}: {problem}")
+
+
+def declared_flags(config_cls) -> dict[str, Flag]:
+    """Every flag ``config_cls`` takes, ``{name: Flag}`` in declaration order (its type, choices and check,
+    for code that must judge a flag named at run time)."""
+    return dict(_collect(config_cls))
+
+
+def replace_flags(config, values: dict[str, Any]):
+    """``config`` with the flags named in ``values`` set to those (already typed) values, in whichever
+    groups hold them; a name the config does not take is a ``KeyError``."""
+    unknown = sorted(set(values) - set(flag_dict(config)))
+    if unknown:
+        raise KeyError(f"{type(config).__name__} takes no flag(s) {', '.join(unknown)}")
+    parts = {}
+    for name, group, only in _sections(type(config)):
+        names = set(only or (f.name for f in dataclasses.fields(group)))
+        mine = {k: v for k, v in values.items() if k in names}
+        if mine:
+            parts[name] = dataclasses.replace(getattr(config, name), **mine)
+    return dataclasses.replace(config, **parts)
 
 
 def config_defaults(config_cls):
