@@ -79,7 +79,7 @@ class DemoConfig:
     """scripts/demo.py"""
 
     driver: DriverFlags
-    tune: TuneFlags
+    tune: TuneFlags = part("noise_levels", "classifier_scales", "guidance_scales")  # the grids its tune stages try
     data: DataFlags = part("data_dir")
     output: OutputFlags
     run: RunFlags = part("seed")

@@ -78,8 +78,6 @@ GRID_ELSEWHERE = {"noise_level": "--noise_levels", "classifier_scale": "--classi
                   "guidance_scale": "--guidance_scales", "guidance": "one --guidance per tuning run",
                   "model_path": "--model_path (several checkpoints)"}
 """Flags that --grid leaves to tune.py's own flags."""
-TUNING_ONLY = ("num_samples", "progress")
-"""Flags of the tuning run that the test translation does not carry over."""
 FOLDERS = ("data_dir", "label_dir", "output_dir", "log_dir")
 """The test translation's flags that best.json leaves to whoever applies it."""
 
