@@ -144,7 +144,7 @@ def test_every_translating_method_can_be_bundled_and_loaded(name, tmp_path):
         "classifier_path": str(bundle / "classifier.pt") if "classifier" in nets else None}.items() if v},
         "threshold": "0.25"})
     assert loaded.config == expected
-    method = loaded.build_method(th.device("cpu"))  # weights load (weights_only) into the networks
+    method = loaded.build_translator(th.device("cpu"))  # weights load (weights_only) into the networks
     x = th.rand(2, 4, SIZE, SIZE)
     out = method(x, ["000001", "000002"], None)
     healthy = out[0] if isinstance(out, tuple) else out

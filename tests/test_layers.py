@@ -21,8 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusion"
 LAYERS = {"util": 0, "datasets": 2, "evaluation": 2, "methods": 2, "pipeline": 3}
 CORE = 1
 PIPELINE_RANKS = {
-    # engines: devices, the training scaffold and its pieces, the translation loop and its methods
-    "devices": 0, "presets": 0, "train": 0, "translate": 0, "methods": 0, "networks": 0, "pieces": 0, "settings": 0,
+    # engines: devices, the training scaffold and its pieces, the translation loop and its translators
+    "devices": 0, "presets": 0, "train": 0, "translate": 0, "translators": 0, "networks": 0, "pieces": 0, "settings": 0,
     "cli": 0,
     # what each script runs, from its typed config
     "evaluate": 1, "prepare": 1, "runs": 1,

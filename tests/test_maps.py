@@ -194,7 +194,7 @@ def test_map_flags_are_checked_as_they_are_parsed(brats, tmp_path):
 def test_a_noise_level_ensemble_averages_the_levels_maps_made_with_the_options():
     from cpu_helpers import TINY_UNET, redraw_zero_layers
     from guided_diffusion import script_util as su
-    from guided_diffusion.pipeline.methods import DiffusionTranslation
+    from guided_diffusion.pipeline.translators import DiffusionTranslation
     th.manual_seed(0)
     model, diffusion = su.create_model_and_diffusion(**TINY_UNET)
     redraw_zero_layers(model).eval()

@@ -16,7 +16,7 @@ from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.maps import MapOptions
 from guided_diffusion.pipeline import runs, tune
 from guided_diffusion.pipeline.cli import run_script
-from guided_diffusion.pipeline.methods import NetworkTranslation
+from guided_diffusion.pipeline.translators import NetworkTranslation
 from guided_diffusion.pipeline.networks import create_unet_and_diffusion
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flagspec import from_dict, parse_command, parse_flags

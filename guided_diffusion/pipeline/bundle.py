@@ -38,7 +38,7 @@ from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
 from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
 from .runs import TRANSLATION_METHODS, SampleConfig
-from .translate import Method
+from .translate import Translator
 from .tune import SCALE_FLAGS, read_best
 
 BUNDLE_JSON = "bundle.json"
@@ -77,9 +77,9 @@ class Bundle:
         first, last = self.record["preprocessing"]["slice_range"]
         return int(first), int(last)
 
-    def build_method(self, device: th.device, speed: SpeedFlags | None = None) -> Method:
-        """The bundle's translation method on ``device`` (``speed``: --precision, --compile and
-        --channels_last of the caller, for the methods that take them)."""
+    def build_translator(self, device: th.device, speed: SpeedFlags | None = None) -> Translator:
+        """The bundle's translator on ``device`` (``speed``: --precision, --compile and
+        --channels_last of the caller, for the translators that take them)."""
         cfg = self.config
         if speed is not None and hasattr(cfg, "speed"):
             cfg = dataclasses.replace(cfg, speed=speed)

@@ -72,7 +72,7 @@ from .devices import (
     wrap_network,
 )
 from .evaluate import scoring_of
-from .methods import DiffusionTranslation, Levers, NetworkTranslation, per_image
+from .translators import DiffusionTranslation, Levers, NetworkTranslation, per_image
 from .networks import (
     CLASSIFIER_FLAGS,
     DAE_FLAGS,
@@ -94,7 +94,7 @@ from .networks import (
 from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
 from .settings import claim_output_dir
-from .translate import LoopConfig, Method, map_options, remap_folder, translate_folder
+from .translate import LoopConfig, Translator, map_options, remap_folder, translate_folder
 
 # -------------------------------------------------------------------------------- configs
 
@@ -395,9 +395,9 @@ def checkpoint_of(cfg) -> str:
     return paths[0] if paths else ""
 
 
-def _translate(cfg, method: Method | None, dataset, device, monitor, maps_from: str = "") -> dict | None:
-    """Translate ``dataset`` with ``method`` into the config's output folder and score it; without a
-    method, make the maps of ``maps_from``'s translation again with the config's map options."""
+def _translate(cfg, translator: Translator | None, dataset, device, monitor, maps_from: str = "") -> dict | None:
+    """Translate ``dataset`` with ``translator`` into the config's output folder and score it; without a
+    translator, make the maps of ``maps_from``'s translation again with the config's map options."""
     output_dir = cfg.translation.output_dir or os.path.join(cfg.run.log_dir, "samples")
     loop = LoopConfig(output_dir=output_dir, num_samples=cfg.translation.num_samples, batch_size=cfg.data.batch_size,
                       num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
@@ -405,10 +405,10 @@ def _translate(cfg, method: Method | None, dataset, device, monitor, maps_from: 
                       visdom_every=cfg.monitoring.visdom_every, maps=map_options(cfg.maps))
     claim_output_dir(output_dir, cfg)  # before any result: other settings are an error, the same ones resume
     flags = dict(sorted(flag_dict(cfg).items()))
-    if method is None:
+    if translator is None:
         summary = remap_folder(maps_from, loop, summary={"flags": flags})
     else:
-        summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
+        summary = translate_folder(translator, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
     if summary is not None:
         logger.log(format_table(summary))
     return summary
@@ -604,7 +604,7 @@ def translate_intensity(cfg, monitor=None) -> dict | None:
     return _translate(cfg, intensity_method(cfg), _dataset(cfg.data, "test"), device, monitor)
 
 
-TRANSLATION_METHODS: dict[str, tuple[type, Callable[..., Method]]] = {
+TRANSLATION_METHODS: dict[str, tuple[type, Callable[..., Translator]]] = {
     SampleConfig.SCRIPT: (SampleConfig, diffusion_method),
     VAETranslateConfig.SCRIPT: (VAETranslateConfig, vae_method),
     FPGANTranslateConfig.SCRIPT: (FPGANTranslateConfig, fpgan_method),
