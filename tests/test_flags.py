@@ -11,7 +11,7 @@ import pytest
 from guided_diffusion.datasets.common import CHANNELS, DATASETS
 from guided_diffusion.evaluation.protocols import PROTOCOLS
 from guided_diffusion.evaluation.results import CHANNEL_NAMES
-from guided_diffusion.methods.vae import LATENT_PRIORS
+from guided_diffusion.baselines.vae import LATENT_PRIORS
 from guided_diffusion.pipeline import bundle, detect, driver, evaluate, prepare, presets, runs, tune
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError

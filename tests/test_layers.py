@@ -2,7 +2,7 @@
 
     util/                                    0  errors, files, checkpoints, processes, logs, Visdom, flags
     gaussian_diffusion, unet, ... (the top)  1  the maths and the networks (SPEC section 4)
-    datasets/, evaluation/, methods/         2  beside each other: none imports another
+    datasets/, evaluation/, baselines/       2  beside each other: none imports another
     pipeline/                                3  runs things from configs, in ranks of its own (PIPELINE_RANKS):
                                                 engines below the script runs, tune.py's search,
                                                 bundles and detection above them, the driver on top
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusion"
-LAYERS = {"util": 0, "datasets": 2, "evaluation": 2, "methods": 2, "pipeline": 3}
+LAYERS = {"util": 0, "datasets": 2, "evaluation": 2, "baselines": 2, "pipeline": 3}
 CORE = 1
 PIPELINE_RANKS = {
     # engines: devices, the training scaffold and its pieces, the translation loop and its translators

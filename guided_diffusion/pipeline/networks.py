@@ -1,7 +1,7 @@
 """Every network built from its typed config, and loaded from its checkpoint.
 
 The UNet and the classifier come from guided diffusion's factories (:mod:`script_util`), the
-baselines' networks from :mod:`guided_diffusion.methods`. A checkpoint that does not fit the
+baselines' networks from :mod:`guided_diffusion.baselines`. A checkpoint that does not fit the
 flags is an error naming the file and the flags that shape the network.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import torch as th
 
-from ..methods.fpgan import Discriminator, Generator
-from ..methods.vae import VAE, LatentDiscriminator, latent_prior_check
+from ..baselines.fpgan import Discriminator, Generator
+from ..baselines.vae import VAE, LatentDiscriminator, latent_prior_check
 from ..script_util import (
     _attention_ds,
     _channel_mult,

@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 import torch as th
 import torch.nn.functional as F
 
-from ..methods import dae as dae_lib
-from ..methods import fpgan as fpgan_lib
-from ..methods import vae as vae_lib
+from ..baselines import dae as dae_lib
+from ..baselines import fpgan as fpgan_lib
+from ..baselines import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
 from ..script_util import NULL_CLASS
 from ..translation_levers import patch_boxes, patch_masks, patched_training_losses
@@ -235,7 +235,7 @@ class ClassifierPiece(OneNetworkPiece):
 
 
 class VAEPiece(Piece):
-    """The cAAE baseline (:mod:`guided_diffusion.methods.vae`), trained on healthy images.
+    """The cAAE baseline (:mod:`guided_diffusion.baselines.vae`), trained on healthy images.
 
     Adversarial prior, three phases per step: the autoencoder on L_rec + lambda_cons L_cons
     (optimizer ``opt_ae``), the latent discriminator (``opt_disc``), the encoder against it
@@ -303,7 +303,7 @@ class VAEPiece(Piece):
 
 
 class FPGANPiece(Piece):
-    """FixedPoint-GAN (:mod:`guided_diffusion.methods.fpgan`): each step a critic step (``opt_d``),
+    """FixedPoint-GAN (:mod:`guided_diffusion.baselines.fpgan`): each step a critic step (``opt_d``),
     every ``n_critic``-th step also a generator step (``opt_g``); Adam with beta1 = 0.5."""
 
     kind = "fpgan"
@@ -348,7 +348,7 @@ class FPGANPiece(Piece):
 
 
 class DAEPiece(OneNetworkPiece):
-    """The denoising autoencoder (:mod:`guided_diffusion.methods.dae`) on healthy images: coarse noise
+    """The denoising autoencoder (:mod:`guided_diffusion.baselines.dae`) on healthy images: coarse noise
     of ``noise_std`` on a ``noise_res`` grid, the masked reconstruction loss."""
 
     kind = "dae"

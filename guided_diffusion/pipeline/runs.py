@@ -27,8 +27,8 @@ from ..datasets.loaders import (
 from ..datasets.splits import split_by_patient
 from ..evaluation.results import format_table
 from ..guidance import make_cfg_model, make_cond_fn
-from ..methods.dae import translate_to_healthy as dae_translate_to_healthy
-from ..methods.fpgan import translate_to_healthy
+from ..baselines.dae import translate_to_healthy as dae_translate_to_healthy
+from ..baselines.fpgan import translate_to_healthy
 from ..resample import create_named_schedule_sampler
 from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
 from ..simplex import simplex_noise

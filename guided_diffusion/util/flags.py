@@ -7,7 +7,7 @@ dicts); the others belong to this project's scripts. A script picks the groups i
 
 Choices that are the vocabulary of a layer above (data sets and their channels, protocols,
 latent priors) are written out here as the command line spells them; their owners define them
-(``datasets.common.CHANNELS``, ``evaluation.protocols.PROTOCOLS``, ``methods.vae.LATENT_PRIORS``),
+(``datasets.common.CHANNELS``, ``evaluation.protocols.PROTOCOLS``, ``baselines.vae.LATENT_PRIORS``),
 and ``tests/test_flags.py`` fails when a flag's choices and its owner's names differ.
 """
 from __future__ import annotations
