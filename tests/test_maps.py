@@ -160,10 +160,11 @@ def brats(tmp_path_factory):
 
 def _intensity(brats, out, *flags):
     from guided_diffusion.pipeline.cli import run_script
-    from guided_diffusion.pipeline.runs import IntensityConfig, translate_intensity
+    from guided_diffusion.pipeline.methods import METHODS
     argv = ["--data_dir", brats["test"], "--label_dir", brats["labels"], "--image_size", SIZE, "--progress", False,
             "--output_dir", out, "--log_dir", out.parent / f"{out.name}-log", *flags]
-    return run_script(IntensityConfig, translate_intensity, [str(a) for a in argv])
+    command = METHODS["intensity"].commands["intensity_translate"]
+    return run_script(command.config, command.run, [str(a) for a in argv])
 
 
 def test_a_translation_script_stores_the_map_of_its_map_flags(brats, tmp_path):
