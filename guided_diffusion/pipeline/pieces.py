@@ -6,7 +6,7 @@ computes its losses from the step's batch and the scaffold's draws for the globa
 * :class:`DiffusionPiece`: the class-conditional diffusion UNet, guided diffusion's hybrid loss
   at timesteps from the schedule sampler, EMA weights (``ema_<rate>_NNNNNN.pt``);
 * :class:`ClassifierPiece`: the noise-aware classifier, cross entropy on q(x_t | x_0), held-out
-  loss and accuracy;
+  loss and accuracy.
 
 Each baseline's piece is in its method's module (:mod:`.methods`); :class:`OneNetworkPiece` is the
 base of the pieces with one network.
