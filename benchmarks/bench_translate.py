@@ -49,7 +49,7 @@ from _common import (  # noqa: E402
 from guided_diffusion.anomaly import anomaly_map, otsu_mask  # noqa: E402
 from guided_diffusion.guidance import make_cond_fn  # noqa: E402
 from guided_diffusion.pipeline.devices import autocast_for, wrap_network  # noqa: E402
-from guided_diffusion.pipeline.methods import translate_batch  # noqa: E402
+from guided_diffusion.pipeline.translators import translate_batch  # noqa: E402
 from guided_diffusion.script_util import str2bool  # noqa: E402
 
 ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "compile_cl", "graphs")

@@ -9,11 +9,12 @@ Stops after --iterations N (default 67200, the paper's 2100 epochs of 32 batches
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import DAETrainConfig, train_dae
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(DAETrainConfig, train_dae, argv, __doc__)
+    command = METHODS["dae"].commands["dae_train"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ classifier_sample_known.py writes; finished images are skipped.
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import DAETranslateConfig, translate_dae
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(DAETranslateConfig, translate_dae, argv, __doc__)
+    command = METHODS["dae"].commands["dae_translate"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

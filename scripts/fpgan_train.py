@@ -9,11 +9,12 @@ Writes G%06d.pt, D%06d.pt and opt%06d.pt to --log_dir.
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import FPGANTrainConfig, train_fpgan
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(FPGANTrainConfig, train_fpgan, argv, __doc__)
+    command = METHODS["fpgan"].commands["fpgan_train"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

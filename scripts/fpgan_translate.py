@@ -9,11 +9,12 @@ Writes <id>.npz, <id>.png, metrics.csv and summary.json (method "FixedPoint-GAN"
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import FPGANTranslateConfig, translate_fpgan
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(FPGANTranslateConfig, translate_fpgan, argv, __doc__)
+    command = METHODS["fpgan"].commands["fpgan_translate"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ evaluate.py and compare.py score it under every protocol.
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import IntensityConfig, translate_intensity
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(IntensityConfig, translate_intensity, argv, __doc__)
+    command = METHODS["intensity"].commands["intensity_translate"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ Writes model%06d.pt, opt%06d.pt (and zdisc%06d.pt with --latent_prior adversaria
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import VAETrainConfig, train_vae
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(VAETrainConfig, train_vae, argv, __doc__)
+    command = METHODS["vae"].commands["vae_train"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ the files classifier_sample_known.py writes; finished images are skipped.
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import VAETranslateConfig, translate_vae
+from guided_diffusion.pipeline.methods import METHODS
 
 
 def main(argv=None):
-    return run_script(VAETranslateConfig, translate_vae, argv, __doc__)
+    command = METHODS["vae"].commands["vae_translate"]
+    return run_script(command.config, command.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from guided_diffusion.evaluation.results import (
     save_result,
     write_metrics,
 )
-from guided_diffusion.methods.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
-from guided_diffusion.methods.vae import VAE, kl_divergence, reconstruction_loss
+from guided_diffusion.baselines.fpgan import Discriminator, Generator, gradient_penalty, translate_to_healthy
+from guided_diffusion.baselines.vae import VAE, kl_divergence, reconstruction_loss
 from guided_diffusion.pipeline.cli import run_main
 from guided_diffusion.util.errors import UserError
 

@@ -19,15 +19,11 @@ from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, one_thread  # noqa: F401  (o
 
 from guided_diffusion.datasets.synthetic import generate_volumes
 from guided_diffusion.evaluation.results import load_result
-from guided_diffusion.pipeline.bundle import load_bundle
-from guided_diffusion.pipeline.networks import (
-    create_classifier_net,
-    create_dae,
-    create_fpgan,
-    create_unet_and_diffusion,
-    create_vae,
-)
-from guided_diffusion.pipeline.runs import TRANSLATION_METHODS
+from guided_diffusion.pipeline.bundle import BY_SCRIPT, load_bundle
+from guided_diffusion.pipeline.methods.dae import create_dae
+from guided_diffusion.pipeline.methods.fpgan import create_fpgan
+from guided_diffusion.pipeline.methods.vae import create_vae
+from guided_diffusion.pipeline.networks import create_classifier_net, create_unet_and_diffusion
 from guided_diffusion.util import checkpoint as ckpt
 from guided_diffusion.util.flagspec import from_dict, to_argv
 
@@ -65,7 +61,7 @@ METHODS = {  # name: (script, flags, networks to save as checkpoints)
 
 
 def _config(script: str, flags: dict):
-    cls = TRANSLATION_METHODS[script][0]
+    cls = BY_SCRIPT[script].config
     return from_dict(cls, {k: v for k, v in flags.items() if k in _flag_names(cls)})
 
 
@@ -144,7 +140,7 @@ def test_every_translating_method_can_be_bundled_and_loaded(name, tmp_path):
         "classifier_path": str(bundle / "classifier.pt") if "classifier" in nets else None}.items() if v},
         "threshold": "0.25"})
     assert loaded.config == expected
-    method = loaded.build_method(th.device("cpu"))  # weights load (weights_only) into the networks
+    method = loaded.build_translator(th.device("cpu"))  # weights load (weights_only) into the networks
     x = th.rand(2, 4, SIZE, SIZE)
     out = method(x, ["000001", "000002"], None)
     healthy = out[0] if isinstance(out, tuple) else out

@@ -12,13 +12,13 @@ import torch as th
 from cpu_helpers import one_thread  # noqa: F401  (autouse)
 from guided_diffusion.pipeline import evaluate, prepare, runs, tune
 from guided_diffusion.pipeline.cli import run_script
+from guided_diffusion.pipeline.methods.dae import DAETrainConfig, DAETranslateConfig, create_dae
+from guided_diffusion.pipeline.methods.fpgan import FPGANTrainConfig, FPGANTranslateConfig, create_fpgan
+from guided_diffusion.pipeline.methods.vae import VAETrainConfig, VAETranslateConfig, create_vae
 from guided_diffusion.pipeline.networks import (
     complete_from_checkpoints,
     create_classifier_net,
-    create_dae,
-    create_fpgan,
     create_unet_and_diffusion,
-    create_vae,
     load_weights,
 )
 from guided_diffusion.util.errors import UserError
@@ -140,19 +140,19 @@ def test_resuming_and_the_comparison_methods_take_their_flags_from_the_run(ckpts
     fresh = _complete(runs.ImageTrainConfig, ["--log_dir", log_dir])  # not resuming: the flags as given
     assert fresh.model.num_channels == 128
     vae = {"image_size": 64, "vae_width": 16, "vae_depth": 4, "latent_dim": 8, "latent_disc_width": 16}
-    path = _save(tmp_path / "vae", runs.VAETrainConfig, vae, lambda c: create_vae(c.data, c.vae)[0])
-    cfg = _complete(runs.VAETranslateConfig, ["--model_path", path])
+    path = _save(tmp_path / "vae", VAETrainConfig, vae, lambda c: create_vae(c.data, c.vae)[0])
+    cfg = _complete(VAETranslateConfig, ["--model_path", path])
     assert (cfg.vae.vae_width, cfg.vae.vae_depth, cfg.vae.latent_dim, cfg.data.image_size) == (16, 4, 8, 64)
     with pytest.raises(UserError, match="--vae_depth 6: .*needs --vae_depth 4"):
-        _complete(runs.VAETranslateConfig, ["--model_path", path, "--vae_depth", 6])
+        _complete(VAETranslateConfig, ["--model_path", path, "--vae_depth", 6])
     fpgan = {"image_size": 64, "fpgan_width": 8, "fpgan_res_blocks": 1, "fpgan_d_width": 8, "fpgan_d_depth": 2}
-    path = _save(tmp_path / "fpgan", runs.FPGANTrainConfig, fpgan, lambda c: create_fpgan(c.data, c.fpgan)[0])
-    cfg = _complete(runs.FPGANTranslateConfig, ["--model_path", path])
+    path = _save(tmp_path / "fpgan", FPGANTrainConfig, fpgan, lambda c: create_fpgan(c.data, c.fpgan)[0])
+    cfg = _complete(FPGANTranslateConfig, ["--model_path", path])
     assert (cfg.fpgan.fpgan_width, cfg.fpgan.fpgan_res_blocks, cfg.data.image_size) == (8, 1, 64)
     dae = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
            "attention_resolutions": ""}
-    path = _save(tmp_path / "dae", runs.DAETrainConfig, dae, lambda c: create_dae(c.data, c.model))
-    cfg = _complete(runs.DAETranslateConfig, ["--model_path", path])
+    path = _save(tmp_path / "dae", DAETrainConfig, dae, lambda c: create_dae(c.data, c.model))
+    cfg = _complete(DAETranslateConfig, ["--model_path", path])
     assert (cfg.model.num_channels, cfg.model.channel_mult, cfg.model.attention_resolutions, cfg.data.image_size) == (
         32, "1,2", "", 32)
     load_weights(create_dae(cfg.data, cfg.model), path, "--model_path", "DAE")

@@ -3,6 +3,7 @@ scripts in order, each stage's flags are data typed by its command's config, a t
 translation is the setting tune.py wrote into best.json (read only when that stage starts), and the
 report holds the four evaluations of the demo's table."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, DemoConfig, Plan, Stage, run_stages
+from guided_diffusion.pipeline.driver import PROTOCOL_ROWS, DemoConfig, Plan, Stage, compare_plan, run_stages
+from guided_diffusion.pipeline.methods import METHODS, Command, Method
 from guided_diffusion.util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +129,53 @@ def test_flags_set_again_replace_those_of_the_tuned_setting(tmp_path):
 def _demo_config(tmp_path):
     from guided_diffusion.util.flagspec import parse_flags
     return parse_flags(DemoConfig, ["--out", str(tmp_path / "out")])
+
+
+def test_the_compare_plan_trains_and_translates_each_baseline_from_its_demo_flags(tmp_path):
+    """The baselines' stages come from their methods' demo flags: the training lengths of the driver flags
+    (defaults: DAE 300, VAE 600, FixedPoint-GAN 500 steps), each translation loading its training's
+    last checkpoint (FixedPoint-GAN: the generator, G), the intensity with nothing to train."""
+    training, rows = compare_plan(Plan(_demo_config(tmp_path)))
+    out = tmp_path / "out"
+    stages = {s.name: s for s in training + [s for r in rows for s in r.stages]}
+    expected = {"dae": ("dae_train", 300, 8, "model"), "vae": ("vae_train", 600, 10, "model"),
+                "fpgan": ("fpgan_train", 500, 10, "G")}
+    for key, (script, steps, batch, prefix) in expected.items():
+        train = stages[f"train_{key}"]
+        assert (train.command, train.flags["iterations"], train.flags["save_interval"], train.flags["batch_size"]) \
+            == (script, steps, steps, batch)
+        assert train.flags["log_dir"] == str(out / "train" / key)
+        for name in (key, f"{key}_val"):
+            assert stages[name].command == f"{key}_translate" and stages[name].needs == (f"train_{key}",)
+            assert stages[name].flags["model_path"] == (str(out / "train" / key / f"{prefix}{steps:06d}.pt"),)
+    assert stages["train_dae"].flags["noise_res"] == 8 and stages["dae"].flags["num_channels"] == 32
+    assert stages["train_vae"].flags["vae_width"] == stages["vae"].flags["vae_width"] == 16
+    assert (stages["intensity"].command, stages["intensity"].flags["channel"], stages["intensity"].needs) \
+        == ("intensity_translate", "flair", ())
+    assert "train_intensity" not in stages
+    # the comparison's rows in their order: the diffusion family's, then the baselines'
+    assert [r.key for r in rows] == ["ddim", "intensity", "max_t", "ensemble", "both", "ddpm", "cfg", "simplex",
+                                     "dae", "vae", "fpgan"]
+    assert [r.name for r in rows[-3:]] == ["Denoising autoencoder", "VAE (cAAE)", "FixedPoint-GAN"]
+
+
+def test_a_registered_method_missing_from_the_compare_plan_is_an_error(tmp_path, monkeypatch):
+    intensity = METHODS["intensity"]
+    command = intensity.commands["intensity_translate"]
+    lost = Method(key="lost", name="Lost", commands={"lost_translate": command}, translation="lost_translate",
+                  translator=intensity.translator)  # no demo flags, and no row written by hand
+    monkeypatch.setitem(METHODS, "lost", lost)
+    with pytest.raises(ValueError, match=r"make compare: the methods lost have no stage"):
+        compare_plan(Plan(_demo_config(tmp_path)))
+    # with demo flags its row is made, and a script that is no command is named
+    monkeypatch.setitem(METHODS, "lost", dataclasses.replace(lost, demo=intensity.demo))
+    with pytest.raises(ValueError, match="no command 'lost_translate'"):
+        compare_plan(Plan(_demo_config(tmp_path)))
+
+
+def test_a_method_names_its_scripts_among_its_commands():
+    with pytest.raises(ValueError, match="translation script 'x_translate' is not one of its commands"):
+        Method(key="x", name="X", commands={}, translation="x_translate", translator=lambda cfg, device: None)
+    command = Command(DemoConfig, lambda cfg: None, False)
+    with pytest.raises(ValueError, match="demo training flags need a training script"):
+        dataclasses.replace(METHODS["vae"], training="", commands={**METHODS["vae"].commands, "x": command})

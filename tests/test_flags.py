@@ -1,7 +1,9 @@
 """The flag registry (util/flags.py): every flag declared once, in groups, and the scripts build on it."""
 import dataclasses
+import importlib.util
 import inspect
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -11,8 +13,11 @@ import pytest
 from guided_diffusion.datasets.common import CHANNELS, DATASETS
 from guided_diffusion.evaluation.protocols import PROTOCOLS
 from guided_diffusion.evaluation.results import CHANNEL_NAMES
-from guided_diffusion.methods.vae import LATENT_PRIORS
 from guided_diffusion.pipeline import bundle, detect, driver, evaluate, prepare, presets, runs, tune
+from guided_diffusion.pipeline import methods
+from guided_diffusion.pipeline.commands import COMMANDS
+from guided_diffusion.pipeline.methods import METHODS
+from guided_diffusion.pipeline.methods.vae import VAETrainConfig
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.script_util import DATASET_CHANNELS
@@ -24,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def script_configs():
     """Every script's config class (a dataclass with a SCRIPT name)."""
     found = []
-    for module in (runs, evaluate, prepare, driver, tune, bundle, detect, visdom_server):
+    method_modules = [getattr(methods, name) for name in ("diffusion", "dae", "vae", "fpgan", "intensity")]
+    for module in (runs, evaluate, prepare, driver, tune, bundle, detect, visdom_server, *method_modules):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ and (
                     hasattr(obj, "SCRIPT") or obj is visdom_server.VisdomServerConfig):
@@ -35,16 +41,50 @@ def script_configs():
 CONFIGS = script_configs()
 
 
-def test_every_flag_is_declared_once_and_every_group_is_registered():
-    owner = {}
-    for group in flags.REGISTRY:
+def flag_groups(configs) -> list[type[FlagGroup]]:
+    """The shared groups of util/flags.REGISTRY, then every other group a config holds (a method's own)."""
+    groups = list(flags.REGISTRY)
+    for config in configs:
+        for kind in typing.get_type_hints(config).values():
+            if isinstance(kind, type) and issubclass(kind, FlagGroup) and kind not in groups:
+                groups.append(kind)
+    return groups
+
+
+def declared_twice(groups) -> list[str]:
+    """The flags declared in more than one group, with the two groups."""
+    owner, twice = {}, []
+    for group in groups:
         for f in group.flags():
-            assert f.name not in owner, f"--{f.name} declared in {owner.get(f.name)} and {group.NAME}"
-            owner[f.name] = group.NAME
+            if f.name in owner:
+                twice.append(f"--{f.name} declared in {owner[f.name]} and {group.NAME}")
+            owner.setdefault(f.name, group.NAME)
+    return twice
+
+
+def test_every_flag_is_declared_once_and_every_group_is_registered():
+    groups = flag_groups(CONFIGS)
+    assert not declared_twice(groups)
+    for group in groups:
+        for f in group.flags():
             assert f.help and not f.help.endswith("."), f"--{f.name}: one line of help"
-    groups = {obj for _, obj in inspect.getmembers(flags, inspect.isclass)
+    shared = {obj for _, obj in inspect.getmembers(flags, inspect.isclass)
               if issubclass(obj, FlagGroup) and obj is not FlagGroup}
-    assert groups == set(flags.REGISTRY)
+    assert shared == set(flags.REGISTRY)
+    # every method's own groups are reached through its configs, so a duplicate there is caught too
+    own = set(flag_groups(c.config for m in METHODS.values() for c in m.commands.values()))
+    assert own <= set(groups)
+    assert {"VAEFlags", "FPGANLossFlags", "DAEFlags", "IntensityFlags"} <= {g.__name__ for g in groups}
+
+
+def test_a_method_group_that_declares_a_shared_flag_again_is_found():
+    @dataclass(frozen=True)
+    class Clash(FlagGroup):
+        NAME = "clash"
+        image_size: int = flag(32, "the side again")
+
+    Config = runs.script_config("clash_translate", runs.TranslationConfigBase, {}, clash=Clash)
+    assert declared_twice(flag_groups([*CONFIGS, Config])) == ["--image_size declared in data and clash"]
 
 
 def _choices(group: type[FlagGroup], name: str) -> tuple:
@@ -56,9 +96,11 @@ def test_domain_choices_are_the_names_their_owners_define():
     # util (layer 0) cannot import the layers that own these names, so the flags spell them out
     assert CHANNELS == {"brats": ("t1", "t1ce", "t2", "flair"), "chexpert": ("xray",)}  # SPEC section 1
     assert _choices(flags.DataFlags, "dataset") == DATASETS == tuple(CHANNELS)
-    assert _choices(flags.IntensityFlags, "channel") == sum(CHANNELS.values(), ())
+    assert _choices(methods.intensity.IntensityFlags, "channel") == sum(CHANNELS.values(), ())
     assert _choices(flags.EvaluationFlags, "protocol") == PROTOCOLS
-    assert _choices(flags.VAEFlags, "latent_prior") == LATENT_PRIORS
+    assert _choices(methods.vae.VAEFlags, "latent_prior") == ("adversarial", "kl")  # baselines.vae.LATENT_PRIORS
+    # the scripts a bundle holds are the registry's translation scripts, in its order
+    assert _choices(flags.BundleFlags, "method") == flags.TRANSLATORS == tuple(m.translation for m in METHODS.values())
     # the networks' factories (below the data sets) and the result panels (beside them) know them by count
     assert DATASET_CHANNELS == {dataset: len(names) for dataset, names in CHANNELS.items()}
     assert CHANNEL_NAMES == {len(names): names for names in CHANNELS.values()}
@@ -92,7 +134,7 @@ def test_help_shows_each_flag_in_its_group_with_meaning_and_default():
     assert noise and "L, how far the image is encoded" in noise.group(1)
     assert re.search(r"--dataset brats\|chexpert\s+brats: 4 channels", text)
     # a script's own default is shown and used
-    vae = build_parser(runs.VAETrainConfig)
+    vae = build_parser(VAETrainConfig)
     assert "(default: 256)" in vae.format_help() and vae.parse_args([]).image_size == 256
     assert build_parser(runs.ImageTrainConfig).parse_args([]).image_size == 64
 
@@ -243,3 +285,23 @@ def test_the_readmes_presets_are_the_tested_ones():
                                            "RECIPE_TUNE_FLAGS"}
     for name, text in found:
         assert text == getattr(presets, name), name
+
+
+METHOD_COMMANDS = [name for method in METHODS.values() for name in method.commands]
+
+
+@pytest.mark.parametrize("name", METHOD_COMMANDS)
+def test_every_command_of_a_registered_method_is_a_script_with_its_flags(name, capsys):
+    path = REPO / "scripts" / f"{name}.py"
+    assert path.is_file(), f"{name}: a registered method's command without scripts/{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: {name}.py")
+    config = COMMANDS[name].config
+    shown = set(flag_dict(config_defaults(config))) - set(getattr(config, "HIDDEN", ()))
+    assert shown and all(f"--{flag_name}" in text for flag_name in shown), name

@@ -2,9 +2,9 @@
 
     util/                                    0  errors, files, checkpoints, processes, logs, Visdom, flags
     gaussian_diffusion, unet, ... (the top)  1  the maths and the networks (SPEC section 4)
-    datasets/, evaluation/, methods/         2  beside each other: none imports another
+    datasets/, evaluation/, baselines/       2  beside each other: none imports another
     pipeline/                                3  runs things from configs, in ranks of its own (PIPELINE_RANKS):
-                                                engines below the script runs, tune.py's search,
+                                                engines below the script runs, the methods, tune.py's search,
                                                 bundles and detection above them, the driver on top
     scripts/                                 4  thin entry points
 
@@ -18,18 +18,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusion"
-LAYERS = {"util": 0, "datasets": 2, "evaluation": 2, "methods": 2, "pipeline": 3}
+LAYERS = {"util": 0, "datasets": 2, "evaluation": 2, "baselines": 2, "pipeline": 3}
 CORE = 1
 PIPELINE_RANKS = {
-    # engines: devices, the training scaffold and its pieces, the translation loop and its methods
-    "devices": 0, "presets": 0, "train": 0, "translate": 0, "methods": 0, "networks": 0, "pieces": 0, "settings": 0,
+    # engines: devices, the training scaffold and its pieces, the translation loop and its translators
+    "devices": 0, "presets": 0, "train": 0, "translate": 0, "translators": 0, "networks": 0, "pieces": 0, "settings": 0,
     "cli": 0,
-    # what each script runs, from its typed config
+    # what each script runs, from its typed config, and the steps the methods share
     "evaluate": 1, "prepare": 1, "runs": 1,
+    # the methods, one module each, and their registry (methods/__init__)
+    "methods": 2,
     # searches over runs; a bundle of what a search chose; detection on whole scans with a bundle
-    "tune": 2, "bundle": 3, "detect": 4,
+    "tune": 3, "bundle": 4, "detect": 5,
     # every command by its script's name; the driver of the example plans, which launches them
-    "commands": 5, "driver": 6,
+    "commands": 6, "driver": 7,
 }
 
 
@@ -207,7 +209,10 @@ def test_no_import_cycle():
 
 
 def test_every_pipeline_module_has_a_rank():
-    assert {p.stem for p in (PACKAGE / "pipeline").glob("*.py") if p.stem != "__init__"} == set(PIPELINE_RANKS)
+    pipeline = PACKAGE / "pipeline"
+    modules = {p.stem for p in pipeline.glob("*.py") if p.stem != "__init__"}
+    packages = {p.parent.name for p in pipeline.glob("*/__init__.py")}  # a subpackage has one rank
+    assert modules | packages == set(PIPELINE_RANKS)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PACKAGE)) for p in MODULES])

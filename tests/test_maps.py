@@ -160,10 +160,11 @@ def brats(tmp_path_factory):
 
 def _intensity(brats, out, *flags):
     from guided_diffusion.pipeline.cli import run_script
-    from guided_diffusion.pipeline.runs import IntensityConfig, translate_intensity
+    from guided_diffusion.pipeline.methods import METHODS
     argv = ["--data_dir", brats["test"], "--label_dir", brats["labels"], "--image_size", SIZE, "--progress", False,
             "--output_dir", out, "--log_dir", out.parent / f"{out.name}-log", *flags]
-    return run_script(IntensityConfig, translate_intensity, [str(a) for a in argv])
+    command = METHODS["intensity"].commands["intensity_translate"]
+    return run_script(command.config, command.run, [str(a) for a in argv])
 
 
 def test_a_translation_script_stores_the_map_of_its_map_flags(brats, tmp_path):
@@ -194,7 +195,7 @@ def test_map_flags_are_checked_as_they_are_parsed(brats, tmp_path):
 def test_a_noise_level_ensemble_averages_the_levels_maps_made_with_the_options():
     from cpu_helpers import TINY_UNET, redraw_zero_layers
     from guided_diffusion import script_util as su
-    from guided_diffusion.pipeline.methods import DiffusionTranslation
+    from guided_diffusion.pipeline.translators import DiffusionTranslation
     th.manual_seed(0)
     model, diffusion = su.create_model_and_diffusion(**TINY_UNET)
     redraw_zero_layers(model).eval()

@@ -19,8 +19,8 @@ from guided_diffusion import script_util as su
 from guided_diffusion.anomaly import anomaly_map
 from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.guidance import make_cfg_model
-from guided_diffusion.methods import dae
-from guided_diffusion.pipeline.methods import translate_batch
+from guided_diffusion.baselines import dae
+from guided_diffusion.pipeline.translators import translate_batch
 from guided_diffusion.simplex import simplex_noise
 from guided_diffusion.util.dist_util import _free_port
 

@@ -42,7 +42,7 @@ from guided_diffusion.anomaly import anomaly_map, otsu_mask
 from guided_diffusion.datasets.loaders import create_dataset
 from guided_diffusion.guidance import make_cond_fn
 from guided_diffusion.pipeline.devices import autocast_for, compile_network, wrap_network
-from guided_diffusion.pipeline.methods import translate_batch
+from guided_diffusion.pipeline.translators import translate_batch
 from guided_diffusion.pipeline.pieces import TrainLoop
 from guided_diffusion.pipeline.runs import SampleConfig
 from guided_diffusion.pipeline.train import TrainConfig

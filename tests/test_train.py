@@ -14,6 +14,7 @@ from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, have_cxx_compiler
 from PIL import Image
 
 from guided_diffusion.pipeline import runs
+from guided_diffusion.pipeline.methods.vae import VAETrainConfig
 from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig
 from guided_diffusion.script_util import (
@@ -58,12 +59,12 @@ def params_of(loop):
 def test_the_scaffold_takes_the_scripts_flag_groups_as_parsed():
     cfg = parse_flags(runs.ImageTrainConfig, ["--lr", "3e-4", "--microbatch", "1", "--seed", "7", "--log_dir", "run",
                                               "--progress", "False", "--channels_last", "True", "--batch_size", "3"])
-    train_cfg = runs._train_config(cfg, 10, anneal=True, precision="fp16")
+    train_cfg = runs.train_config(cfg, 10, anneal=True, precision="fp16")
     assert train_cfg.training is cfg.training and train_cfg.run is cfg.run
     assert train_cfg.speed == SpeedFlags(precision="fp16", compile=False, channels_last=True)  # the resolved precision
     assert (train_cfg.batch_size, train_cfg.total_steps, train_cfg.anneal_lr) == (3, 10, True)
     # a script without speed flags trains in fp32, eager
-    assert runs._train_config(parse_flags(runs.VAETrainConfig, []), 5, anneal=False).speed == SpeedFlags()
+    assert runs.train_config(parse_flags(VAETrainConfig, []), 5, anneal=False).speed == SpeedFlags()
     # no flag is declared again: the config's own fields are what a script works out (the per-process batch,
     # whether to anneal: --anneal_lr for the classifier, --lr_anneal_steps for the diffusion model)
     flags = {f.name for group in REGISTRY for f in group.flags()}

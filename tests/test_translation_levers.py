@@ -18,7 +18,7 @@ from guided_diffusion import translation_levers as tl
 from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.guidance import make_cond_fn, scale_weight, schedule_cond_fn
 from guided_diffusion.pipeline import pieces
-from guided_diffusion.pipeline.methods import Levers, decode_start, image_seed, translate_batch
+from guided_diffusion.pipeline.translators import Levers, decode_start, image_seed, translate_batch
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flags import SCALE_SCHEDULES
 

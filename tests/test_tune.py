@@ -16,7 +16,7 @@ from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.maps import MapOptions
 from guided_diffusion.pipeline import runs, tune
 from guided_diffusion.pipeline.cli import run_script
-from guided_diffusion.pipeline.methods import NetworkTranslation
+from guided_diffusion.pipeline.translators import NetworkTranslation
 from guided_diffusion.pipeline.networks import create_unet_and_diffusion
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flagspec import from_dict, parse_command, parse_flags
@@ -177,7 +177,7 @@ def test_tune_chooses_the_better_map_lever_and_reuses_the_translation(model_path
         call.name = inner.name
         return call
 
-    monkeypatch.setattr(runs, "diffusion_method", method)
+    monkeypatch.setattr(runs, "diffusion_translator", method)
     argv = ["--data_dir", val, "--model_path", model_path, "--guidance", "none", "--noise_levels", "3,2+3",
             "--grid", "map_smooth=0,1", "--protocol", "slice", "--threshold", "val", "--progress", False,
             "--out", tmp_path / "tune", "--log_dir", tmp_path / "log", "--test_dir", test_split,
@@ -249,7 +249,7 @@ def test_a_reused_translation_gives_the_maps_of_a_direct_one(model_path, val, tm
                               np.load(tmp_path / "tune" / "model000001_L2_map_residual-abs" / names[0])["anomaly"])
     # the script's method carries the map options to a noise-level ensemble's maps
     flags = {**MODEL, "model_path": [str(model_path)], "guidance": "none", "noise_level": [2], "map_smooth": 1.0}
-    method = runs.diffusion_method(from_dict(runs.SampleConfig, flags), th.device("cpu"))
+    method = runs.diffusion_translator(from_dict(runs.SampleConfig, flags), th.device("cpu"))
     assert method.map_options == MapOptions(smooth=1.0)
 
 

@@ -37,8 +37,9 @@ from ..util.fileio import atomic_write, sha256_of, staged_folder
 from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
 from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
-from .runs import TRANSLATION_METHODS, SampleConfig
-from .translate import Method
+from .methods import METHODS
+from .runs import SampleConfig
+from .translate import Translator
 from .tune import SCALE_FLAGS, read_best
 
 BUNDLE_JSON = "bundle.json"
@@ -46,6 +47,8 @@ FORMAT = 1
 MODEL_FILE = "model.pt"
 CLASSIFIER_FILE = "classifier.pt"
 PADDING = "zero-padded evenly to image_size x image_size (an odd difference puts the extra pixel after)"
+BY_SCRIPT = {method.translation: method for method in METHODS.values()}
+"""The methods by their translation script's name (bundle.json's ``method.script``): what a bundle can hold."""
 # flags that name this machine's folders: not part of a bundle
 _LOCAL_FLAGS = ("data_dir", "label_dir", "output_dir", "log_dir", "val_dir")
 
@@ -77,13 +80,13 @@ class Bundle:
         first, last = self.record["preprocessing"]["slice_range"]
         return int(first), int(last)
 
-    def build_method(self, device: th.device, speed: SpeedFlags | None = None) -> Method:
-        """The bundle's translation method on ``device`` (``speed``: --precision, --compile and
-        --channels_last of the caller, for the methods that take them)."""
+    def build_translator(self, device: th.device, speed: SpeedFlags | None = None) -> Translator:
+        """The bundle's translator on ``device`` (``speed``: --precision, --compile and
+        --channels_last of the caller, for the translators that take them)."""
         cfg = self.config
         if speed is not None and hasattr(cfg, "speed"):
             cfg = dataclasses.replace(cfg, speed=speed)
-        return TRANSLATION_METHODS[self.script][1](cfg, device)
+        return BY_SCRIPT[self.script].translator(cfg, device)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -92,7 +95,7 @@ class Bundle:
 def translation_config(script: str, argv: Sequence[str]):
     """The config of translation script ``script`` from the user's flags ``argv``, the network and
     diffusion flags not given taken from the checkpoints (as the translation script itself does)."""
-    config_cls = TRANSLATION_METHODS[script][0]
+    config_cls = BY_SCRIPT[script].config
     cfg, given = parse_command(config_cls, list(argv), prog=f"export_bundle.py --method {script}")
     return complete_from_checkpoints(cfg, given)
 
@@ -291,12 +294,12 @@ def load_bundle(folder: str, flag: str = "--bundle") -> Bundle:
         if found != digest:
             raise UserError(f"{file}: SHA-256 {found} does not match {digest} in {path} (changed or damaged)")
     script = record.get("method", {}).get("script")
-    if script not in TRANSLATION_METHODS:
-        raise UserError(f"{path}: method script {script!r}; expected one of {', '.join(TRANSLATION_METHODS)}")
+    if script not in BY_SCRIPT:
+        raise UserError(f"{path}: method script {script!r}; expected one of {', '.join(BY_SCRIPT)}")
     flags = dict(record["flags"])
     if flags.get("model_path"):
         flags["model_path"] = [os.path.join(folder, name) for name in flags["model_path"]]
     if flags.get("classifier_path"):
         flags["classifier_path"] = os.path.join(folder, flags["classifier_path"])
-    config = from_dict(TRANSLATION_METHODS[script][0], flags, where=path)
+    config = from_dict(BY_SCRIPT[script].config, flags, where=path)
     return Bundle(folder, record, config)

@@ -1,6 +1,7 @@
 """Every command of the package by its script's name: the config it takes and the function that
-runs it. ``scripts/<name>.py`` is each pair behind a command line; the example plans
-(:mod:`.driver`) hold a stage as a command and its flags, and launch it with
+runs it (:class:`.methods.Command`), read from the methods' registry plus the tools.
+``scripts/<name>.py`` is each pair behind a command line; the example plans (:mod:`.driver`) hold a
+stage as a command and its flags, and launch it with
 
     python -m guided_diffusion.pipeline.commands <name> [flags]
 
@@ -9,36 +10,14 @@ which is where a config becomes text.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .bundle import ExportBundleConfig, export_bundle
 from .cli import run_main, run_script, run_tool
 from .detect import DetectConfig, detect
 from .evaluate import CompareConfig, EvaluateConfig, compare_runs, evaluate_folder
+from .methods import METHODS, Command
 from .prepare import RealisticConfig, SyntheticConfig, run_make_realistic, run_make_synthetic
-from .runs import (
-    ClassifierTrainConfig,
-    DAETrainConfig,
-    DAETranslateConfig,
-    FPGANTrainConfig,
-    FPGANTranslateConfig,
-    ImageTrainConfig,
-    IntensityConfig,
-    SampleConfig,
-    VAETrainConfig,
-    VAETranslateConfig,
-    run_translation,
-    train_classifier,
-    train_dae,
-    train_fpgan,
-    train_diffusion_model,
-    translate_dae,
-    translate_fpgan,
-    translate_intensity,
-    translate_vae,
-    train_vae,
-)
 from .tune import TuneConfig, tune
 
 
@@ -47,28 +26,8 @@ def _export_tuned(cfg: ExportBundleConfig) -> dict:
     return export_bundle(cfg, [])
 
 
-@dataclass(frozen=True)
-class Command:
-    """A script's config class and run function; ``networks``: it runs networks (a process group, a
-    log folder, Visdom: :func:`.cli.run_script`), else it only reads and writes files (:func:`.cli.run_tool`)."""
-
-    config: type
-    run: Callable[..., Any]
-    networks: bool
-
-
-COMMANDS: dict[str, Command] = {
-    "image_train": Command(ImageTrainConfig, train_diffusion_model, True),
-    "classifier_train": Command(ClassifierTrainConfig, train_classifier, True),
-    "classifier_sample_known": Command(SampleConfig, run_translation, True),
+TOOLS: dict[str, Command] = {
     "tune": Command(TuneConfig, tune, True),
-    "vae_train": Command(VAETrainConfig, train_vae, True),
-    "vae_translate": Command(VAETranslateConfig, translate_vae, True),
-    "fpgan_train": Command(FPGANTrainConfig, train_fpgan, True),
-    "fpgan_translate": Command(FPGANTranslateConfig, translate_fpgan, True),
-    "dae_train": Command(DAETrainConfig, train_dae, True),
-    "dae_translate": Command(DAETranslateConfig, translate_dae, True),
-    "intensity_translate": Command(IntensityConfig, translate_intensity, True),
     "evaluate": Command(EvaluateConfig, evaluate_folder, False),
     "compare": Command(CompareConfig, compare_runs, False),
     "make_synthetic": Command(SyntheticConfig, run_make_synthetic, False),
@@ -76,6 +35,11 @@ COMMANDS: dict[str, Command] = {
     "export_bundle": Command(ExportBundleConfig, _export_tuned, False),
     "detect": Command(DetectConfig, detect, False),
 }
+"""The commands that belong to no one method: searching, scoring, data, bundles and detection."""
+
+COMMANDS: dict[str, Command] = {**{name: command for method in METHODS.values()
+                                   for name, command in method.commands.items()}, **TOOLS}
+"""Every command: each method's (:data:`.methods.METHODS`), then the tools."""
 
 
 def run_command(name: str, argv: Sequence[str]) -> Any:

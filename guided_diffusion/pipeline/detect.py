@@ -134,7 +134,7 @@ def find_patients(inputs: Sequence[str], slice_range: tuple[int, int]) -> list[B
 # ------------------------------------------------------------------------------------------ one patient
 
 
-def translate_patient(bundle: Bundle, method, patient: BratsPatient, device: th.device, batch_size: int,
+def translate_patient(bundle: Bundle, translator, patient: BratsPatient, device: th.device, batch_size: int,
                       on_slices=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The anomaly maps of the patient's processed slices, (X, Y, n) float32 for the n slices of the
     range, and the normalised volumes they were made from (seq -> (X, Y, n))."""
@@ -152,7 +152,7 @@ def translate_patient(bundle: Bundle, method, patient: BratsPatient, device: th.
             ks = list(range(start, min(n, start + batch_size)))
             x = th.stack([network_input(np.stack([volumes[m][:, :, k] for m in MODALITIES]), image_size)
                           for k in ks]).to(device)  # (B, 4, S, S)
-            out = method(x, [leaf_name(k + 1) for k in ks], None)
+            out = translator(x, [leaf_name(k + 1) for k in ks], None)
             healthy, amaps = out if isinstance(out, tuple) else (out, None)
             x_cpu, healthy_cpu = x.float().cpu(), healthy.float().cpu()
             for j, k in enumerate(ks):
@@ -209,11 +209,11 @@ def overlay_png(flair: np.ndarray, mask: np.ndarray, columns: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def process_patient(bundle: Bundle, method, patient: BratsPatient, out: str, device: th.device, batch_size: int,
+def process_patient(bundle: Bundle, translator, patient: BratsPatient, out: str, device: th.device, batch_size: int,
                     overlay: bool = False, on_slices=None) -> dict:
     """Translate, threshold and write one patient; returns its summary row (written last: the done marker)."""
     first, _ = bundle.slice_range
-    maps, volumes = translate_patient(bundle, method, patient, device, batch_size, on_slices)
+    maps, volumes = translate_patient(bundle, translator, patient, device, batch_size, on_slices)
     mask = mask_of(bundle, maps, volumes)
     reference = read_nifti_image(patient.files["flair"])
     shape = patient.shape
@@ -305,7 +305,7 @@ def detect(cfg: DetectConfig) -> list[dict] | None:
         todo = [p for i, p in enumerate(patients) if i % world == rank and not _done(d.output, p.name)]
         logger.log(f"rank {rank}: {len(todo)} of {len(patients)} patients to process")
         device = dist_util.dev(cfg.run.device or None)
-        method = bundle.build_method(device, cfg.speed) if todo else None
+        translator = bundle.build_translator(device, cfg.speed) if todo else None
         n_slices = bundle.slice_range[1] - bundle.slice_range[0] + 1
         bar = None
         if cfg.run.progress and rank == 0 and todo:
@@ -315,7 +315,7 @@ def detect(cfg: DetectConfig) -> list[dict] | None:
             for i, patient in enumerate(todo):
                 if bar is not None:
                     bar.set_description(f"patient {i + 1}/{len(todo)} {patient.name}")
-                process_patient(bundle, method, patient, d.output, device, cfg.data.batch_size, d.overlay,
+                process_patient(bundle, translator, patient, d.output, device, cfg.data.batch_size, d.overlay,
                                 on_slices=bar.update if bar is not None else None)
         finally:
             if bar is not None:

@@ -47,17 +47,14 @@ from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, TuneFlag
 from ..util.flagspec import config_defaults, flag_dict, from_dict, part, to_argv
 from .commands import COMMANDS
 from .evaluate import EvaluateConfig
+from .methods import METHODS, Method
 from .presets import (
     DEMO_CLASSIFIER,
-    DEMO_DAE,
-    DEMO_DAE_NOISE,
     DEMO_DIFFUSION,
-    DEMO_FPGAN,
     DEMO_MAX_T,
     DEMO_MODEL,
     DEMO_RESPACING,
     DEMO_SIMPLEX,
-    DEMO_VAE,
 )
 from .detect import SUMMARY_CSV
 from .tune import BEST_JSON, TUNE_CSV, read_best
@@ -260,8 +257,22 @@ def demo_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
     paths = (plan.checkpoint("model", d.model_steps), plan.checkpoint("classifier", d.classifier_steps))
     ddim = plan.tuned("ddim", "DDIM (paper)", _guided(plan, *paths, plan.cfg.tune.noise_levels),
                       needs=("train_classifier", "train_model"))
-    intensity = plan.fixed("intensity", "FLAIR intensity", "intensity_translate", {"image_size": 64, "channel": "flair"})
+    _, intensity = baseline_stages(plan, METHODS["intensity"])
     return [classifier, model], [ddim, intensity]
+
+
+def baseline_stages(plan: Plan, method: Method) -> tuple[list[Stage], Row]:
+    """A method's stages from its demo flags (:class:`.methods.Demo`): its training, if it trains a
+    network, and its row (the same flags on the test and the validation split)."""
+    demo = method.demo
+    if demo.train is None:
+        return [], plan.fixed(method.key, method.name, method.translation, dict(demo.translate))
+    steps = getattr(plan.cfg.driver, demo.steps)
+    training = plan.train(method.key, method.training, dict(demo.train), demo.steps_flag, steps, demo.batch_size)
+    checkpoint = plan.checkpoint(method.key, steps, demo.checkpoint)
+    row = plan.fixed(method.key, method.name, method.translation, {**demo.translate, "model_path": (checkpoint,)},
+                     needs=(training.name,))
+    return [training], row
 
 
 def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
@@ -278,9 +289,6 @@ def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
                    "lr_anneal_steps", d.model_steps, 8),
         plan.train("simplex_model", "image_train", {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "ema_rate": "0.999"},
                    "lr_anneal_steps", d.model_steps, 8),
-        plan.train("dae", "dae_train", {**DEMO_DAE, **DEMO_DAE_NOISE}, "iterations", d.dae_steps, 8),
-        plan.train("vae", "vae_train", DEMO_VAE, "iterations", d.vae_steps, 10),
-        plan.train("fpgan", "fpgan_train", DEMO_FPGAN, "iterations", d.fpgan_steps, 10),
     ]
     single = t.noise_levels
     rows = [
@@ -299,14 +307,17 @@ def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
                    {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "timestep_respacing": f"ddim{DEMO_RESPACING}", "batch_size": 8,
                     "model_path": (plan.checkpoint("simplex_model", d.model_steps),), "use_ddim": False,
                     "guidance": "none", "noise_levels": single}, needs=("train_simplex_model",)),
-        plan.fixed("dae", "Denoising autoencoder", "dae_translate",
-                   {**DEMO_DAE, "model_path": (plan.checkpoint("dae", d.dae_steps),)}, needs=("train_dae",)),
-        plan.fixed("vae", "VAE (cAAE)", "vae_translate",
-                   {**DEMO_VAE, "model_path": (plan.checkpoint("vae", d.vae_steps),)}, needs=("train_vae",)),
-        plan.fixed("fpgan", "FixedPoint-GAN", "fpgan_translate",
-                   {**DEMO_FPGAN, "model_path": (plan.checkpoint("fpgan", d.fpgan_steps, "G"),)},
-                   needs=("train_fpgan",)),
     ]
+    for method in METHODS.values():  # every other method with demo flags: its training and its row
+        if method.demo is not None and method.key not in {r.key for r in rows}:
+            stages, row = baseline_stages(plan, method)
+            training += stages
+            rows.append(row)
+    scripts = {s.command for s in training + [s for r in rows for s in r.stages]}
+    missing = [m.key for m in METHODS.values() if m.translation not in scripts]
+    if missing:
+        raise ValueError(f"make compare: the methods {', '.join(missing)} have no stage in the compare plan (give "
+                         "each a Demo, or write its rows here)")
     return training, rows
 
 

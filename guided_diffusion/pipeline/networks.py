@@ -1,8 +1,9 @@
 """Every network built from its typed config, and loaded from its checkpoint.
 
-The UNet and the classifier come from guided diffusion's factories (:mod:`script_util`), the
-baselines' networks from :mod:`guided_diffusion.methods`. A checkpoint that does not fit the
-flags is an error naming the file and the flags that shape the network.
+The UNet and the classifier come from guided diffusion's factories (:mod:`script_util`); each baseline's
+networks are built in its method's module (:mod:`.methods`) with :func:`load_weights` and the checkpoint
+machinery here. A checkpoint that does not fit the flags is an error naming the file and the flags that
+shape the network.
 """
 from __future__ import annotations
 
@@ -14,15 +15,11 @@ from typing import Any, Callable
 
 import torch as th
 
-from ..methods.fpgan import Discriminator, Generator
-from ..methods.vae import VAE, LatentDiscriminator, latent_prior_check
 from ..script_util import (
     _attention_ds,
     _channel_mult,
     create_classifier_and_diffusion,
-    create_model,
     create_model_and_diffusion,
-    in_channels_for,
 )
 from ..unet_forensics import apply_state_dict, classifier_flags, network_kind, unet_flags
 from ..util import checkpoint as ckpt
@@ -31,19 +28,10 @@ from ..util.flags import (
     ClassifierFlags,
     DataFlags,
     DiffusionFlags,
-    FPGANFlags,
     ModelFlags,
     NoiseFlags,
-    VAEFlags,
 )
 from ..util.flagspec import coerce_flags, flag_dict, flag_text, from_dict
-
-VAE_FLAGS_HINT = ("check --vae_width, --vae_depth, --latent_dim, --latent_prior, --latent_disc_width, --image_size, "
-                  "--dataset")
-FPGAN_FLAGS_HINT = "check --fpgan_width, --fpgan_res_blocks, --fpgan_d_width, --fpgan_d_depth, --image_size, --dataset"
-DAE_FLAGS_HINT = (
-    "check --num_channels, --num_res_blocks, --channel_mult, --attention_resolutions, --image_size, --dataset")
-
 
 def _shape(data: DataFlags) -> dict:
     return {"image_size": data.image_size, "dataset": data.dataset}
@@ -58,39 +46,11 @@ def create_unet_and_diffusion(data: DataFlags, model: ModelFlags, diffusion: Dif
                                       uncond_label=uncond_label)
 
 
-def create_dae(data: DataFlags, model: ModelFlags) -> th.nn.Module:
-    """The denoising autoencoder's network: the UNet of the model flags, unconditional, C channels out."""
-    if model.class_cond:
-        raise UserError("--class_cond True: the denoising autoencoder is unconditional (use --class_cond False)")
-    check_unet_flags(data, model)
-    flags = {**dataclasses.asdict(model), **_shape(data)}
-    return create_model(flags.pop("image_size"), flags.pop("num_channels"), flags.pop("num_res_blocks"), **flags)
-
-
 def create_classifier_net(data: DataFlags, classifier: ClassifierFlags, diffusion: DiffusionFlags):
     """(EncoderUNetModel, SpacedDiffusion) of the flags."""
     check_classifier_flags(data, classifier)
     return create_classifier_and_diffusion(**_shape(data), **dataclasses.asdict(classifier),
                                            **dataclasses.asdict(diffusion))
-
-
-def create_vae(data: DataFlags, vae: VAEFlags) -> tuple[VAE, LatentDiscriminator | None]:
-    """The VAE and, for the adversarial prior, its latent discriminator (else None)."""
-    variational = latent_prior_check(vae.latent_prior)
-    model = VAE(in_channels_for(data.dataset), data.image_size, width=vae.vae_width, depth=vae.vae_depth,
-                latent_dim=vae.latent_dim, variational=variational)
-    disc = None if variational else LatentDiscriminator(vae.latent_dim, vae.latent_disc_width)
-    return model, disc
-
-
-def create_fpgan(data: DataFlags, fpgan: FPGANFlags) -> tuple[Generator, Discriminator]:
-    """FixedPoint-GAN's generator and discriminator."""
-    if data.image_size < 4 or data.image_size % 4:
-        raise UserError(f"--image_size {data.image_size}: the FixedPoint-GAN generator needs a multiple of 4")
-    channels = in_channels_for(data.dataset)
-    gen = Generator(channels, width=fpgan.fpgan_width, res_blocks=fpgan.fpgan_res_blocks)
-    disc = Discriminator(channels, data.image_size, width=fpgan.fpgan_d_width, depth=fpgan.fpgan_d_depth)
-    return gen, disc
 
 
 def load_weights(net: th.nn.Module, path: str, flag: str, what: str, hint: str | None = None,
@@ -169,18 +129,19 @@ def check_classifier_flags(data: DataFlags, classifier: ClassifierFlags) -> None
 # -------------------------------------------------------------------------------- the flags a checkpoint carries
 
 
-def _names(group, *leave_out: str) -> tuple[str, ...]:
+def flag_names(group, *leave_out: str) -> tuple[str, ...]:
+    """The names of a flag group's flags, but ``leave_out``."""
     return tuple(f.name for f in dataclasses.fields(group) if f.name not in leave_out)
 
 
-_SHAPE = ("image_size", "dataset")
-_DIFFUSION = _names(DiffusionFlags, "timestep_respacing")  # respacing is a choice of the sampling, not of the network
-UNET_FLAGS = _SHAPE + _names(ModelFlags, "use_fp16", "use_checkpoint") + _DIFFUSION + _names(NoiseFlags)
+SHAPE_FLAGS = ("image_size", "dataset")
+"""What every network's checkpoint fixes."""
+_DIFFUSION = flag_names(DiffusionFlags, "timestep_respacing")  # respacing is a choice of the sampling, not the network
+UNET_NETWORK_FLAGS = SHAPE_FLAGS + flag_names(ModelFlags, "use_fp16", "use_checkpoint")
+"""What a UNet's checkpoint fixes (the denoising autoencoder's too)."""
+UNET_FLAGS = UNET_NETWORK_FLAGS + _DIFFUSION + flag_names(NoiseFlags)
 """What a diffusion model checkpoint fixes (precision and gradient checkpointing stay the user's choice)."""
-CLASSIFIER_FLAGS = _SHAPE + _names(ClassifierFlags, "classifier_use_fp16")
-VAE_FLAGS = _SHAPE + _names(VAEFlags)
-FPGAN_FLAGS = _SHAPE + _names(FPGANFlags)
-DAE_FLAGS = _SHAPE + _names(ModelFlags, "use_fp16", "use_checkpoint")
+CLASSIFIER_FLAGS = SHAPE_FLAGS + flag_names(ClassifierFlags, "classifier_use_fp16")
 
 
 @dataclass(frozen=True)

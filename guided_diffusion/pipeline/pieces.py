@@ -6,11 +6,10 @@ computes its losses from the step's batch and the scaffold's draws for the globa
 * :class:`DiffusionPiece`: the class-conditional diffusion UNet, guided diffusion's hybrid loss
   at timesteps from the schedule sampler, EMA weights (``ema_<rate>_NNNNNN.pt``);
 * :class:`ClassifierPiece`: the noise-aware classifier, cross entropy on q(x_t | x_0), held-out
-  loss and accuracy;
-* :class:`VAEPiece`: the cAAE baseline, three phases per step (adversarial prior) or one (KL);
-* :class:`FPGANPiece`: FixedPoint-GAN, a critic step every step and a generator step every
-  ``n_critic``;
-* :class:`DAEPiece`: the denoising autoencoder, coarse noise in, the clean image out.
+  loss and accuracy.
+
+Each baseline's piece is in its method's module (:mod:`.methods`); :class:`OneNetworkPiece` is the
+base of the pieces with one network.
 
 ``TrainLoop`` and ``ClassifierTrainLoop`` keep guided diffusion's names for the first two.
 """
@@ -21,9 +20,6 @@ from typing import Callable, Iterator
 import torch as th
 import torch.nn.functional as F
 
-from ..methods import dae as dae_lib
-from ..methods import fpgan as fpgan_lib
-from ..methods import vae as vae_lib
 from ..resample import LossAwareSampler, UniformSampler
 from ..script_util import NULL_CLASS
 from ..translation_levers import patch_boxes, patch_masks, patched_training_losses
@@ -232,145 +228,6 @@ class ClassifierPiece(OneNetworkPiece):
                 trainer.monitor.line("classifier_accuracy", trainer.step, {"val_acc": values["val_acc"]},
                                      title="classifier accuracy")
         return values
-
-
-class VAEPiece(Piece):
-    """The cAAE baseline (:mod:`guided_diffusion.methods.vae`), trained on healthy images.
-
-    Adversarial prior, three phases per step: the autoencoder on L_rec + lambda_cons L_cons
-    (optimizer ``opt_ae``), the latent discriminator (``opt_disc``), the encoder against it
-    (``opt_enc``); the adversarial players use beta1 = 0.5 (Radford et al. 2016). KL prior: one
-    phase on the ELBO-like loss.
-    """
-
-    kind = "vae"
-
-    def __init__(self, model: vae_lib.VAE, disc: vae_lib.LatentDiscriminator | None, *, kl_weight: float = 1.0,
-                 lambda_adv: float = 1.0, lambda_consistency: float = 1.0):
-        if (disc is None) != model.variational:
-            raise ValueError("the adversarial prior needs a latent discriminator; the KL prior none")
-        self.model, self.disc = model, disc
-        self.kl_weight, self.lambda_adv, self.lambda_consistency = kl_weight, lambda_adv, lambda_consistency
-
-    def modules(self):
-        return {"model": self.model} if self.disc is None else {"zdisc": self.disc, "model": self.model}
-
-    def param_groups(self):
-        groups = {"opt_ae": (list(self.model.parameters()), {})}
-        if self.disc is not None:
-            gan = {"betas": (0.5, 0.999)}
-            groups.update(opt_disc=(list(self.disc.parameters()), gan),
-                          opt_enc=(vae_lib.encoder_parameters(self.model), gan))
-        return groups
-
-    def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
-        B, d = x.shape[0], self.model.latent_dim
-        if self.model.variational:
-            eps = trainer.randn(d)
-            trainer.minimise("opt_ae", lambda sl: vae_lib.kl_vae_loss(
-                self.model, x[sl], eps[sl], kl_weight=self.kl_weight, lambda_consistency=self.lambda_consistency), B)
-            return
-        # 1. reconstruction phase
-        trainer.minimise("opt_ae", lambda sl: vae_lib.autoencoder_loss(
-            self.model, x[sl], lambda_consistency=self.lambda_consistency), B)
-        # 2. regularisation phase: D_z step, then an encoder step against D_z
-        z_prior = trainer.randn(d)
-
-        def disc_loss(sl):
-            with th.no_grad():
-                z_code = self.model.encode(x[sl])[0]
-            loss = vae_lib.latent_discriminator_loss(self.disc, z_prior[sl], z_code)
-            return loss, {"disc": loss}
-
-        trainer.minimise("opt_disc", disc_loss, B)
-        self.disc.requires_grad_(False)
-        try:
-            def adv_loss(sl):
-                adv = vae_lib.encoder_adversarial_loss(self.disc, self.model.encode(x[sl])[0])
-                return self.lambda_adv * adv, {"adv": adv}
-
-            trainer.minimise("opt_enc", adv_loss, B)
-        finally:
-            self.disc.requires_grad_(True)
-
-    @th.no_grad()
-    def show(self, trainer: Trainer, x: th.Tensor) -> None:
-        self.model.eval()
-        healthy = self.model.reconstruct(x[:1])
-        self.model.train()
-        trainer.monitor.images("input", x[0], title="training input")
-        trainer.monitor.images("healthy", healthy[0], title="VAE: healthy translation")
-
-
-class FPGANPiece(Piece):
-    """FixedPoint-GAN (:mod:`guided_diffusion.methods.fpgan`): each step a critic step (``opt_d``),
-    every ``n_critic``-th step also a generator step (``opt_g``); Adam with beta1 = 0.5."""
-
-    kind = "fpgan"
-
-    def __init__(self, gen: fpgan_lib.Generator, disc: fpgan_lib.Discriminator, *, lambda_cls: float = 1.0,
-                 lambda_gp: float = 10.0, lambda_rec: float = 10.0, lambda_id: float = 10.0, n_critic: int = 5):
-        if n_critic < 1:
-            raise UserError(f"--n_critic {n_critic}: expected 1 or more")
-        self.gen, self.disc = gen, disc
-        self.lambda_cls, self.lambda_gp, self.lambda_rec, self.lambda_id = lambda_cls, lambda_gp, lambda_rec, lambda_id
-        self.n_critic = n_critic
-
-    def modules(self):
-        return {"D": self.disc, "G": self.gen}
-
-    def param_groups(self):
-        gan = {"betas": (0.5, 0.999)}
-        return {"opt_g": (list(self.gen.parameters()), gan), "opt_d": (list(self.disc.parameters()), gan)}
-
-    def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
-        B, c_x = x.shape[0], cond["y"]
-        c_trg = trainer.randint(self.gen.num_domains)  # same- and cross-domain targets, half each
-        alpha = trainer.rand()
-        trainer.minimise("opt_d", lambda sl: fpgan_lib.critic_loss(
-            self.gen, self.disc, x[sl], c_x[sl], c_trg[sl], alpha[sl], lambda_cls=self.lambda_cls,
-            lambda_gp=self.lambda_gp), B)
-        if (trainer.step + 1) % self.n_critic:
-            return
-        self.disc.requires_grad_(False)  # no critic gradients from the generator's loss
-        try:
-            trainer.minimise("opt_g", lambda sl: fpgan_lib.generator_loss(
-                self.gen, self.disc, x[sl], c_x[sl], c_trg[sl], lambda_cls=self.lambda_cls,
-                lambda_rec=self.lambda_rec, lambda_id=self.lambda_id), B)
-        finally:
-            self.disc.requires_grad_(True)
-
-    @th.no_grad()
-    def show(self, trainer: Trainer, x: th.Tensor) -> None:
-        healthy = fpgan_lib.translate_to_healthy(self.gen, x[:1])
-        trainer.monitor.images("input", x[0], title="training input")
-        trainer.monitor.images("healthy", healthy[0], title="FixedPoint-GAN: healthy translation")
-
-
-class DAEPiece(OneNetworkPiece):
-    """The denoising autoencoder (:mod:`guided_diffusion.methods.dae`) on healthy images: coarse noise
-    of ``noise_std`` on a ``noise_res`` grid, the masked reconstruction loss."""
-
-    kind = "dae"
-
-    def __init__(self, net, *, noise_res: int = 16, noise_std: float = 0.2):
-        if noise_res < 1 or noise_std < 0:
-            raise UserError(f"--noise_res {noise_res} / --noise_std {noise_std}: expected a positive grid side "
-                            "and a non-negative standard deviation")
-        self.net, self.noise_res, self.noise_std = net, noise_res, noise_std
-
-    def step(self, trainer: Trainer, x: th.Tensor, cond: dict) -> None:
-        eps = self.noise_std * trainer.randn(x.shape[1], self.noise_res, self.noise_res)
-        shifts = trainer.randint(x.shape[-1], 2)  # (B, 2): rows, columns
-        trainer.minimise("opt", lambda sl: dae_lib.dae_loss(trainer.net, x[sl], eps[sl], shifts[sl]), x.shape[0])
-
-    @th.no_grad()
-    def show(self, trainer: Trainer, x: th.Tensor) -> None:
-        self.net.eval()
-        healthy = dae_lib.translate_to_healthy(self.net, x[:1])
-        self.net.train()
-        trainer.monitor.images("input", x[0], title="training input")
-        trainer.monitor.images("healthy", healthy[0], title="DAE: healthy translation")
 
 
 class TrainLoop(Trainer):

@@ -1,5 +1,5 @@
 """Flag presets: the original README's (the paper's networks) as the command-line text SPEC section 6a
-pins, the small networks of ``make demo`` and ``make compare`` (minutes on a CPU) as typed partial
+pins, the diffusion family's small networks of ``make demo`` and ``make compare`` (minutes on a CPU) as typed partial
 configs ({flag: value}, :func:`~guided_diffusion.util.flagspec.from_dict` completes one), and the recipe
 the comparison recommends."""
 from ..util.flagspec import flag_text
@@ -26,13 +26,7 @@ DEMO_CLASSIFIER = {"image_size": 64, "classifier_width": 32, "classifier_depth":
                    "classifier_pool": "attention"}
 DEMO_RESPACING = 50  # translation with --timestep_respacing ddim50: L counts steps of 20
 DEMO_SIMPLEX = {**DEMO_MODEL, "class_cond": False, "noise_type": "simplex", "simplex_frequency": 16}
-# the DAE's UNet like the diffusion model's; trained with coarse noise on an 8 x 8 grid (Kascenas: 16 at 128
-# pixels)
-DEMO_DAE = {k: DEMO_MODEL[k] for k in ("image_size", "num_channels", "num_res_blocks", "channel_mult",
-                                       "attention_resolutions")}
-DEMO_DAE_NOISE = {"noise_res": 8, "noise_std": 0.2}
-DEMO_VAE = {"image_size": 64, "vae_width": 16, "vae_depth": 4, "latent_dim": 64, "latent_disc_width": 128}
-DEMO_FPGAN = {"image_size": 64, "fpgan_width": 16, "fpgan_res_blocks": 3, "fpgan_d_width": 16, "fpgan_d_depth": 4}
+# (each baseline's demo flags are its method's, :class:`.methods.Demo`)
 # the lever: a classifier trained where translation asks it, t < 400 of 1000 (L <= 20 of ddim50)
 DEMO_MAX_T = {"classifier_max_t": 400}
 

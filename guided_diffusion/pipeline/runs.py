@@ -1,9 +1,13 @@
-"""What each script does, as a function of its typed config (the scripts stay thin).
+"""What the scripts do, as functions of their typed configs (the scripts stay thin): the steps every
+method shares, and the diffusion family's scripts (image_train, classifier_train,
+classifier_sample_known; tune.py's search is :mod:`.tune`).
 
 A script's config is a dataclass of flag groups (:mod:`guided_diffusion.util.flags`); its
-run function builds the data, the networks and the piece or method from it and hands them
+run function builds the data, the networks and the piece or translator from it and hands them
 to the training scaffold (:mod:`.train`) or the translation loop (:mod:`.translate`).
-``DEFAULTS`` are a script's own defaults for flags of shared groups.
+``DEFAULTS`` are a script's own defaults for flags of shared groups. Each baseline's configs and
+run functions are its method's module (:mod:`.methods`); they build on :class:`TrainingConfigBase`,
+:class:`TranslationConfigBase`, :func:`script_config`, :func:`train_piece` and :func:`translate_with`.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from typing import Callable, ClassVar
 import torch as th
 from torch.utils.data import DataLoader, Subset
 
-from ..datasets.common import CHANNELS
 from ..datasets.loaders import (
     collate_training_batch,
     create_dataset,
@@ -27,8 +30,6 @@ from ..datasets.loaders import (
 from ..datasets.splits import split_by_patient
 from ..evaluation.results import format_table
 from ..guidance import make_cfg_model, make_cond_fn
-from ..methods.dae import translate_to_healthy as dae_translate_to_healthy
-from ..methods.fpgan import translate_to_healthy
 from ..resample import create_named_schedule_sampler
 from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
 from ..simplex import simplex_noise
@@ -39,14 +40,10 @@ from ..util.fileio import atomic_write
 from ..util.flags import (
     ClassifierFlags,
     ClassifierTrainFlags,
-    DAEFlags,
     DataFlags,
     DiffusionFlags,
     DiffusionTrainFlags,
     EvaluationFlags,
-    FPGANFlags,
-    FPGANLossFlags,
-    IntensityFlags,
     LengthFlags,
     MapFlags,
     ModelFlags,
@@ -60,8 +57,6 @@ from ..util.flags import (
     TimestepFlags,
     TrainFlags,
     TranslateFlags,
-    VAEFlags,
-    VAELossFlags,
 )
 from ..util.flagspec import flag_dict, part
 from .devices import (
@@ -72,35 +67,26 @@ from .devices import (
     wrap_network,
 )
 from .evaluate import scoring_of
-from .methods import DiffusionTranslation, Levers, NetworkTranslation, per_image
+from .translators import DiffusionTranslation, Levers, per_image
 from .networks import (
     CLASSIFIER_FLAGS,
-    DAE_FLAGS,
-    DAE_FLAGS_HINT,
-    FPGAN_FLAGS,
     UNET_FLAGS,
-    VAE_FLAGS,
     CheckpointFlags,
-    FPGAN_FLAGS_HINT,
-    VAE_FLAGS_HINT,
     create_classifier_net,
-    create_dae,
-    create_fpgan,
     create_unet_and_diffusion,
-    create_vae,
     flags_file,
     load_weights,
 )
-from .pieces import ClassifierPiece, DAEPiece, DiffusionPiece, FPGANPiece, VAEPiece, gaussian_noise
+from .pieces import ClassifierPiece, DiffusionPiece, gaussian_noise
 from .train import Piece, TrainConfig, Trainer
 from .settings import claim_output_dir
-from .translate import LoopConfig, Method, map_options, remap_folder, translate_folder
+from .translate import LoopConfig, Translator, map_options, remap_folder, translate_folder
 
 # -------------------------------------------------------------------------------- configs
 
 
 @dataclass(frozen=True)
-class _ScriptConfig:
+class ScriptConfigBase:
     """What every script that runs networks takes: how the run goes, its data, Visdom."""
 
     run: RunFlags
@@ -109,19 +95,23 @@ class _ScriptConfig:
 
 
 @dataclass(frozen=True)
-class _TrainingConfig(_ScriptConfig):
+class TrainingConfigBase(ScriptConfigBase):
+    """What every training script takes."""
+
     training: TrainFlags
 
 
 @dataclass(frozen=True)
-class _TranslationConfig(_ScriptConfig):
+class TranslationConfigBase(ScriptConfigBase):
+    """What every translation script takes."""
+
     translation: TranslateFlags
     evaluation: EvaluationFlags
     maps: MapFlags
 
 
 @dataclass(frozen=True)
-class ImageTrainConfig(_TrainingConfig):
+class ImageTrainConfig(TrainingConfigBase):
     """scripts/image_train.py"""
 
     model: ModelFlags
@@ -136,7 +126,7 @@ class ImageTrainConfig(_TrainingConfig):
 
 
 @dataclass(frozen=True)
-class ClassifierTrainConfig(_TrainingConfig):
+class ClassifierTrainConfig(TrainingConfigBase):
     """scripts/classifier_train.py"""
 
     classifier: ClassifierFlags
@@ -156,7 +146,7 @@ class ClassifierTrainConfig(_TrainingConfig):
 
 
 @dataclass(frozen=True)
-class SampleConfig(_TranslationConfig):
+class SampleConfig(TranslationConfigBase):
     """scripts/classifier_sample_known.py"""
 
     model: ModelFlags
@@ -174,51 +164,35 @@ class SampleConfig(_TranslationConfig):
                                                     shapes="classifier"))
 
 
-def _baseline_config(script: str, base: type, defaults: dict, checkpoint: CheckpointFlags | None = None,
-                     **groups: type) -> type:
-    """The config of a baseline's script: ``base``'s groups and the method's own (by field name);
-    ``checkpoint``: the flags its checkpoint carries."""
+def script_config(script: str, base: type, defaults: dict, checkpoint: CheckpointFlags | None = None,
+                  module: str = __name__, **groups: type) -> type:
+    """The config of script ``script``: ``base``'s groups and the method's own (by field name);
+    ``checkpoint``: the flags its checkpoint carries; ``module``: where the config is defined."""
     return make_dataclass(f"{script.title().replace('_', '')}Config", list(groups.items()), bases=(base,),
                           frozen=True, namespace={"SCRIPT": script, "DEFAULTS": defaults,
                                                   "CHECKPOINTS": (checkpoint,) if checkpoint else (),
-                                                  "__doc__": f"scripts/{script}.py", "__module__": __name__})
+                                                  "__doc__": f"scripts/{script}.py", "__module__": module})
 
 
-def _resumed(script: str, names: tuple[str, ...]) -> CheckpointFlags:
+def resumed(script: str, names: tuple[str, ...]) -> CheckpointFlags:
+    """A training script's --resume_checkpoint: its own saved flags ``names``."""
     return CheckpointFlags("resume_checkpoint", script, names)
 
 
-def _translated(script: str, names: tuple[str, ...]) -> CheckpointFlags:
-    return CheckpointFlags("model_path", script, names)
+def translated(train_script: str, names: tuple[str, ...]) -> CheckpointFlags:
+    """A translation script's --model_path: the flags ``names`` that ``train_script`` saved."""
+    return CheckpointFlags("model_path", train_script, names)
 
 
 # the baselines at SPEC section 9's settings: 256 x 256, batch 10, 500 (VAE) or 150 (FixedPoint-GAN) epochs
-_TRAINING = {"image_size": 256, "batch_size": 10, "save_interval": 1000}
-_TRANSLATION = {"image_size": 256, "batch_size": 8}
-VAETrainConfig = _baseline_config("vae_train", _TrainingConfig, {**_TRAINING, "epochs": 500},
-                                  _resumed("vae_train", VAE_FLAGS), length=LengthFlags, vae=VAEFlags,
-                                  vae_losses=VAELossFlags)
-FPGANTrainConfig = _baseline_config("fpgan_train", _TrainingConfig, {**_TRAINING, "epochs": 150},
-                                    _resumed("fpgan_train", FPGAN_FLAGS), length=LengthFlags, fpgan=FPGANFlags,
-                                    fpgan_losses=FPGANLossFlags)
-VAETranslateConfig = _baseline_config("vae_translate", _TranslationConfig, _TRANSLATION,
-                                      _translated("vae_train", VAE_FLAGS), vae=VAEFlags)
-FPGANTranslateConfig = _baseline_config("fpgan_translate", _TranslationConfig, _TRANSLATION,
-                                        _translated("fpgan_train", FPGAN_FLAGS), fpgan=FPGANFlags)
-# the DAE with Kascenas et al.'s batch 16 and 2100 epochs of 32 batches; their UNet is the model flags'
-_DAE_TRAINING = {"image_size": 256, "batch_size": 16, "iterations": 67200, "save_interval": 5000,
-                 "class_cond": False}
-DAETrainConfig = _baseline_config("dae_train", _TrainingConfig, _DAE_TRAINING,
-                                  _resumed("dae_train", DAE_FLAGS + ("noise_res", "noise_std")), length=LengthFlags,
-                                  model=ModelFlags, dae=DAEFlags)
-DAETranslateConfig = _baseline_config("dae_translate", _TranslationConfig, {**_TRANSLATION, "class_cond": False},
-                                      _translated("dae_train", DAE_FLAGS), model=ModelFlags)
+BASELINE_TRAINING = {"image_size": 256, "batch_size": 10, "save_interval": 1000}
+BASELINE_TRANSLATION = {"image_size": 256, "batch_size": 8}
 
 
 # -------------------------------------------------------------------------------- shared steps
 
 
-def _dataset(data: DataFlags, what: str, data_dir: str | None = None, label_dir: str | None = None):
+def open_dataset(data: DataFlags, what: str, data_dir: str | None = None, label_dir: str | None = None):
     folder = data.data_dir if data_dir is None else data_dir
     if not folder:
         raise UserError(f"--data_dir: required (the {what} folder)")
@@ -245,7 +219,7 @@ def _stream(dataset, data: DataFlags, seed: int, device: th.device, indices=None
     return make
 
 
-def _length(length: LengthFlags, n_images: int, batch_size: int) -> int:
+def training_length(length: LengthFlags, n_images: int, batch_size: int) -> int:
     """--iterations, else ceil(--epochs * N / global batch)."""
     if length.iterations < 0:
         raise UserError(f"--iterations {length.iterations}: expected 0 (use --epochs) or more")
@@ -256,7 +230,7 @@ def _length(length: LengthFlags, n_images: int, batch_size: int) -> int:
     return math.ceil(length.epochs * n_images / (batch_size * dist_util.get_world_size()))
 
 
-def _train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", epoch_size: int = 0) -> TrainConfig:
+def train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", epoch_size: int = 0) -> TrainConfig:
     """The scaffold's config: the script's training, run and speed flags (the speed flags' precision
     replaced by the one resolved from them; a script without speed flags trains in fp32, eager)."""
     if total_steps < 0:
@@ -266,7 +240,7 @@ def _train_config(cfg, total_steps: int, anneal: bool, precision: str = "fp32", 
                        total_steps=total_steps, anneal_lr=anneal, epoch_size=epoch_size)
 
 
-def _train(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, monitor, indices=None, what: str = "") -> dict:
+def train_piece(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, monitor, indices=None, what: str = "") -> dict:
     """Train ``piece``; returns ``{"step", "checkpoint" (the final marker file), "last" (the last
     logged loss means), "trainer"}``."""
     trainer = Trainer(piece, _stream(dataset, cfg.data, cfg.run.seed, device, indices), train_cfg,
@@ -293,7 +267,7 @@ def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
     model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion,
                                                  uncond_label=cfg.schedule.p_uncond > 0)
     model.to(device)
-    dataset = _dataset(cfg.data, "training")
+    dataset = open_dataset(cfg.data, "training")
     sched = cfg.schedule
     check_patch_size(cfg.patches.patch_size, cfg.data.image_size)
     if sched.p_uncond and not cfg.model.class_cond:
@@ -303,10 +277,10 @@ def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
                            create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
                            noise_fn=noise_fn_of(cfg.noise), p_uncond=sched.p_uncond,
                            patch_size=cfg.patches.patch_size)
-    indices = _healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
+    indices = healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
     steps = sched.lr_anneal_steps
     precision = resolve_precision(cfg.speed.precision, cfg.model.use_fp16)
-    return _train(cfg, piece, dataset, _train_config(cfg, steps, anneal=bool(steps), precision=precision),
+    return train_piece(cfg, piece, dataset, train_config(cfg, steps, anneal=bool(steps), precision=precision),
                   device, monitor, indices=indices, what=" (healthy only)" if sched.healthy_only else "")
 
 
@@ -316,10 +290,10 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
     th.manual_seed(cfg.run.seed)
     classifier, diffusion = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
     classifier.to(device)
-    dataset = _dataset(cfg.data, "training")
+    dataset = open_dataset(cfg.data, "training")
     ct = cfg.classifier_training
     if ct.val_data_dir:
-        train_idx, val_set = None, _dataset(cfg.data, "held-out", ct.val_data_dir, ct.val_label_dir)
+        train_idx, val_set = None, open_dataset(cfg.data, "held-out", ct.val_data_dir, ct.val_label_dir)
     else:
         train_idx, val_idx = split_by_patient(dataset.patients, cfg.split.val_fraction, cfg.run.seed)
         val_set = Subset(dataset, val_idx) if val_idx else None
@@ -334,54 +308,17 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
                             max_t=ct.classifier_max_t)
     n_train = len(dataset) if train_idx is None else len(train_idx)
     precision = resolve_precision(cfg.speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16")
-    train_cfg = _train_config(cfg, _length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,
+    train_cfg = train_config(cfg, training_length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,
                               precision=precision)
     held_out = f" ({len(val_set) if val_set is not None else 0} held out)"
-    return _train(cfg, piece, dataset, train_cfg, device, monitor, indices=train_idx, what=held_out)
+    return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=train_idx, what=held_out)
 
 
-def _healthy_indices(dataset, data: DataFlags, what: str) -> list[int]:
+def healthy_indices(dataset, data: DataFlags, what: str) -> list[int]:
     indices = [i for i, y in enumerate(item_labels(dataset, data.num_workers)) if y == 0]
     if not indices:
         raise UserError(f"--data_dir {data.data_dir}: no healthy (label 0) images to train the {what} on")
     return indices
-
-
-def train_vae(cfg: VAETrainConfig, monitor=None) -> dict:
-    """scripts/vae_train.py: the cAAE baseline on the healthy training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = _dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)  # initial weights are a function of --seed
-    model, disc = create_vae(cfg.data, cfg.vae)
-    for net in (model, disc):
-        if net is not None:
-            net.to(device)
-    losses = cfg.vae_losses
-    piece = VAEPiece(model, disc, kl_weight=losses.kl_weight, lambda_adv=losses.lambda_adv,
-                     lambda_consistency=losses.lambda_consistency)
-    indices = _healthy_indices(dataset, cfg.data, "VAE")
-    train_cfg = _train_config(cfg, _length(cfg.length, len(indices), cfg.data.batch_size), anneal=False,
-                              epoch_size=len(indices))
-    return _train(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
-
-
-def train_fpgan(cfg: FPGANTrainConfig, monitor=None) -> dict:
-    """scripts/fpgan_train.py: FixedPoint-GAN on healthy and diseased training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = _dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)
-    gen, disc = create_fpgan(cfg.data, cfg.fpgan)
-    gen.to(device)
-    disc.to(device)
-    losses = cfg.fpgan_losses
-    piece = FPGANPiece(gen, disc, lambda_cls=losses.lambda_cls, lambda_gp=losses.lambda_gp,
-                       lambda_rec=losses.lambda_rec, lambda_id=losses.lambda_id, n_critic=losses.n_critic)
-    if len(set(item_labels(dataset, cfg.data.num_workers))) < 2:
-        logger.warn(f"--data_dir {cfg.data.data_dir}: only one class present; FixedPoint-GAN needs "
-                    "healthy and diseased images to learn the translation")
-    train_cfg = _train_config(cfg, _length(cfg.length, len(dataset), cfg.data.batch_size), anneal=False,
-                              epoch_size=len(dataset))
-    return _train(cfg, piece, dataset, train_cfg, device, monitor)
 
 
 # -------------------------------------------------------------------------------- translation
@@ -395,9 +332,9 @@ def checkpoint_of(cfg) -> str:
     return paths[0] if paths else ""
 
 
-def _translate(cfg, method: Method | None, dataset, device, monitor, maps_from: str = "") -> dict | None:
-    """Translate ``dataset`` with ``method`` into the config's output folder and score it; without a
-    method, make the maps of ``maps_from``'s translation again with the config's map options."""
+def _translate(cfg, translator: Translator | None, dataset, device, monitor, maps_from: str = "") -> dict | None:
+    """Translate ``dataset`` with ``translator`` into the config's output folder and score it; without a
+    translator, make the maps of ``maps_from``'s translation again with the config's map options."""
     output_dir = cfg.translation.output_dir or os.path.join(cfg.run.log_dir, "samples")
     loop = LoopConfig(output_dir=output_dir, num_samples=cfg.translation.num_samples, batch_size=cfg.data.batch_size,
                       num_workers=cfg.data.num_workers, scoring=scoring_of(cfg.evaluation, cfg.run.seed),
@@ -405,10 +342,10 @@ def _translate(cfg, method: Method | None, dataset, device, monitor, maps_from: 
                       visdom_every=cfg.monitoring.visdom_every, maps=map_options(cfg.maps))
     claim_output_dir(output_dir, cfg)  # before any result: other settings are an error, the same ones resume
     flags = dict(sorted(flag_dict(cfg).items()))
-    if method is None:
+    if translator is None:
         summary = remap_folder(maps_from, loop, summary={"flags": flags})
     else:
-        summary = translate_folder(method, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
+        summary = translate_folder(translator, dataset, loop, device=device, monitor=monitor, summary={"flags": flags})
     if summary is not None:
         logger.log(format_table(summary))
     return summary
@@ -448,7 +385,7 @@ def _warn_beyond_classifier_range(classifier_path: str, diffusion, levels) -> No
                     f"{deepest}, but it was trained on t < {max_t} only (--classifier_max_t in {saved})")
 
 
-def diffusion_method(cfg: SampleConfig, device: th.device) -> DiffusionTranslation:
+def diffusion_translator(cfg: SampleConfig, device: th.device) -> DiffusionTranslation:
     """The diffusion translation of the flags (classifier-guided, classifier-free guided or unguided),
     with its checkpoints loaded."""
     s, speed = cfg.sampling, cfg.speed
@@ -508,11 +445,16 @@ def levers_of(cfg: SampleConfig, num_timesteps: int) -> Levers:
                   patch_size=cfg.patches.patch_size)
 
 
+def translate_with(build: Callable[..., Translator], cfg, monitor=None) -> dict | None:
+    """A translation script: the translator ``build(cfg, device)`` over ``--data_dir``, scored; the
+    summary on rank 0."""
+    device = dist_util.dev(cfg.run.device or None)
+    return _translate(cfg, build(cfg, device), open_dataset(cfg.data, "test"), device, monitor)
+
+
 def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
     """scripts/classifier_sample_known.py: translate ``--data_dir`` and score it; the summary on rank 0."""
-    device = dist_util.dev(cfg.run.device or None)
-    method = diffusion_method(cfg, device)
-    return _translate(cfg, method, _dataset(cfg.data, "test"), device, monitor)
+    return translate_with(diffusion_translator, cfg, monitor)
 
 
 def remap_translation(cfg, maps_from: str) -> dict | None:
@@ -521,95 +463,3 @@ def remap_translation(cfg, maps_from: str) -> dict | None:
     input (no noise-level ensemble): each map is made again from its saved input and healthy image, and
     nothing is translated (:func:`.translate.remap_folder`). The summary on rank 0."""
     return _translate(cfg, None, None, None, None, maps_from=maps_from)
-
-
-def vae_method(cfg: VAETranslateConfig, device: th.device) -> NetworkTranslation:
-    """The VAE's reconstruction as the healthy translation, its checkpoint loaded."""
-    model, _ = create_vae(cfg.data, cfg.vae)
-    load_weights(model, checkpoint_of(cfg), "--model_path", "VAE", hint=VAE_FLAGS_HINT)
-    prepare_for_inference(model, device)
-    return NetworkTranslation("VAE", model.reconstruct)
-
-
-def translate_vae(cfg: VAETranslateConfig, monitor=None) -> dict | None:
-    """scripts/vae_translate.py: the VAE's reconstruction as the healthy translation."""
-    device = dist_util.dev(cfg.run.device or None)
-    return _translate(cfg, vae_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
-
-
-def fpgan_method(cfg: FPGANTranslateConfig, device: th.device) -> NetworkTranslation:
-    """G(x, healthy) of FixedPoint-GAN as the healthy translation, its checkpoint loaded."""
-    gen, _ = create_fpgan(cfg.data, cfg.fpgan)
-    load_weights(gen, checkpoint_of(cfg), "--model_path", "FixedPoint-GAN G", hint=FPGAN_FLAGS_HINT)
-    prepare_for_inference(gen, device)
-    return NetworkTranslation("FixedPoint-GAN", lambda x: translate_to_healthy(gen, x))
-
-
-def translate_fpgan(cfg: FPGANTranslateConfig, monitor=None) -> dict | None:
-    """scripts/fpgan_translate.py: G(x, healthy) as the healthy translation."""
-    device = dist_util.dev(cfg.run.device or None)
-    return _translate(cfg, fpgan_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
-
-
-def train_dae(cfg, monitor=None) -> dict:
-    """scripts/dae_train.py: the denoising autoencoder on the healthy training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = _dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)
-    net = create_dae(cfg.data, cfg.model).to(device)
-    piece = DAEPiece(net, noise_res=cfg.dae.noise_res, noise_std=cfg.dae.noise_std)
-    indices = _healthy_indices(dataset, cfg.data, "denoising autoencoder")
-    train_cfg = _train_config(cfg, _length(cfg.length, len(indices), cfg.data.batch_size), anneal=False,
-                              epoch_size=len(indices))
-    return _train(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
-
-
-def dae_method(cfg, device: th.device) -> NetworkTranslation:
-    """D(x), the DAE's reconstruction, as the healthy translation, its checkpoint loaded."""
-    net = create_dae(cfg.data, cfg.model)
-    load_weights(net, checkpoint_of(cfg), "--model_path", "denoising autoencoder", hint=DAE_FLAGS_HINT)
-    prepare_for_inference(net, device)
-    return NetworkTranslation("DAE", lambda x: dae_translate_to_healthy(net, x))
-
-
-def translate_dae(cfg, monitor=None) -> dict | None:
-    """scripts/dae_translate.py: D(x), the DAE's reconstruction, as the healthy translation."""
-    device = dist_util.dev(cfg.run.device or None)
-    return _translate(cfg, dae_method(cfg, device), _dataset(cfg.data, "test"), device, monitor)
-
-
-IntensityConfig = _baseline_config("intensity_translate", _TranslationConfig, {}, intensity=IntensityFlags)
-
-
-def intensity_method(cfg, device: th.device | None = None) -> NetworkTranslation:
-    """One channel's intensity as the anomaly map (the baseline of Meissen et al.): the "healthy" image
-    is the input with that channel set to 0, so sum_c |x - healthy| is its intensity."""
-    names = CHANNELS[cfg.data.dataset]
-    channel = cfg.intensity.channel
-    if channel not in names:
-        raise UserError(f"--channel {channel}: --dataset {cfg.data.dataset} has the channels {', '.join(names)}")
-    index = names.index(channel)
-
-    def zero_channel(x: th.Tensor) -> th.Tensor:
-        healthy = x.clone()
-        healthy[:, index] = 0
-        return healthy
-
-    return NetworkTranslation(f"{channel.upper() if channel != 'xray' else 'X-ray'} intensity", zero_channel)
-
-
-def translate_intensity(cfg, monitor=None) -> dict | None:
-    """scripts/intensity_translate.py: one channel's intensity as the anomaly map."""
-    device = dist_util.dev(cfg.run.device or None)
-    return _translate(cfg, intensity_method(cfg), _dataset(cfg.data, "test"), device, monitor)
-
-
-TRANSLATION_METHODS: dict[str, tuple[type, Callable[..., Method]]] = {
-    SampleConfig.SCRIPT: (SampleConfig, diffusion_method),
-    VAETranslateConfig.SCRIPT: (VAETranslateConfig, vae_method),
-    FPGANTranslateConfig.SCRIPT: (FPGANTranslateConfig, fpgan_method),
-    DAETranslateConfig.SCRIPT: (DAETranslateConfig, dae_method),
-    IntensityConfig.SCRIPT: (IntensityConfig, intensity_method),
-}
-"""Each translation script: its config class and the function that builds its method (checkpoints
-loaded) from that config and a device."""

@@ -1,6 +1,6 @@
 """One folder-translation loop for every method (SPEC sections 6 and 6a).
 
-A method (:mod:`guided_diffusion.pipeline.methods`) turns a batch of images into their
+A translator (:mod:`guided_diffusion.pipeline.translators`) turns a batch of images into their
 healthy reconstructions: guided DDIM (the paper), DDPM, the VAE, FixedPoint-GAN and the
 others. :func:`translate_folder` owns everything around it:
 
@@ -11,8 +11,8 @@ others. :func:`translate_folder` owns everything around it:
 * Visdom: the input channels, the ground truth, intermediate states every ``visdom_every``
   steps, the healthy reconstruction and the anomaly heat map of each batch's first image;
 * the anomaly map of each image, made with the loop's map options (``--map_*``,
-  :mod:`guided_diffusion.maps`) unless the method makes its own (an ensemble, with the same options);
-* timing (the method's time per image, synchronised on CUDA), saving
+  :mod:`guided_diffusion.maps`) unless the translator makes its own (an ensemble, with the same options);
+* timing (the translator's time per image, synchronised on CUDA), saving
   (:func:`evaluation.results.save_result`), the barrier and, on rank 0, ``metrics.csv``,
   ``summary.json``, the panels with the evaluated masks and ``report.html`` over the whole folder.
 
@@ -44,14 +44,14 @@ from ..util.flags import MapFlags, MonitorFlags, RunFlags, TranslateFlags
 Callback = Callable[[dict], None]
 
 
-class Method(Protocol):
-    """A translation method: a batch in, its healthy reconstruction out.
+class Translator(Protocol):
+    """What the loop calls per batch: a batch in, its healthy reconstruction out.
 
     ``name`` is the method's name in ``summary.json`` and the comparison tables.
     ``__call__(x, ids, callback)``: ``x`` (B, C, H, W) in [0, 1] on the device, ``ids`` the
     images' names (for per-image seeding), ``callback`` an optional function that iterative
-    methods call with each step's dict (``sample``, ``t``, ``phase``). Returns the healthy
-    reconstruction (B, C, H, W), or (healthy, anomaly (B, H, W)) for a method that makes its
+    translators call with each step's dict (``sample``, ``t``, ``phase``). Returns the healthy
+    reconstruction (B, C, H, W), or (healthy, anomaly (B, H, W)) for a translator that makes its
     own anomaly map (an ensemble's mean map) instead of the loop's map of (x, healthy).
     """
 
@@ -63,7 +63,7 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """What the loop needs besides the method and the images (defaults: the flag registry's)."""
+    """What the loop needs besides the translator and the images (defaults: the flag registry's)."""
 
     output_dir: str
     num_samples: int = TranslateFlags.num_samples
@@ -80,9 +80,9 @@ def map_options(flags: MapFlags) -> MapOptions:
     return MapOptions(residual=flags.map_residual, normalise=flags.map_normalise, smooth=flags.map_smooth)
 
 
-def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, device: th.device, monitor=None,
+def translate_folder(translator: Translator, dataset: Dataset, cfg: LoopConfig, *, device: th.device, monitor=None,
                      summary: Mapping[str, Any] | None = None) -> dict | None:
-    """Translate ``dataset`` with ``method`` into ``cfg.output_dir`` and score it.
+    """Translate ``dataset`` with ``translator`` into ``cfg.output_dir`` and score it.
 
     :param summary: extra keys for ``summary.json`` (the flags); ``method``, ``device``,
         ``images_per_rank`` (the images each rank translated in this run) and ``seconds_per_image``
@@ -96,7 +96,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     ids = dataset.ids
     todo = [i for i in range(rank, n, world) if not is_done(cfg.output_dir, ids[i])]
-    logger.log(f"{method.name}: rank {rank}: {len(todo)} of {n} images to translate "
+    logger.log(f"{translator.name}: rank {rank}: {len(todo)} of {n} images to translate "
                f"({n - len(todo) if world == 1 else '-'} done)")
     loader = DataLoader(Subset(dataset, todo), batch_size=cfg.batch_size, shuffle=False,
                         num_workers=resolve_num_workers(cfg.num_workers), pin_memory=device.type == "cuda")
@@ -112,7 +112,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
             batch_ids = list(info["id"])
             callback = _show_inputs(monitor, x, info, cfg.visdom_every) if show else None
             start = time.perf_counter()
-            out = method(x, batch_ids, callback)
+            out = translator(x, batch_ids, callback)
             healthy, amaps = out if isinstance(out, tuple) else (out, None)
             if device.type == "cuda":
                 th.cuda.synchronize(device)
@@ -141,7 +141,7 @@ def translate_folder(method: Method, dataset: Dataset, cfg: LoopConfig, *, devic
     per_rank = dist_util.all_gather_object(count)  # also waits for every rank's files
     if rank != 0:
         return None
-    extra = {"method": method.name, **(summary or {}), "device": str(device), "images_per_rank": per_rank}
+    extra = {"method": translator.name, **(summary or {}), "device": str(device), "images_per_rank": per_rank}
     if count:
         extra["seconds_per_image"] = seconds / count
         extra["images_timed"] = count

@@ -5,9 +5,10 @@ is :mod:`guided_diffusion.util.flagspec`). The model, diffusion and classifier g
 flags of guided diffusion (their defaults are :mod:`guided_diffusion.script_util`'s defaults
 dicts); the others belong to this project's scripts. A script picks the groups it needs.
 
-Choices that are the vocabulary of a layer above (data sets and their channels, protocols,
-latent priors) are written out here as the command line spells them; their owners define them
-(``datasets.common.CHANNELS``, ``evaluation.protocols.PROTOCOLS``, ``methods.vae.LATENT_PRIORS``),
+Each method's own groups (the VAE's, FixedPoint-GAN's, ...) are declared in its module,
+:mod:`guided_diffusion.pipeline.methods`. Choices that are the vocabulary of a layer above (data sets,
+protocols, the translation scripts) are written out here as the command line spells them; their owners
+define them (``datasets.common.CHANNELS``, ``evaluation.protocols.PROTOCOLS``, ``pipeline.methods.METHODS``),
 and ``tests/test_flags.py`` fails when a flag's choices and its owner's names differ.
 """
 from __future__ import annotations
@@ -361,14 +362,6 @@ class TuneFlags(FlagGroup):
 
 
 @dataclass(frozen=True)
-class IntensityFlags(FlagGroup):
-    NAME = "intensity baseline"
-    ABOUT = "intensity_translate.py: one channel's intensity as the anomaly map (Meissen et al.)"
-    channel: str = flag("flair", "the channel whose intensity is the map (BRATS: t1, t1ce, t2, flair; CheXpert: "
-                                 "xray, its only channel)", choices=("t1", "t1ce", "t2", "flair", "xray"))
-
-
-@dataclass(frozen=True)
 class EvaluationFlags(FlagGroup):
     NAME = "evaluation"
     ABOUT = ("how the anomaly maps are scored (guided_diffusion/evaluation/protocols.py); post-processing is "
@@ -394,56 +387,6 @@ class EvaluationFlags(FlagGroup):
                                  "0: off)")
     bootstrap: int = flag(0, "95-percent intervals of the mean Dice and auprc_pooled from N resamples of the patients "
                              "(images when the files name none), seeded by --seed (0: none)")
-
-
-@dataclass(frozen=True)
-class VAEFlags(FlagGroup):
-    NAME = "vae"
-    ABOUT = "the VAE baseline (cAAE, Chen & Konukoglu 2018)"
-    vae_width: int = flag(32, "channels of the first encoder layer")
-    vae_depth: int = flag(6, "stride-2 downsamplings (the bottleneck side is --image_size / 2^depth)")
-    latent_dim: int = flag(128, "size of the latent code")
-    latent_prior: str = flag("adversarial", "adversarial (the cAAE) or kl (a Gaussian VAE)",
-                             choices=("adversarial", "kl"))
-    latent_disc_width: int = flag(256, "units of the latent discriminator (adversarial prior)")
-
-
-@dataclass(frozen=True)
-class VAELossFlags(FlagGroup):
-    NAME = "vae losses"
-    ABOUT = "weights of the VAE's loss terms"
-    kl_weight: float = flag(1.0, "weight of the KL term (kl prior)")
-    lambda_adv: float = flag(1.0, "weight of the encoder's adversarial term (adversarial prior)")
-    lambda_consistency: float = flag(1.0, "weight of the latent consistency ||E(x) - E(x_rec)||^2")
-
-
-@dataclass(frozen=True)
-class FPGANFlags(FlagGroup):
-    NAME = "fpgan"
-    ABOUT = "the FixedPoint-GAN baseline (Siddiquee et al. 2019)"
-    fpgan_width: int = flag(64, "channels of the generator's first layer")
-    fpgan_res_blocks: int = flag(6, "residual blocks of the generator")
-    fpgan_d_width: int = flag(64, "channels of the discriminator's first layer")
-    fpgan_d_depth: int = flag(6, "stride-2 layers of the discriminator")
-
-
-@dataclass(frozen=True)
-class FPGANLossFlags(FlagGroup):
-    NAME = "fpgan losses"
-    ABOUT = "FixedPoint-GAN's loss weights and critic steps (paper: 1, 10, 10, 10, 5)"
-    lambda_cls: float = flag(1.0, "weight of the domain classification terms")
-    lambda_gp: float = flag(10.0, "weight of the WGAN gradient penalty")
-    lambda_rec: float = flag(10.0, "weight of the cycle-consistency term")
-    lambda_id: float = flag(10.0, "weight of the fixed-point (identity) term")
-    n_critic: int = flag(5, "critic steps per generator step")
-
-
-@dataclass(frozen=True)
-class DAEFlags(FlagGroup):
-    NAME = "dae"
-    ABOUT = "the denoising autoencoder (Kascenas et al. 2022): the UNet of --num_channels ... without time"
-    noise_res: int = flag(16, "side of the grid the coarse noise is drawn on before bilinear upsampling")
-    noise_std: float = flag(0.2, "standard deviation of the coarse noise")
 
 
 @dataclass(frozen=True)
@@ -559,8 +502,9 @@ class DriverFlags(FlagGroup):
                         "1-thread stages ran only 1.1x faster than one after the other)")
 
 
-TRANSLATORS = ("classifier_sample_known", "vae_translate", "fpgan_translate", "dae_translate", "intensity_translate")
-"""The scripts that translate images to healthy ones: what a bundle can hold."""
+TRANSLATORS = ("classifier_sample_known", "dae_translate", "vae_translate", "fpgan_translate", "intensity_translate")
+"""The scripts that translate images to healthy ones: what a bundle can hold (the translation scripts of
+``pipeline.methods.METHODS``, which util cannot import; a test checks that the two agree)."""
 
 
 @dataclass(frozen=True)
@@ -590,8 +534,9 @@ class DetectFlags(FlagGroup):
 REGISTRY: tuple[type[FlagGroup], ...] = (
     RunFlags, DataFlags, MonitorFlags, VisdomServerFlags, ModelFlags, DiffusionFlags, ClassifierFlags, SpeedFlags,
     TrainFlags, TimestepFlags, DiffusionTrainFlags, NoiseFlags, LengthFlags, ClassifierTrainFlags, TranslateFlags,
-    SamplingFlags, PatchFlags, MapFlags, TuneFlags, IntensityFlags, EvaluationFlags, VAEFlags, VAELossFlags,
-    FPGANFlags, FPGANLossFlags, DAEFlags, ResultsFlags, CompareFlags, OutputFlags, SplitFlags, PrepareBratsFlags,
+    SamplingFlags, PatchFlags, MapFlags, TuneFlags, EvaluationFlags, ResultsFlags, CompareFlags, OutputFlags,
+    SplitFlags, PrepareBratsFlags,
     PrepareChexpertFlags, SyntheticFlags, DriverFlags, BundleFlags, DetectFlags,
 )
-"""Every group; a test checks that no flag name is declared twice."""
+"""Every group shared by several scripts (a method's own groups are in its module, :mod:`pipeline.methods`);
+a test checks that no flag name is declared twice among these and every group a script's config holds."""

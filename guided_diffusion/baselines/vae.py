@@ -38,7 +38,7 @@ the batch:
   reconstruction phase (encoder and decoder minimise L_rec + lambda_cons * L_cons)
   and a regularisation phase (a D_z step, then an encoder step on lambda_adv * L_adv),
   each with its own Adam optimiser, so the loss scales of the phases do not compete
-  (the training recipe is :class:`guided_diffusion.pipeline.pieces.VAEPiece`);
+  (the training recipe is :class:`guided_diffusion.pipeline.methods.vae.VAEPiece`);
 - KL prior (Kingma & Welling 2014): the encoder also gives log sigma^2, z = mu + sigma
   * eps, x_rec = D(z) during training, and one step minimises L_rec + kl_weight * KL +
   lambda_cons * L_cons with KL = 1/2 sum (mu^2 + sigma^2 - log sigma^2 - 1) (the ELBO

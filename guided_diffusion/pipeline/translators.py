@@ -1,7 +1,8 @@
-"""The translation methods: what :func:`pipeline.translate.translate_folder` calls per batch.
+"""The translators: what :func:`pipeline.translate.translate_folder` calls per batch.
 
 Each is a small callable with a ``name``: a batch (B, C, H, W) in [0, 1] in, its healthy
-reconstruction out (see :class:`pipeline.translate.Method`).
+reconstruction out (see :class:`pipeline.translate.Translator`). A method (:mod:`.methods`) names the
+translator its translation script builds.
 
 * :class:`DiffusionTranslation`: the paper's guided DDIM (``use_ddim=True``: DDIM encoding to
   L, classifier-guided DDIM decoding) or stochastic DDPM (noise to L, guided ancestral

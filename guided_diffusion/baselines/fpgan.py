@@ -45,7 +45,7 @@ each half of the time):
 
 L1 norms are means over pixels and channels (as StarGAN). D is updated every step and
 G every ``n_critic`` steps (5, as StarGAN); both with Adam (beta1 = 0.5, beta2 = 0.999). The
-training recipe is :class:`guided_diffusion.pipeline.pieces.FPGANPiece`.
+training recipe is :class:`guided_diffusion.pipeline.methods.fpgan.FPGANPiece`.
 
 Translation to healthy (disease localisation as in Siddiquee et al. 2019):
 x_healthy = G(x, c = healthy), and the anomaly map is |x - x_healthy| summed over

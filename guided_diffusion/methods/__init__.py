@@ -1,1 +1,0 @@
-"""Comparison methods: the networks and losses of the baselines (VAE/cAAE, FixedPoint-GAN, ...)."""
