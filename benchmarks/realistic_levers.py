@@ -34,7 +34,7 @@ from guided_diffusion.util.flagspec import config_defaults, flag_dict, from_dict
 
 FAMILIES = {
     "maps": ["map_residual=abs,ssim,abs+ssim", "map_normalise=none,channel", "map_smooth=0,1"],
-    "schedule": ["scale_schedule=linear,rising"],
+    "schedule": ["scale_schedule=linear"],
     "autoddpm": ["autoddpm=True"],
     "patches": ["patch_size=32"],
 }
