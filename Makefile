@@ -41,7 +41,7 @@ compare: venv
 
 compare-realistic: venv
 	$(PY) scripts/make_realistic.py --out results/realistic
-	$(PY) scripts/demo.py --plan compare --data_dir results/realistic/brats --out results/compare-realistic
+	$(PY) scripts/demo.py --plan compare --data_dir results/realistic/brats --classifier_steps 2000 --out results/compare-realistic
 
 # a local Visdom server on 127.0.0.1:8850 (open http://127.0.0.1:8850)
 visdom: venv
