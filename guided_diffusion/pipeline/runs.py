@@ -7,7 +7,7 @@ run function builds the data, the networks and the piece or translator from it a
 to the training scaffold (:mod:`.train`) or the translation loop (:mod:`.translate`).
 ``DEFAULTS`` are a script's own defaults for flags of shared groups. Each baseline's configs and
 run functions are its method's module (:mod:`.methods`); they build on :class:`TrainingConfigBase`,
-:class:`TranslationConfigBase`, :func:`script_config`, :func:`train_piece` and :func:`translate_with`.
+:class:`TranslationConfigBase`, :func:`script_config`, :func:`train_baseline` and :func:`translate_with`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, make_dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch as th
 from torch.utils.data import DataLoader, Subset
@@ -312,6 +312,22 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
                               precision=precision)
     held_out = f" ({len(val_set) if val_set is not None else 0} held out)"
     return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=train_idx, what=held_out)
+
+
+def train_baseline(cfg, make_piece: Callable[[Any, th.device], Piece], monitor=None, healthy: str = "") -> dict:
+    """A baseline's training script: the training folder, initial weights seeded by --seed, the piece
+    ``make_piece(dataset, device)`` (its networks on ``device``) trained for --iterations or --epochs
+    without annealing, on every image or, with ``healthy`` (the network's name in the error when there
+    are none), on the healthy ones only."""
+    device = dist_util.dev(cfg.run.device or None)
+    dataset = open_dataset(cfg.data, "training")
+    th.manual_seed(cfg.run.seed)  # initial weights are a function of --seed
+    piece = make_piece(dataset, device)
+    indices = healthy_indices(dataset, cfg.data, healthy) if healthy else None
+    n = len(dataset) if indices is None else len(indices)
+    train_cfg = train_config(cfg, training_length(cfg.length, n, cfg.data.batch_size), anneal=False, epoch_size=n)
+    return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=indices,
+                       what=" (healthy only)" if healthy else "")
 
 
 def healthy_indices(dataset, data: DataFlags, what: str) -> list[int]:

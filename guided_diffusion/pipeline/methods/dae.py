@@ -10,7 +10,6 @@ import torch as th
 
 from ...baselines import dae as dae_lib
 from ...script_util import create_model
-from ...util import dist_util
 from ...util.errors import UserError
 from ...util.flags import DataFlags, LengthFlags, ModelFlags
 from ...util.flagspec import FlagGroup, flag
@@ -23,13 +22,9 @@ from ..runs import (
     TrainingConfigBase,
     TranslationConfigBase,
     checkpoint_of,
-    healthy_indices,
-    open_dataset,
     resumed,
     script_config,
-    train_config,
-    train_piece,
-    training_length,
+    train_baseline,
     translated,
 )
 from ..train import Trainer
@@ -98,15 +93,11 @@ DAETranslateConfig = script_config("dae_translate", TranslationConfigBase, {**BA
 
 def train_dae(cfg: DAETrainConfig, monitor=None) -> dict:
     """scripts/dae_train.py: the denoising autoencoder on the healthy training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = open_dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)
-    net = create_dae(cfg.data, cfg.model).to(device)
-    piece = DAEPiece(net, noise_res=cfg.dae.noise_res, noise_std=cfg.dae.noise_std)
-    indices = healthy_indices(dataset, cfg.data, "denoising autoencoder")
-    train_cfg = train_config(cfg, training_length(cfg.length, len(indices), cfg.data.batch_size), anneal=False,
-                             epoch_size=len(indices))
-    return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
+    def piece(dataset, device) -> DAEPiece:
+        return DAEPiece(create_dae(cfg.data, cfg.model).to(device), noise_res=cfg.dae.noise_res,
+                        noise_std=cfg.dae.noise_std)
+
+    return train_baseline(cfg, piece, monitor, healthy="denoising autoencoder")
 
 
 def dae_translator(cfg: DAETranslateConfig, device: th.device) -> NetworkTranslation:

@@ -11,7 +11,7 @@ from ...baselines import fpgan as fpgan_lib
 from ...baselines.fpgan import Discriminator, Generator, translate_to_healthy
 from ...datasets.loaders import item_labels
 from ...script_util import in_channels_for
-from ...util import dist_util, logger
+from ...util import logger
 from ...util.errors import UserError
 from ...util.flags import DataFlags, LengthFlags
 from ...util.flagspec import FlagGroup, flag
@@ -23,12 +23,9 @@ from ..runs import (
     TrainingConfigBase,
     TranslationConfigBase,
     checkpoint_of,
-    open_dataset,
     resumed,
     script_config,
-    train_config,
-    train_piece,
-    training_length,
+    train_baseline,
     translated,
 )
 from ..train import Piece, Trainer
@@ -127,21 +124,18 @@ FPGANTranslateConfig = script_config("fpgan_translate", TranslationConfigBase, B
 
 def train_fpgan(cfg: FPGANTrainConfig, monitor=None) -> dict:
     """scripts/fpgan_train.py: FixedPoint-GAN on healthy and diseased training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = open_dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)
-    gen, disc = create_fpgan(cfg.data, cfg.fpgan)
-    gen.to(device)
-    disc.to(device)
-    losses = cfg.fpgan_losses
-    piece = FPGANPiece(gen, disc, lambda_cls=losses.lambda_cls, lambda_gp=losses.lambda_gp,
-                       lambda_rec=losses.lambda_rec, lambda_id=losses.lambda_id, n_critic=losses.n_critic)
-    if len(set(item_labels(dataset, cfg.data.num_workers))) < 2:
-        logger.warn(f"--data_dir {cfg.data.data_dir}: only one class present; FixedPoint-GAN needs "
-                    "healthy and diseased images to learn the translation")
-    train_cfg = train_config(cfg, training_length(cfg.length, len(dataset), cfg.data.batch_size), anneal=False,
-                             epoch_size=len(dataset))
-    return train_piece(cfg, piece, dataset, train_cfg, device, monitor)
+    def piece(dataset, device) -> FPGANPiece:
+        gen, disc = create_fpgan(cfg.data, cfg.fpgan)
+        gen.to(device)
+        disc.to(device)
+        if len(set(item_labels(dataset, cfg.data.num_workers))) < 2:
+            logger.warn(f"--data_dir {cfg.data.data_dir}: only one class present; FixedPoint-GAN needs "
+                        "healthy and diseased images to learn the translation")
+        losses = cfg.fpgan_losses
+        return FPGANPiece(gen, disc, lambda_cls=losses.lambda_cls, lambda_gp=losses.lambda_gp,
+                          lambda_rec=losses.lambda_rec, lambda_id=losses.lambda_id, n_critic=losses.n_critic)
+
+    return train_baseline(cfg, piece, monitor)
 
 
 def fpgan_translator(cfg: FPGANTranslateConfig, device: th.device) -> NetworkTranslation:

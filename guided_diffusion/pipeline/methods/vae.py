@@ -10,7 +10,6 @@ import torch as th
 from ...baselines import vae as vae_lib
 from ...baselines.vae import LATENT_PRIORS, VAE, LatentDiscriminator, latent_prior_check
 from ...script_util import in_channels_for
-from ...util import dist_util
 from ...util.flags import DataFlags, LengthFlags
 from ...util.flagspec import FlagGroup, flag
 from ..devices import prepare_for_inference
@@ -21,13 +20,9 @@ from ..runs import (
     TrainingConfigBase,
     TranslationConfigBase,
     checkpoint_of,
-    healthy_indices,
-    open_dataset,
     resumed,
     script_config,
-    train_config,
-    train_piece,
-    training_length,
+    train_baseline,
     translated,
 )
 from ..train import Piece, Trainer
@@ -148,20 +143,16 @@ VAETranslateConfig = script_config("vae_translate", TranslationConfigBase, BASEL
 
 def train_vae(cfg: VAETrainConfig, monitor=None) -> dict:
     """scripts/vae_train.py: the cAAE baseline on the healthy training images."""
-    device = dist_util.dev(cfg.run.device or None)
-    dataset = open_dataset(cfg.data, "training")
-    th.manual_seed(cfg.run.seed)  # initial weights are a function of --seed
-    model, disc = create_vae(cfg.data, cfg.vae)
-    for net in (model, disc):
-        if net is not None:
-            net.to(device)
-    losses = cfg.vae_losses
-    piece = VAEPiece(model, disc, kl_weight=losses.kl_weight, lambda_adv=losses.lambda_adv,
-                     lambda_consistency=losses.lambda_consistency)
-    indices = healthy_indices(dataset, cfg.data, "VAE")
-    train_cfg = train_config(cfg, training_length(cfg.length, len(indices), cfg.data.batch_size), anneal=False,
-                             epoch_size=len(indices))
-    return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=indices, what=" (healthy only)")
+    def piece(dataset, device) -> VAEPiece:
+        model, disc = create_vae(cfg.data, cfg.vae)
+        for net in (model, disc):
+            if net is not None:
+                net.to(device)
+        losses = cfg.vae_losses
+        return VAEPiece(model, disc, kl_weight=losses.kl_weight, lambda_adv=losses.lambda_adv,
+                        lambda_consistency=losses.lambda_consistency)
+
+    return train_baseline(cfg, piece, monitor, healthy="VAE")
 
 
 def vae_translator(cfg: VAETranslateConfig, device: th.device) -> NetworkTranslation:
