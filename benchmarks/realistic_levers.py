@@ -28,9 +28,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from guided_diffusion.pipeline.commands import COMMANDS  # noqa: E402
+from guided_diffusion.pipeline.driver import Stage  # noqa: E402
 from guided_diffusion.pipeline.tune import TuneConfig  # noqa: E402
-from guided_diffusion.util.flagspec import config_defaults, flag_dict, from_dict, to_argv  # noqa: E402
+from guided_diffusion.util.flagspec import config_defaults, flag_dict  # noqa: E402
 
 FAMILIES = {
     "maps": ["map_residual=abs,ssim,abs+ssim", "map_normalise=none,channel", "map_smooth=0,1"],
@@ -43,7 +43,7 @@ AT_CHOICE = ("patches",)  # families tried at the paper's chosen L and s only (t
 
 def run(command: str, flags: dict, log: str) -> None:
     """Run ``command`` (pipeline.commands) on ``flags``, typed by its config, its output in ``log``."""
-    argv = to_argv(from_dict(COMMANDS[command].config, flags, command), given=flags)
+    argv = Stage(command, command, flags).argv(flags)  # typed by the command's config, as the driver's stages
     print(f"== python scripts/{command}.py {shlex.join(argv)}", flush=True)
     with open(log, "w") as f:
         done = subprocess.run([sys.executable, "-m", "guided_diffusion.pipeline.commands", command, *argv], cwd=ROOT,
