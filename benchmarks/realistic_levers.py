@@ -53,7 +53,10 @@ def run(command: str, flags: dict, log: str) -> None:
 
 
 def levers(run_dir: str, data: str, families: list[str]) -> None:
-    with open(os.path.join(run_dir, "tune", "ddim", "best.json")) as f:
+    best_json = os.path.join(run_dir, "tune", "ddim", "best.json")
+    if not os.path.isfile(best_json):
+        raise SystemExit(f"--runs {run_dir}: expected the folder of a finished demo.py run ({best_json} is missing)")
+    with open(best_json) as f:
         best = json.load(f)
     takes = flag_dict(config_defaults(TuneConfig))
     base = {k: v for k, v in best["flags"].items() if k in takes and k not in ("val_dir", "threshold")}

@@ -16,6 +16,8 @@ import numpy as np
 
 
 def read(path: str) -> dict[str, dict]:
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: not found (expected compare.py's comparison.csv; see --val and --best)")
     with open(path) as f:
         return {row["method"].split(":")[0].strip(): row for row in csv.DictReader(f)}
 
