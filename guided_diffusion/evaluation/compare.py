@@ -72,7 +72,6 @@ from .results import (
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"
-FLAIR = 3  # channel of FLAIR in the BRATS order t1, t1ce, t2, flair
 CSV_COLUMNS = (
     "method", "folder", "protocol", "threshold_rule", "threshold", "n_images",
     "dice_mean", "dice_std", "dice_n", "dice_ci95_low", "dice_ci95_high",
@@ -271,11 +270,9 @@ def example_ids(runs: Sequence[Run], n: int) -> list[str]:
     return [image_id for _, image_id in sorted(labelled)[:n]]
 
 
-def display_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
-    """(C, H, W) -> the channel shown in the figure and its name: FLAIR for 4 channels."""
-    if image.shape[0] == 4:
-        return image[FLAIR], "input (flair)"
-    return image[0], "input"
+def _input_tile(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """(C, H, W) -> the channel shown in the figure (:func:`.report.display_channel`) and its title."""
+    return report.display_channel(image), "input (flair)" if image.shape[0] == 4 else "input"
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -315,7 +312,7 @@ def render_comparison(runs: Sequence[Run], ids: Sequence[str], shown: Sequence[M
     if scales is None:
         scales = [map_scale([row[k] for row in maps]) for k in range(len(runs))]
     for image_id, results, row_maps in zip(ids, results_of, maps):
-        picture, input_title = display_channel(results[0]["input"])
+        picture, input_title = _input_tile(results[0]["input"])
         gt = next((r["ground_truth"] for r in results if r["ground_truth"] is not None), None)
         tiles = [_grey(picture)] + [heat_tile(m, sc) for m, sc in zip(row_maps, scales)]
         tiles.append(_grey(gt.astype(np.float32)) if gt is not None else None)

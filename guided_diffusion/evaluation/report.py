@@ -146,9 +146,9 @@ def _relative(path: Path, start: Path) -> str:
 # ---------------------------------------------------------------------------------- pictures
 
 
-def _display(input: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> the (H, W) channel shown: FLAIR of a 4-channel image, else channel 0."""
-    return input[FLAIR] if input.shape[0] == 4 else input[0]
+def display_channel(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> the (H, W) channel shown in pictures: FLAIR of a 4-channel image, else channel 0."""
+    return image[FLAIR] if image.shape[0] == 4 else image[0]
 
 
 def _resize(tile: np.ndarray, size: int) -> np.ndarray:
@@ -174,7 +174,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None) -> 
 def thumbnail(input: np.ndarray, amap: np.ndarray, mask: np.ndarray, gt: np.ndarray | None,
               scale: tuple[float, float]) -> np.ndarray:
     """Three ``THUMB``-pixel tiles side by side: the input, the map on ``scale``, the mask overlay."""
-    shown = _display(input)
+    shown = display_channel(input)
     grey = np.repeat((np.clip(np.nan_to_num(shown), 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
     tiles = [_resize(t, THUMB) for t in (grey, heat_tile(amap, scale), mask_overlay(shown, mask, gt))]
     gap = np.full((THUMB, 2, 3), 255, dtype=np.uint8)
