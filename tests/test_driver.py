@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,23 @@ def test_stages_wait_for_what_they_need_and_a_failure_stops_the_plan(tmp_path):
     assert f"--out {made / 'chexpert'}_again" in runs["again"].args and runs["make"].seconds > 0
     assert runs["again"].command.startswith("python scripts/make_synthetic.py --size 16 ")
     assert (made / "chexpert_again" / "chexpert" / "testing").is_dir()
+
+
+def test_resume_skips_only_stages_that_finished_with_the_same_command_and_inputs(tmp_path):
+    logs, made = str(tmp_path / "logs"), tmp_path / "made"
+    def plan(n_test: int) -> list[Stage]:
+        synthetic = {"size": 16, "n_train": 0, "n_val": 0, "datasets": "chexpert"}
+        return [Stage("make", "make_synthetic", {"out": str(made / "a"), **synthetic, "n_test": n_test}),
+                Stage("after", "make_synthetic", {"out": str(made / "b"), **synthetic, "n_test": 2}, needs=("make",))]
+    first = run_stages(plan(2), logs)
+    shutil.rmtree(made)  # a stage run again writes it anew; one that is skipped does not
+    again = run_stages(plan(2), logs, resume=True)
+    assert not made.exists()
+    assert [(r.ran, r.seconds) for r in again.values()] == [(False, first["make"].seconds),
+                                                             (False, first["after"].seconds)]
+    changed = run_stages(plan(3), logs, resume=True)  # "make" changed, so "after" (same flags) runs too
+    assert changed["make"].ran and changed["after"].ran and "--n_test 3" in changed["make"].args
+    assert (made / "a" / "chexpert").is_dir() and (made / "b" / "chexpert").is_dir()
 
 
 def test_a_stage_holds_typed_flags_and_names_itself_in_errors():

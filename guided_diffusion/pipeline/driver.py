@@ -388,6 +388,7 @@ class StageRun:
     stage: Stage
     args: str
     seconds: float
+    ran: bool = True  # False: it finished in an earlier run (--resume), ``seconds`` are that run's
 
     @property
     def command(self) -> str:
@@ -395,9 +396,27 @@ class StageRun:
         return f"python scripts/{self.stage.command}.py {self.args}"
 
 
-def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, StageRun]:
+DONE_SUFFIX = ".done.json"
+"""``<logs>/<stage>.done.json``: a finished stage's command line and seconds, written when it ends."""
+
+
+def finished_before(logs: str, stage: Stage, args: str) -> float | None:
+    """The seconds of ``stage``'s earlier run with the command line ``args``, if it finished (its record
+    in ``logs`` holds the same command line), else None."""
+    try:
+        with open(os.path.join(logs, stage.name + DONE_SUFFIX)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = record.get("command") == stage.command and record.get("args") == args
+    return float(record["seconds"]) if same else None
+
+
+def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1, resume: bool = False) -> dict[str, StageRun]:
     """Run the plan; returns what each stage ran and its wall seconds. ``jobs`` > 1 runs that many
-    stages at once, each with an equal share of the cores."""
+    stages at once, each with an equal share of the cores. Each finished stage leaves its record in
+    ``logs``; ``resume``: a stage whose record holds the command line it would run now, and none of whose
+    needs ran again, is not run again (its recorded seconds are returned)."""
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: expected 1 or more")
     names = [s.name for s in stages]
@@ -413,15 +432,25 @@ def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, S
     pending, running, done = list(stages), {}, {}
     try:
         while pending or running:
+            skipped = False
             for stage in [s for s in pending if all(n in done for n in s.needs)][: jobs - len(running)]:
                 pending.remove(stage)
                 args = shlex.join(stage.argv(resolve(stage.flags)))
+                fresh_inputs = any(done[n].ran for n in stage.needs)
+                seconds = finished_before(logs, stage, args) if resume and not fresh_inputs else None
+                if seconds is not None:
+                    done[stage.name] = StageRun(stage, args, seconds, ran=False)
+                    print(f"== {stage.name}: finished before with this command line, not run again", flush=True)
+                    skipped = True
+                    continue
                 print(f"== {stage.name}: python scripts/{stage.command}.py {args}", flush=True)
                 log = open(os.path.join(logs, f"{stage.name}.log"), "w")
                 command = [sys.executable, "-m", "guided_diffusion.pipeline.commands", stage.command,
                            *shlex.split(args)]
                 proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[stage.name] = (proc, log, time.perf_counter(), stage, args)
+            if skipped:
+                continue  # what waited for the skipped stages may start now
             if not running:
                 raise ValueError(f"stages {[s.name for s in pending]} wait for each other")
             time.sleep(0.2)
@@ -436,6 +465,8 @@ def run_stages(stages: Sequence[Stage], logs: str, jobs: int = 1) -> dict[str, S
                     print(tail, file=sys.stderr, end="")
                     raise UserError(f"stage {name} failed (exit status {proc.returncode}); its output is in {log.name}")
                 done[name] = StageRun(stage, args, time.perf_counter() - start)
+                with atomic_write(os.path.join(logs, name + DONE_SUFFIX), "w") as f:
+                    json.dump({"command": stage.command, "args": args, "seconds": done[name].seconds}, f, indent=2)
                 print(f"   {name}: done in {done[name].seconds:.0f} s", flush=True)
     finally:
         for proc, log, *_ in running.values():
@@ -522,7 +553,7 @@ def write_report(plan: Plan, rows: Sequence[Row], runs: dict[str, StageRun]) -> 
     for r in diseased[:4] + [r for r in slices if r["label"] == 0][:1]:
         lines += [f"![{r['id']}]({os.path.relpath(ddim.test, out)}/{r['id']}.png)", ""]
     lines += ["## What ran", "", "| stage | seconds | command |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {run.seconds:.0f} | `{run.command}` |"
+    lines += [f"| {name} | {run.seconds:.0f}{'' if run.ran else ' (an earlier run, --resume)'} | `{run.command}` |"
               for name, run in runs.items()]
     lines += ["", f"Total: {sum(r.seconds for r in runs.values()):.0f} s of stages.", ""]
     path = os.path.join(out, "report.md")
@@ -537,10 +568,11 @@ def run_demo(cfg: DemoConfig) -> str:
     """``make demo`` (``--plan demo``) or ``make compare`` (``--plan compare``); returns the report's path."""
     plan = Plan(cfg)
     stages, rows = plan_stages(plan)
-    for name in plan.written:  # no stale result is resumed
-        shutil.rmtree(os.path.join(plan.out, name), ignore_errors=True)
+    if not cfg.driver.resume:  # a fresh run: nothing of an earlier one is kept
+        for name in plan.written:
+            shutil.rmtree(os.path.join(plan.out, name), ignore_errors=True)
     start = time.perf_counter()
-    runs = run_stages(stages, plan.log(""), cfg.driver.jobs)
+    runs = run_stages(stages, plan.log(""), cfg.driver.jobs, cfg.driver.resume)
     report = write_report(plan, rows, runs)
     page = os.path.join(rows[0].test, REPORT_HTML)  # the page of the paper's method's test run
     print(f"\nwrote {report} ({time.perf_counter() - start:.0f} s)")

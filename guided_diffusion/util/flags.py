@@ -500,6 +500,10 @@ class DriverFlags(FlagGroup):
                                   parse=parse_level_sets)
     jobs: int = flag(1, "stages run side by side, each with an equal share of the cores (on 2 cores two "
                         "1-thread stages ran only 1.1x faster than one after the other)")
+    resume: bool = flag(False, "go on with an interrupted run in --out: a stage that finished with the same "
+                               "command line is not run again; every other stage runs, and its script goes on "
+                               "from what it finds (training from its newest complete checkpoint, translation "
+                               "skipping finished images) or refuses a folder made with other flags")
 
 
 TRANSLATORS = ("classifier_sample_known", "dae_translate", "vae_translate", "fpgan_translate", "intensity_translate")
