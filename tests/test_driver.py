@@ -307,3 +307,16 @@ def test_a_method_is_one_registry_line_for_the_compare_plan(tmp_path, monkeypatc
     monkeypatch.setattr(driver, "METHODS", {**METHODS, lost.key: lost})
     with pytest.raises(ValueError, match="method fake: its demo flags load the checkpoints of classifier, not among"):
         compare_plan(Plan(_demo_config(tmp_path)))
+
+
+def test_a_method_names_its_trainings_scripts_and_its_translation_commands_translator():
+    from guided_diffusion.pipeline.methods import Demo, Training, diffusion
+    intensity = METHODS["intensity"]
+    with pytest.raises(ValueError, match="its translator is not the one of its translation command"):
+        dataclasses.replace(intensity, translator=lambda cfg, device: None)
+    stray = Training("stray", "dae_train", {}, steps="dae_steps")
+    with pytest.raises(ValueError, match="method cfg: its training stray's script 'dae_train' is not one of its"):
+        dataclasses.replace(METHODS["cfg"], demo=dataclasses.replace(METHODS["cfg"].demo, trainings=(stray,)))
+    with pytest.raises(ValueError, match="follows 'ddim''s tuned setting or is tuned itself, not both"):
+        Demo({}, tuned=True, follows="ddim")
+    assert METHODS["ddim"].translator is diffusion.TRANSLATION.translator

@@ -197,8 +197,8 @@ class Plan:
                 command: str = "classifier_sample_known") -> Row:
         """The setting ``tuned_key`` chose with ``extra`` flags on top, on the test and validation splits."""
         needs = (f"tune_{tuned_key}",)
-        test = Stage(key, command, self.from_best(tuned_key, "testing", self.folder(key), self.log(f"{key}_run"), extra),
-                     needs)
+        test = Stage(key, command,
+                     self.from_best(tuned_key, "testing", self.folder(key), self.log(f"{key}_run"), extra), needs)
         val = Stage(f"{key}_val", command,
                     self.from_best(tuned_key, "validation", self.folder("val", key), self.log(f"{key}_val_run"), extra),
                     needs)
@@ -262,7 +262,8 @@ def method_stages(plan: Plan, methods: Sequence[Method]) -> tuple[list[Stage], l
     for method in methods:
         for t in method.trainings():
             if trainings.setdefault(t.key, t) != t:
-                raise ValueError(f"method {method.key}: its training {t.key} differs from another method's of that name")
+                raise ValueError(f"method {method.key}: its training {t.key} differs from another method's of that "
+                                 "name")
     stages = [plan.train(t.key, t.script, _filled(plan, dict(t.flags), trainings), t.steps_flag,
                          getattr(plan.cfg.driver, t.steps), t.batch_size) for t in trainings.values()]
     return stages, [method_row(plan, method, trainings) for method in methods]
@@ -302,7 +303,7 @@ def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
     missing = [m.key for m in METHODS.values() if m.translation not in scripts]
     if missing:
         raise ValueError(f"make compare: the methods {', '.join(missing)} have no stage in the compare plan (give "
-                         "each a Demo, or write its rows here)")
+                         "each a Demo)")
     return training, rows
 
 

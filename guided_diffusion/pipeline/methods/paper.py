@@ -19,8 +19,9 @@ CLASSIFIER_MAX_T = Training("classifier_max_t", "classifier_train", {**DEMO_CLAS
 def _guided(classifier: Training, levels: str) -> dict:
     """Classifier-guided DDIM with ``classifier``, tune.py trying the noise levels of demo.py's flag
     ``levels`` and its classifier scales."""
-    return {**demo_sampling(MODEL.key), **DEMO_CLASSIFIER, "use_ddim": True, "classifier_path": Checkpoint(classifier.key),
-            "noise_levels": DemoFlag(levels), "classifier_scales": DemoFlag("classifier_scales")}
+    return {**demo_sampling(MODEL.key), **DEMO_CLASSIFIER, "use_ddim": True,
+            "classifier_path": Checkpoint(classifier.key), "noise_levels": DemoFlag(levels),
+            "classifier_scales": DemoFlag("classifier_scales")}
 
 
 def _method(key: str, name: str, demo: Demo) -> Method:
