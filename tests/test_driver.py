@@ -197,3 +197,144 @@ def test_a_method_names_its_scripts_among_its_commands():
     command = Command(DemoConfig, lambda cfg: None, False)
     with pytest.raises(ValueError, match="demo training flags need a training script"):
         dataclasses.replace(METHODS["vae"], training="", commands={**METHODS["vae"].commands, "x": command})
+
+
+# the compare plan at the default flags, stage by stage: (name, command, the stages it waits for)
+COMPARE_STAGES = [
+    ("train_classifier", "classifier_train", ()),
+    ("train_model", "image_train", ()),
+    ("train_classifier_max_t", "classifier_train", ()),
+    ("train_cfg_model", "image_train", ()),
+    ("train_simplex_model", "image_train", ()),
+    ("train_dae", "dae_train", ()),
+    ("train_vae", "vae_train", ()),
+    ("train_fpgan", "fpgan_train", ()),
+    ("tune_ddim", "tune", ("train_classifier", "train_model")),
+    ("ddim", "classifier_sample_known", ("tune_ddim",)),
+    ("intensity", "intensity_translate", ()),
+    ("intensity_val", "intensity_translate", ()),
+    ("tune_max_t", "tune", ("train_classifier_max_t", "train_model")),
+    ("max_t", "classifier_sample_known", ("tune_max_t",)),
+    ("tune_ensemble", "tune", ("train_classifier", "train_model")),
+    ("ensemble", "classifier_sample_known", ("tune_ensemble",)),
+    ("tune_both", "tune", ("train_classifier_max_t", "train_model")),
+    ("both", "classifier_sample_known", ("tune_both",)),
+    ("ddpm", "classifier_sample_known", ("tune_ddim",)),
+    ("ddpm_val", "classifier_sample_known", ("tune_ddim",)),
+    ("tune_cfg", "tune", ("train_cfg_model",)),
+    ("cfg", "classifier_sample_known", ("tune_cfg",)),
+    ("tune_simplex", "tune", ("train_simplex_model",)),
+    ("simplex", "classifier_sample_known", ("tune_simplex",)),
+    ("dae", "dae_translate", ("train_dae",)),
+    ("dae_val", "dae_translate", ("train_dae",)),
+    ("vae", "vae_translate", ("train_vae",)),
+    ("vae_val", "vae_translate", ("train_vae",)),
+    ("fpgan", "fpgan_translate", ("train_fpgan",)),
+    ("fpgan_val", "fpgan_translate", ("train_fpgan",)),
+    ("evaluate", "evaluate", ("ddim",)),
+    *[(f"eval_{key}", "compare", ("tune_ddim", "ddim", "intensity", "intensity_val"))
+      for key in ("paper", "volume_val", "volume_best", "slice_fpr")],
+    ("compare", "compare", ("tune_ddim", "ddim", "intensity", "intensity_val", "tune_max_t", "max_t", "tune_ensemble",
+                            "ensemble", "tune_both", "both", "ddpm", "ddpm_val", "tune_cfg", "cfg", "tune_simplex",
+                            "simplex", "dae", "dae_val", "vae", "vae_val", "fpgan", "fpgan_val")),
+    ("raw_volumes", "make_synthetic", ()),
+    ("bundle", "export_bundle", ("tune_ddim",)),
+    ("detect", "detect", ("raw_volumes", "bundle")),
+]
+
+
+def test_the_compare_plan_builds_the_diffusion_rows_from_their_methods_demo_flags(tmp_path):
+    """The diffusion family's rows come from paper.py, cfg.py and simplex.py's demo flags as the driver
+    wrote them by hand before: the same stages, commands and order, each checkpoint of its training's
+    length (defaults: classifiers 300, diffusion models 600 steps), each grid demo.py's."""
+    from guided_diffusion.pipeline.driver import plan_stages
+    plan = Plan(dataclasses.replace(_demo_config(tmp_path), driver=dataclasses.replace(
+        _demo_config(tmp_path).driver, plan="compare")))
+    stages, _ = plan_stages(plan)
+    assert [(s.name, s.command, s.needs) for s in stages] == COMPARE_STAGES
+    by_name = {s.name: s for s in stages}
+    train = tmp_path / "out" / "train"
+    model = (str(train / "model" / "model000600.pt"),)
+    for key, classifier, levels in (("ddim", "classifier", ((10,), (15,), (20,))),
+                                    ("max_t", "classifier_max_t", ((10,), (15,), (20,))),
+                                    ("ensemble", "classifier", ((5, 10, 15), (10, 15, 20))),
+                                    ("both", "classifier_max_t", ((5, 10, 15), (10, 15, 20)))):
+        flags = by_name[f"tune_{key}"].flags
+        assert (flags["model_path"], flags["classifier_path"], flags["noise_levels"], flags["classifier_scales"]) \
+            == (model, str(train / classifier / "model000300.pt"), levels, (50.0, 100.0, 200.0)), key
+        assert flags["timestep_respacing"] == "ddim50" and flags["use_ddim"] is True
+    assert by_name["train_classifier_max_t"].flags["classifier_max_t"] == 400
+    assert "classifier_max_t" not in by_name["train_classifier"].flags
+    cfg = by_name["tune_cfg"].flags
+    assert (cfg["guidance"], cfg["guidance_scales"], cfg["model_path"]) \
+        == ("cfg", (1.0, 3.0), (str(train / "cfg_model" / "model000600.pt"),))
+    assert (by_name["train_cfg_model"].flags["p_uncond"], by_name["train_cfg_model"].flags["lr_anneal_steps"]) \
+        == (0.2, 600)
+    simplex = by_name["tune_simplex"].flags
+    assert (simplex["guidance"], simplex["use_ddim"], simplex["noise_type"], simplex["class_cond"]) \
+        == ("none", False, "simplex", False)
+    assert by_name["train_simplex_model"].flags["noise_type"] == "simplex"
+    assert by_name["ddpm"].flags.__name__ == "flags"  # DDIM's choice, read when the stage starts
+
+
+def _fake_methods():
+    """Two methods no module holds: a diffusion variant tuned on validation (its own model, and the
+    paper's classifier which it shares), and a network of its own with the same flags on both splits."""
+    from guided_diffusion.pipeline.methods import Checkpoint, Demo, DemoFlag, Training, diffusion, paper
+    fake_model = Training("fake_model", "image_train", {"image_size": 64, "class_cond": False}, steps="model_steps",
+                          steps_flag="lr_anneal_steps")
+    tuned = Method(key="fake", name="Fake diffusion", commands=diffusion.COMMANDS,
+                   translation="classifier_sample_known", translator=diffusion.TRANSLATION.translator,
+                   demo=Demo({"image_size": 64, "model_path": (Checkpoint("fake_model"),),
+                              "classifier_path": Checkpoint("classifier"), "noise_levels": DemoFlag("noise_levels")},
+                             tuned=True, trainings=(fake_model, paper.CLASSIFIER)))
+    dae = METHODS["dae"]
+    own = dataclasses.replace(dae, key="fake_dae", name="Fake DAE",
+                              demo=dataclasses.replace(dae.demo, steps="vae_steps"))
+    return tuned, own
+
+
+def test_a_method_is_one_registry_line_for_the_compare_plan(tmp_path, monkeypatch):
+    """Registering a method with its demo flags (and nothing else) gives it its training stages (a
+    training it shares with another method only once) and its row, last in the table."""
+    import guided_diffusion.pipeline.driver as driver
+    before_training, before_rows = compare_plan(Plan(_demo_config(tmp_path)))
+    tuned, own = _fake_methods()
+    monkeypatch.setattr(driver, "METHODS", {**METHODS, tuned.key: tuned, own.key: own})
+    training, rows = compare_plan(Plan(_demo_config(tmp_path)))
+    train = tmp_path / "out" / "train"
+    assert [s.name for s in training] == [s.name for s in before_training] + ["train_fake_model", "train_fake_dae"]
+    assert (training[-2].command, training[-2].flags["lr_anneal_steps"], training[-2].flags["class_cond"]) \
+        == ("image_train", 600, False)
+    assert (training[-1].command, training[-1].flags["iterations"], training[-1].flags["log_dir"]) \
+        == ("dae_train", 600, str(train / "fake_dae"))  # --vae_steps: 600
+    assert [r.key for r in rows] == [r.key for r in before_rows] + ["fake", "fake_dae"]
+    assert rows[-1].name == "Fake DAE" and rows[-1].val == str(tmp_path / "out" / "val" / "fake_dae")
+    tune, test = rows[-2].stages
+    assert (tune.name, tune.command, tune.needs) == ("tune_fake", "tune", ("train_fake_model", "train_classifier"))
+    assert (tune.flags["model_path"], tune.flags["classifier_path"], tune.flags["noise_levels"]) \
+        == ((str(train / "fake_model" / "model000600.pt"),), str(train / "classifier" / "model000300.pt"),
+            ((10,), (15,), (20,)))
+    assert (test.name, test.command, test.needs) == ("fake", "classifier_sample_known", ("tune_fake",))
+    for name in ("fake_dae", "fake_dae_val"):
+        stage = next(s for s in rows[-1].stages if s.name == name)
+        assert stage.needs == ("train_fake_dae",)
+        assert stage.flags["model_path"] == (str(train / "fake_dae" / "model000600.pt"),)
+    # a checkpoint of a training the method does not name is an error naming both
+    lost = dataclasses.replace(tuned, demo=dataclasses.replace(tuned.demo, trainings=(tuned.demo.trainings[0],)))
+    monkeypatch.setattr(driver, "METHODS", {**METHODS, lost.key: lost})
+    with pytest.raises(ValueError, match="method fake: its demo flags load the checkpoints of classifier, not among"):
+        compare_plan(Plan(_demo_config(tmp_path)))
+
+
+def test_a_method_names_its_trainings_scripts_and_its_translation_commands_translator():
+    from guided_diffusion.pipeline.methods import Demo, Training, diffusion
+    intensity = METHODS["intensity"]
+    with pytest.raises(ValueError, match="its translator is not the one of its translation command"):
+        dataclasses.replace(intensity, translator=lambda cfg, device: None)
+    stray = Training("stray", "dae_train", {}, steps="dae_steps")
+    with pytest.raises(ValueError, match="method cfg: its training stray's script 'dae_train' is not one of its"):
+        dataclasses.replace(METHODS["cfg"], demo=dataclasses.replace(METHODS["cfg"].demo, trainings=(stray,)))
+    with pytest.raises(ValueError, match="follows 'ddim''s tuned setting or is tuned itself, not both"):
+        Demo({}, tuned=True, follows="ddim")
+    assert METHODS["ddim"].translator is diffusion.TRANSLATION.translator

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def script_configs():
     """Every script's config class (a dataclass with a SCRIPT name)."""
     found = []
-    method_modules = [getattr(methods, name) for name in ("diffusion", "dae", "vae", "fpgan", "intensity")]
+    method_modules = [getattr(methods, name) for name in ("diffusion", "paper", "cfg", "simplex", "dae", "vae", "fpgan",
+                                                          "intensity")]
     for module in (runs, evaluate, prepare, driver, tune, bundle, detect, visdom_server, *method_modules):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ and (
@@ -99,8 +100,10 @@ def test_domain_choices_are_the_names_their_owners_define():
     assert _choices(methods.intensity.IntensityFlags, "channel") == sum(CHANNELS.values(), ())
     assert _choices(flags.EvaluationFlags, "protocol") == PROTOCOLS
     assert _choices(methods.vae.VAEFlags, "latent_prior") == ("adversarial", "kl")  # baselines.vae.LATENT_PRIORS
-    # the scripts a bundle holds are the registry's translation scripts, in its order
-    assert _choices(flags.BundleFlags, "method") == flags.TRANSLATORS == tuple(m.translation for m in METHODS.values())
+    # the scripts a bundle holds are the registry's translation scripts, in its order (each once: the
+    # diffusion family's methods share one)
+    assert _choices(flags.BundleFlags, "method") == flags.TRANSLATORS == tuple(bundle.BY_SCRIPT) == tuple(
+        dict.fromkeys(m.translation for m in METHODS.values()))
     # the networks' factories (below the data sets) and the result panels (beside them) know them by count
     assert DATASET_CHANNELS == {dataset: len(names) for dataset, names in CHANNELS.items()}
     assert CHANNEL_NAMES == {len(names): names for names in CHANNELS.values()}
@@ -287,7 +290,7 @@ def test_the_readmes_presets_are_the_tested_ones():
         assert text == getattr(presets, name), name
 
 
-METHOD_COMMANDS = [name for method in METHODS.values() for name in method.commands]
+METHOD_COMMANDS = list(dict.fromkeys(name for method in METHODS.values() for name in method.commands))
 
 
 @pytest.mark.parametrize("name", METHOD_COMMANDS)

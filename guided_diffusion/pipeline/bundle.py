@@ -37,7 +37,7 @@ from ..util.fileio import atomic_write, sha256_of, staged_folder
 from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
 from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
-from .methods import METHODS
+from .methods import METHODS, Command
 from .runs import SampleConfig
 from .translate import Translator
 from .tune import SCALE_FLAGS, read_best
@@ -47,8 +47,9 @@ FORMAT = 1
 MODEL_FILE = "model.pt"
 CLASSIFIER_FILE = "classifier.pt"
 PADDING = "zero-padded evenly to image_size x image_size (an odd difference puts the extra pixel after)"
-BY_SCRIPT = {method.translation: method for method in METHODS.values()}
-"""The methods by their translation script's name (bundle.json's ``method.script``): what a bundle can hold."""
+BY_SCRIPT: dict[str, Command] = {m.translation: m.commands[m.translation] for m in METHODS.values()}
+"""The methods' translation commands by their script's name (bundle.json's ``method.script``): what a bundle
+can hold. Several methods share one (the diffusion family's classifier_sample_known); its flags say which."""
 # flags that name this machine's folders: not part of a bundle
 _LOCAL_FLAGS = ("data_dir", "label_dir", "output_dir", "log_dir", "val_dir")
 

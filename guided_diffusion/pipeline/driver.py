@@ -47,15 +47,7 @@ from ..util.flags import DataFlags, DriverFlags, OutputFlags, RunFlags, TuneFlag
 from ..util.flagspec import config_defaults, flag_dict, from_dict, part, to_argv
 from .commands import COMMANDS
 from .evaluate import EvaluateConfig
-from .methods import METHODS, Method
-from .presets import (
-    DEMO_CLASSIFIER,
-    DEMO_DIFFUSION,
-    DEMO_MAX_T,
-    DEMO_MODEL,
-    DEMO_RESPACING,
-    DEMO_SIMPLEX,
-)
+from .methods import METHODS, Checkpoint, DemoFlag, Method, Training
 from .detect import SUMMARY_CSV
 from .tune import BEST_JSON, TUNE_CSV, read_best
 
@@ -177,14 +169,15 @@ class Plan:
                                                "save_interval": steps, "log_interval": 100,
                                                "log_dir": self.folder("train", key)})
 
-    def tuned(self, key: str, name: str, flags: dict, needs: tuple[str, ...]) -> Row:
-        """tune.py on the validation split, then the test translation of the setting it chose."""
+    def tuned(self, key: str, name: str, flags: dict, needs: tuple[str, ...],
+              command: str = "classifier_sample_known") -> Row:
+        """tune.py on the validation split, then the test translation (``command``) of the setting it chose."""
         tune_dir = self.tune_dir(key)
         tune = Stage(f"tune_{key}", "tune", {"data_dir": f"{self.data}/validation", **self.common, **flags,
                                               **MAIN_EVALUATION, "out": tune_dir, "log_dir": self.log(key + "_tune")},
                      needs)
-        test = Stage(key, "classifier_sample_known",
-                     self.from_best(key, "testing", self.folder(key), self.log(f"{key}_run")), needs=(tune.name,))
+        test = Stage(key, command, self.from_best(key, "testing", self.folder(key), self.log(f"{key}_run")),
+                     needs=(tune.name,))
         return Row(key, lambda: _tuned_name(name, read_best(tune_dir)), self.folder(key),
                    lambda: read_best(tune_dir)["validation_folder"], (tune, test))
 
@@ -200,12 +193,13 @@ class Plan:
                     "output_dir": output, "log_dir": log, "progress": False, **(extra or {})}
         return flags
 
-    def follows(self, key: str, name: str, tuned_key: str, extra: dict) -> Row:
+    def follows(self, key: str, name: str, tuned_key: str, extra: dict,
+                command: str = "classifier_sample_known") -> Row:
         """The setting ``tuned_key`` chose with ``extra`` flags on top, on the test and validation splits."""
         needs = (f"tune_{tuned_key}",)
-        test = Stage(key, "classifier_sample_known",
+        test = Stage(key, command,
                      self.from_best(tuned_key, "testing", self.folder(key), self.log(f"{key}_run"), extra), needs)
-        val = Stage(f"{key}_val", "classifier_sample_known",
+        val = Stage(f"{key}_val", command,
                     self.from_best(tuned_key, "validation", self.folder("val", key), self.log(f"{key}_val_run"), extra),
                     needs)
         tune_dir = self.tune_dir(tuned_key)
@@ -237,87 +231,79 @@ def _tuned_name(name: str, best: dict) -> str:
     return f"{name}: L={levels}{scale}"
 
 
-def _sampling(model: str) -> dict:
-    return {**DEMO_MODEL, **DEMO_DIFFUSION, "timestep_respacing": f"ddim{DEMO_RESPACING}", "batch_size": 8,
-            "model_path": (model,)}
+def _filled(plan: Plan, flags, trainings: dict[str, Training]):
+    """Demo flags with their :class:`.methods.Checkpoint` and :class:`.methods.DemoFlag` values filled in:
+    the last checkpoint of that training, the value of that flag of demo.py."""
+    if isinstance(flags, dict):
+        return {name: _filled(plan, value, trainings) for name, value in flags.items()}
+    if isinstance(flags, tuple):
+        return tuple(_filled(plan, value, trainings) for value in flags)
+    if isinstance(flags, Checkpoint):
+        t = trainings[flags.training]
+        return plan.checkpoint(t.key, getattr(plan.cfg.driver, t.steps), t.checkpoint)
+    if isinstance(flags, DemoFlag):
+        return flag_dict(plan.cfg)[flags.name]
+    return flags
 
 
-def _guided(plan: Plan, model: str, classifier: str, levels: tuple) -> dict:
-    return {**_sampling(model), **DEMO_CLASSIFIER, "use_ddim": True, "classifier_path": classifier,
-            "noise_levels": levels, "classifier_scales": plan.cfg.tune.classifier_scales}
+def _checkpoints(flags) -> set[str]:
+    """The trainings whose checkpoints demo flags load."""
+    if isinstance(flags, dict):
+        flags = tuple(flags.values())
+    if isinstance(flags, tuple):
+        return set().union(*map(_checkpoints, flags))
+    return {flags.training} if isinstance(flags, Checkpoint) else set()
+
+
+def method_stages(plan: Plan, methods: Sequence[Method]) -> tuple[list[Stage], list[Row]]:
+    """The methods' stages from their demo flags (:class:`.methods.Demo`): the training stages they
+    need, each once and first, and a row per method in their order."""
+    trainings: dict[str, Training] = {}
+    for method in methods:
+        for t in method.trainings():
+            if trainings.setdefault(t.key, t) != t:
+                raise ValueError(f"method {method.key}: its training {t.key} differs from another method's of that "
+                                 "name")
+    stages = [plan.train(t.key, t.script, _filled(plan, dict(t.flags), trainings), t.steps_flag,
+                         getattr(plan.cfg.driver, t.steps), t.batch_size) for t in trainings.values()]
+    return stages, [method_row(plan, method, trainings) for method in methods]
+
+
+def method_row(plan: Plan, method: Method, trainings: dict[str, Training]) -> Row:
+    """A method's row: tuned on validation, following a tuned method's setting, or fixed."""
+    demo, raw = method.demo, method.demo_flags()
+    own = [t.key for t in method.trainings()]
+    unknown = sorted(_checkpoints(raw) - set(own))
+    if unknown:
+        raise ValueError(f"method {method.key}: its demo flags load the checkpoints of {', '.join(unknown)}, not "
+                         "among its trainings")
+    flags, needs = _filled(plan, raw, trainings), tuple(f"train_{key}" for key in own)
+    if demo.follows:
+        return plan.follows(method.key, method.name, demo.follows, flags, method.translation)
+    if demo.tuned:
+        return plan.tuned(method.key, method.name, flags, needs, method.translation)
+    return plan.fixed(method.key, method.name, method.translation, flags, needs)
+
+
+def _in_demo(method: Method) -> bool:
+    return method.demo is not None and method.demo.in_demo
 
 
 def demo_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
-    """The paper's method tuned on validation, and the FLAIR intensity; training stages first."""
-    d = plan.cfg.driver
-    classifier = plan.train("classifier", "classifier_train", {**DEMO_CLASSIFIER, **DEMO_DIFFUSION},
-                            "iterations", d.classifier_steps, 8)
-    model = plan.train("model", "image_train", {**DEMO_MODEL, **DEMO_DIFFUSION, "ema_rate": "0.999"},
-                       "lr_anneal_steps", d.model_steps, 8)
-    paths = (plan.checkpoint("model", d.model_steps), plan.checkpoint("classifier", d.classifier_steps))
-    ddim = plan.tuned("ddim", "DDIM (paper)", _guided(plan, *paths, plan.cfg.tune.noise_levels),
-                      needs=("train_classifier", "train_model"))
-    _, intensity = baseline_stages(plan, METHODS["intensity"])
-    return [classifier, model], [ddim, intensity]
-
-
-def baseline_stages(plan: Plan, method: Method) -> tuple[list[Stage], Row]:
-    """A method's stages from its demo flags (:class:`.methods.Demo`): its training, if it trains a
-    network, and its row (the same flags on the test and the validation split)."""
-    demo = method.demo
-    if demo.train is None:
-        return [], plan.fixed(method.key, method.name, method.translation, dict(demo.translate))
-    steps = getattr(plan.cfg.driver, demo.steps)
-    training = plan.train(method.key, method.training, dict(demo.train), demo.steps_flag, steps, demo.batch_size)
-    checkpoint = plan.checkpoint(method.key, steps, demo.checkpoint)
-    row = plan.fixed(method.key, method.name, method.translation, {**demo.translate, "model_path": (checkpoint,)},
-                     needs=(training.name,))
-    return [training], row
+    """The methods of ``make demo`` (the paper's method tuned on validation, and the FLAIR intensity);
+    training stages first."""
+    return method_stages(plan, [m for m in METHODS.values() if _in_demo(m)])
 
 
 def compare_plan(plan: Plan) -> tuple[list[Stage], list[Row]]:
-    """The demo plus every lever and comparison method, each thresholded on the validation split."""
-    d, t = plan.cfg.driver, plan.cfg.tune
-    training, (ddim, intensity) = demo_plan(plan)
-    model = plan.checkpoint("model", d.model_steps)
-    classifier = plan.checkpoint("classifier", d.classifier_steps)
-    max_t = plan.checkpoint("classifier_max_t", d.classifier_steps)
-    training += [
-        plan.train("classifier_max_t", "classifier_train", {**DEMO_CLASSIFIER, **DEMO_DIFFUSION, **DEMO_MAX_T},
-                   "iterations", d.classifier_steps, 8),
-        plan.train("cfg_model", "image_train", {**DEMO_MODEL, **DEMO_DIFFUSION, "ema_rate": "0.999", "p_uncond": 0.2},
-                   "lr_anneal_steps", d.model_steps, 8),
-        plan.train("simplex_model", "image_train", {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "ema_rate": "0.999"},
-                   "lr_anneal_steps", d.model_steps, 8),
-    ]
-    single = t.noise_levels
-    rows = [
-        ddim, intensity,
-        plan.tuned("max_t", "DDIM + classifier_max_t", _guided(plan, model, max_t, single),
-                   needs=("train_classifier_max_t", "train_model")),
-        plan.tuned("ensemble", "DDIM + ensemble", _guided(plan, model, classifier, d.ensemble_levels),
-                   needs=("train_classifier", "train_model")),
-        plan.tuned("both", "DDIM + classifier_max_t + ensemble", _guided(plan, model, max_t, d.ensemble_levels),
-                   needs=("train_classifier_max_t", "train_model")),
-        plan.follows("ddpm", "DDPM sampling (DDIM's setting)", "ddim", {"use_ddim": False}),
-        plan.tuned("cfg", "Classifier-free guidance",
-                   {**_sampling(plan.checkpoint("cfg_model", d.model_steps)), "use_ddim": True, "guidance": "cfg",
-                    "noise_levels": single, "guidance_scales": t.guidance_scales}, needs=("train_cfg_model",)),
-        plan.tuned("simplex", "Simplex diffusion (AnoDDPM)",
-                   {**DEMO_SIMPLEX, **DEMO_DIFFUSION, "timestep_respacing": f"ddim{DEMO_RESPACING}", "batch_size": 8,
-                    "model_path": (plan.checkpoint("simplex_model", d.model_steps),), "use_ddim": False,
-                    "guidance": "none", "noise_levels": single}, needs=("train_simplex_model",)),
-    ]
-    for method in METHODS.values():  # every other method with demo flags: its training and its row
-        if method.demo is not None and method.key not in {r.key for r in rows}:
-            stages, row = baseline_stages(plan, method)
-            training += stages
-            rows.append(row)
+    """The demo's methods, then every other registered method, each thresholded on the validation split."""
+    rest = [m for m in METHODS.values() if m.demo is not None and not m.demo.in_demo]
+    training, rows = method_stages(plan, [m for m in METHODS.values() if _in_demo(m)] + rest)
     scripts = {s.command for s in training + [s for r in rows for s in r.stages]}
     missing = [m.key for m in METHODS.values() if m.translation not in scripts]
     if missing:
         raise ValueError(f"make compare: the methods {', '.join(missing)} have no stage in the compare plan (give "
-                         "each a Demo, or write its rows here)")
+                         "each a Demo)")
     return training, rows
 
 
@@ -338,7 +324,7 @@ def plan_stages(plan: Plan) -> tuple[list[Stage], list[Row]]:
     stages = training + [s for r in rows for s in r.stages]
     stages.append(Stage("evaluate", "evaluate", lambda: {**evaluation_flags(read_best(tune_dir)["flags"]),
                                                          "run_dir": ddim.test}, needs=(ddim.key,)))
-    demo_rows = [r for r in rows if r.key in ("ddim", "intensity")]
+    demo_rows = [r for r in rows if _in_demo(METHODS[r.key])]
     stages += [plan.compare(f"eval_{key}", demo_rows, flags, plan.folder("protocols", key), 0)
                for key, _, flags in PROTOCOL_ROWS]
     if plan.cfg.driver.plan == "compare":

@@ -26,7 +26,7 @@ DEMO_CLASSIFIER = {"image_size": 64, "classifier_width": 32, "classifier_depth":
                    "classifier_pool": "attention"}
 DEMO_RESPACING = 50  # translation with --timestep_respacing ddim50: L counts steps of 20
 DEMO_SIMPLEX = {**DEMO_MODEL, "class_cond": False, "noise_type": "simplex", "simplex_frequency": 16}
-# (each baseline's demo flags are its method's, :class:`.methods.Demo`)
+# (each method's stages in the plans are its module's :class:`.methods.Demo`)
 # the lever: a classifier trained where translation asks it, t < 400 of 1000 (L <= 20 of ddim50)
 DEMO_MAX_T = {"classifier_max_t": 400}
 

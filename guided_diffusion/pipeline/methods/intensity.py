@@ -47,4 +47,4 @@ METHOD = Method(
     key="intensity", name="FLAIR intensity",
     commands={"intensity_translate": translation_command(IntensityConfig, intensity_translator)},
     translation="intensity_translate", translator=intensity_translator,
-    demo=Demo(translate={"image_size": 64, "channel": "flair"}))
+    demo=Demo(translate={"image_size": 64, "channel": "flair"}, in_demo=True))
