@@ -47,9 +47,9 @@ from _common import (  # noqa: E402
 )
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask  # noqa: E402
-from guided_diffusion.guidance import make_cond_fn  # noqa: E402
+from guided_diffusion.guidance import classifier_guided  # noqa: E402
 from guided_diffusion.pipeline.devices import autocast_for, wrap_network  # noqa: E402
-from guided_diffusion.pipeline.translators import translate_batch  # noqa: E402
+from guided_diffusion.pipeline.translators import TranslationOptions, image_noise, translate_batch  # noqa: E402
 from guided_diffusion.script_util import str2bool  # noqa: E402
 
 ALL_PATHS = ("base", "batch", "cl", "bf16", "fp16", "compile", "compile_cl", "graphs")
@@ -140,7 +140,7 @@ class _GraphedModel:
 
 
 def make_path(name: str, model, classifier, args, device):
-    """(model_fn, cond_fn, images per call, description) of one path."""
+    """(the classifier-guided network, images per call, description) of one path."""
     precision = {"bf16": "bf16", "fp16": "fp16"}.get(name, "fp32")
     autocast = autocast_for(device, precision)
     channels_last = name in ("cl", "compile_cl")
@@ -163,17 +163,18 @@ def make_path(name: str, model, classifier, args, device):
         desc += " (reduce-overhead: CUDA graphs)"
     if channels_last:
         desc += ", channels_last"
-    model_fn = wrap_network(net, autocast, channels_last)
-    cond_fn = make_cond_fn(clf, args.classifier_scale, autocast=autocast)
+    guided = classifier_guided(wrap_network(net, autocast, channels_last), clf, args.classifier_scale,
+                               autocast=autocast)
     per_call = 1 if name == "base" else args.batch_size
-    return model_fn, cond_fn, per_call, desc
+    return guided, per_call, desc
 
 
-def translate_all(model_fn, cond_fn, diffusion, x, ids, per_call, args, noise_level):
+def translate_all(guided, diffusion, x, ids, per_call, args, noise_level):
     out = []
+    options = TranslationOptions(noise_level, use_ddim=args.use_ddim)
     for i in range(0, x.shape[0], per_call):
-        out.append(translate_batch(model_fn, diffusion, cond_fn, x[i:i + per_call], ids[i:i + per_call],
-                                   seed=args.seed, noise_level=noise_level, use_ddim=args.use_ddim))
+        noise = image_noise(args.seed, ids[i:i + per_call], x.device)
+        out.append(translate_batch(guided, diffusion, x[i:i + per_call], noise, options))
     return th.cat(out)
 
 
@@ -185,22 +186,20 @@ def masks_of(x: th.Tensor, healthy: th.Tensor) -> np.ndarray:
 def prepare_path(name, model, classifier, diffusion, x, ids, args, device) -> dict:
     """Build a path and warm it up: every distinct batch shape once, at a low noise level
     (this compiles, autotunes and records CUDA graphs)."""
-    model_fn, cond_fn, per_call, desc = make_path(name, model, classifier, args, device)
+    guided, per_call, desc = make_path(name, model, classifier, args, device)
     shapes = sorted({min(per_call, x.shape[0] - i) for i in range(0, x.shape[0], per_call)})
     start = now(device)
     for b in shapes:
-        translate_all(model_fn, cond_fn, diffusion, x[:b], ids[:b], b, args, min(args.warmup_level,
-                                                                                   args.noise_level))
+        translate_all(guided, diffusion, x[:b], ids[:b], b, args, min(args.warmup_level, args.noise_level))
     return {"path": name, "desc": desc, "images_per_call": per_call, "warmup_s": now(device) - start,
-            "fns": (model_fn, cond_fn), "times": []}
+            "guided": guided, "times": []}
 
 
 def time_path(p: dict, diffusion, x, ids, args, device):
     """One timed translation of all images: (seconds, healthy (N, C, H, W), PeakMemory)."""
-    model_fn, cond_fn = p["fns"]
     with PeakMemory(device) as mem:
         start = now(device)
-        healthy = translate_all(model_fn, cond_fn, diffusion, x, ids, p["images_per_call"], args, args.noise_level)
+        healthy = translate_all(p["guided"], diffusion, x, ids, p["images_per_call"], args, args.noise_level)
         seconds = now(device) - start
     return seconds, healthy, mem
 
@@ -224,19 +223,17 @@ class _TrivialClassifier(th.nn.Module):
 def loop_overhead(diffusion, x, ids, args, device) -> dict:
     """Microseconds per diffusion step of translate_batch with trivial networks: the cost of the loop,
     the schedule arithmetic and the guidance plumbing, without the networks' own work."""
-    model = _TrivialModel()
-    classifier = _TrivialClassifier(x[0].numel()).to(device)
-    cond_fn = make_cond_fn(classifier, args.classifier_scale)
+    guided = classifier_guided(_TrivialModel(), _TrivialClassifier(x[0].numel()).to(device), args.classifier_scale)
     steps = 2 * (args.noise_level - 1)
     out = {}
     for b in sorted({1, args.batch_size}):
-        translate_batch(model, diffusion, cond_fn, x[:b], ids[:b], seed=args.seed, noise_level=3,
-                        use_ddim=args.use_ddim)
+        translate_batch(guided, diffusion, x[:b], image_noise(args.seed, ids[:b], device),
+                        TranslationOptions(3, use_ddim=args.use_ddim))
         best = float("inf")
         for _ in range(max(3, args.repeats)):
             start = now(device)
-            translate_batch(model, diffusion, cond_fn, x[:b], ids[:b], seed=args.seed,
-                            noise_level=args.noise_level, use_ddim=args.use_ddim)
+            translate_batch(guided, diffusion, x[:b], image_noise(args.seed, ids[:b], device),
+                            TranslationOptions(args.noise_level, use_ddim=args.use_ddim))
             best = min(best, now(device) - start)
         out[f"batch_{b}_us_per_step"] = 1e6 * best / max(steps, 1)
         print(f"loop overhead, batch {b}: {out[f'batch_{b}_us_per_step']:.0f} us per step "
@@ -247,11 +244,11 @@ def loop_overhead(diffusion, x, ids, args, device) -> dict:
 def profile_path(name, model, classifier, diffusion, x, ids, args, device) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    model_fn, cond_fn, per_call, desc = make_path(name, model, classifier, args, device)
-    translate_all(model_fn, cond_fn, diffusion, x[:per_call], ids[:per_call], per_call, args, 2)
+    guided, per_call, desc = make_path(name, model, classifier, args, device)
+    translate_all(guided, diffusion, x[:per_call], ids[:per_call], per_call, args, 2)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        translate_all(model_fn, cond_fn, diffusion, x, ids, per_call, args, args.noise_level)
+        translate_all(guided, diffusion, x, ids, per_call, args, args.noise_level)
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"profile of path {name} ({desc}), {x.shape[0]} images, L={args.noise_level}")
     print(prof.key_averages().table(sort_by=sort, row_limit=25))
@@ -314,7 +311,7 @@ def main(argv=None) -> dict:
                 rows.append({"path": p["path"], "error": p["error"]})
                 continue
             best = min(p["times"])
-            r = {k: v for k, v in p.items() if k not in ("fns",)}
+            r = {k: v for k, v in p.items() if k not in ("guided",)}
             r.update(seconds=best, s_per_slice=best / n, images_per_s=n / best,
                      speedup=min(done[0]["times"]) / best)
             rows.append(r)

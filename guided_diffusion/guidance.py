@@ -1,12 +1,24 @@
 """Guidance towards a class: the classifier's gradient (Dhariwal & Nichol 2021) or classifier-free
-guidance (Ho & Salimans 2022), and a schedule of the classifier's scale over the decoding steps."""
+guidance (Ho & Salimans 2022), and a schedule of the classifier's scale over the decoding steps.
+
+:class:`GuidedModel` is the network as guided, one object a translation loop samples with (the pattern of
+k-diffusion's ``external.py``): the network, the decoding network of classifier-free guidance, the
+classifier's ``cond_fn`` and the target class, built by :func:`classifier_guided`, :func:`cfg_guided` or
+:func:`unguided`; the translation levers transform it as a whole."""
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch as th
 import torch.nn.functional as F
+
+from .script_util import HEALTHY
+from .translation_levers import mask_gradient, with_clean_context
+
+GUIDANCES = ("classifier", "cfg", "none")
 
 
 def make_cond_fn(classifier, classifier_scale: float, autocast=None):
@@ -102,3 +114,83 @@ def make_cfg_model(model, guidance_scale: float, null_class: int, channels: int)
         return th.cat([eps, cond[:, channels:]], dim=1)
 
     return guided
+
+
+@dataclass(frozen=True)
+class GuidedModel:
+    """The diffusion network as guided towards ``target``: what a translation loop samples with.
+
+    The loop hands the pieces to gaussian_diffusion's pinned API unchanged: ``network`` as ``model``
+    (DDIM's encoding, and the decoding unless ``decode`` is set), ``decode`` as ``decode_model``,
+    ``cond_fn`` as ``cond_fn``, :meth:`model_kwargs` as ``model_kwargs``.
+
+    * ``network(x_t, t, y=...)``: the eps network, (B, C, H, W) in, (B, C_out, H, W) out;
+    * ``decode``: the network of the decoding half (classifier-free guidance), None: ``network``;
+    * ``cond_fn(x_t, t, y=...)``: s * grad_x log p(y | x_t), (B, C, H, W); None: no classifier guidance;
+    * ``target``: the class y every callable is given (HEALTHY = 0); None: an unconditional network, no y;
+    * ``kind`` (one of :data:`GUIDANCES`) and ``scale`` (s or W) say what the guidance is, for names.
+    """
+
+    network: Callable
+    decode: Callable | None = None
+    cond_fn: Callable | None = None
+    target: int | None = HEALTHY
+    kind: str = "none"
+    scale: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in GUIDANCES:
+            raise ValueError(f"guidance {self.kind!r}: expected one of {', '.join(GUIDANCES)}")
+
+    @property
+    def decoder(self) -> Callable:
+        """The network of the decoding steps (DDIM's second half, every DDPM step)."""
+        return self.decode if self.decode is not None else self.network
+
+    def model_kwargs(self, batch: int, device) -> dict:
+        """The keyword arguments of every call: ``y`` = ``target`` per sample (B,), none without a target."""
+        if self.target is None:
+            return {}
+        return {"y": th.full((batch,), self.target, dtype=th.long, device=device)}
+
+    def describe(self) -> str:
+        """The guidance for a method's name: "s=100", "CFG W=2" or "unguided"."""
+        return {"classifier": f"s={self.scale:g}", "cfg": f"CFG W={self.scale:g}", "none": "unguided"}[self.kind]
+
+    def scheduled(self, schedule: str, t_start: float) -> GuidedModel:
+        """The classifier's scale times w(t) of ``schedule`` over a decoding that starts at ``t_start``
+        (:func:`schedule_cond_fn`; "constant" keeps the very same ``cond_fn``)."""
+        return replace(self, cond_fn=schedule_cond_fn(self.cond_fn, schedule, t_start))
+
+    def with_clean_context(self, x_clean: th.Tensor, mask: th.Tensor) -> GuidedModel:
+        """pDDPM's patch: every callable sees ``x_clean`` outside the boolean (B, 1, H, W) ``mask``
+        (:func:`translation_levers.with_clean_context`)."""
+        return replace(self, network=with_clean_context(self.network, x_clean, mask),
+                       decode=with_clean_context(self.decode, x_clean, mask),
+                       cond_fn=with_clean_context(self.cond_fn, x_clean, mask))
+
+    def masked(self, mask: th.Tensor) -> GuidedModel:
+        """AutoDDPM's resampling: the classifier's gradient is 0 outside the boolean (B, 1, H, W) ``mask``
+        (:func:`translation_levers.mask_gradient`)."""
+        return replace(self, cond_fn=mask_gradient(self.cond_fn, mask))
+
+
+def classifier_guided(network: Callable, classifier: Callable, classifier_scale: float,
+                      autocast=None) -> GuidedModel:
+    """The class-conditional ``network`` guided by ``classifier(x_t, t)`` logits towards "healthy" with
+    scale s = ``classifier_scale`` (:func:`make_cond_fn`; Wolleb et al. 2022)."""
+    return GuidedModel(network, cond_fn=make_cond_fn(classifier, classifier_scale, autocast=autocast),
+                       kind="classifier", scale=float(classifier_scale))
+
+
+def cfg_guided(network: Callable, guidance_scale: float, null_class: int, channels: int) -> GuidedModel:
+    """The class-conditional ``network`` (trained with label dropout to ``null_class``) with classifier-free
+    guidance of weight W = ``guidance_scale`` in the decoding (:func:`make_cfg_model`); the encoding uses
+    the conditional network."""
+    return GuidedModel(network, decode=make_cfg_model(network, guidance_scale, null_class, channels),
+                       kind="cfg", scale=float(guidance_scale))
+
+
+def unguided(network: Callable, class_cond: bool = True) -> GuidedModel:
+    """``network`` with no guidance: given y = "healthy" if it is class-conditional, no y otherwise."""
+    return GuidedModel(network, target=HEALTHY if class_cond else None)

@@ -195,6 +195,7 @@ def test_map_flags_are_checked_as_they_are_parsed(brats, tmp_path):
 def test_a_noise_level_ensemble_averages_the_levels_maps_made_with_the_options():
     from cpu_helpers import TINY_UNET, redraw_zero_layers
     from guided_diffusion import script_util as su
+    from guided_diffusion.guidance import unguided
     from guided_diffusion.pipeline.translators import DiffusionTranslation
     th.manual_seed(0)
     model, diffusion = su.create_model_and_diffusion(**TINY_UNET)
@@ -204,8 +205,8 @@ def test_a_noise_level_ensemble_averages_the_levels_maps_made_with_the_options()
 
     def translate(levels, options):
         with th.no_grad():
-            return DiffusionTranslation(model, diffusion, None, seed=0, noise_levels=levels, use_ddim=True,
-                                        guidance="none", map_options=options)(x, ids)
+            return DiffusionTranslation(unguided(model), diffusion, seed=0, noise_levels=levels, use_ddim=True,
+                                        map_options=options)(x, ids)
 
     healthy, amap = translate((2, 4), MapOptions(smooth=1.0))
     members = [translate((level,), MapOptions(smooth=1.0)).numpy() for level in (2, 4)]  # one healthy image each

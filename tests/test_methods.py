@@ -18,9 +18,9 @@ from cpu_helpers import one_thread, redraw_zero_layers  # noqa: F401  (one_threa
 from guided_diffusion import script_util as su
 from guided_diffusion.anomaly import anomaly_map
 from guided_diffusion.datasets.synthetic import generate
-from guided_diffusion.guidance import make_cfg_model
+from guided_diffusion.guidance import GuidedModel, cfg_guided, make_cfg_model, unguided
 from guided_diffusion.baselines import dae
-from guided_diffusion.pipeline.translators import translate_batch
+from guided_diffusion.pipeline.translators import TranslationOptions, image_noise, translate_batch
 from guided_diffusion.simplex import simplex_noise
 from guided_diffusion.util.dist_util import _free_port
 
@@ -127,8 +127,9 @@ def test_guidance_steers_towards_the_healthy_class():
 
     diffusion = su.create_gaussian_diffusion(steps=30, learn_sigma=True)
     for use_ddim in (True, False):
-        translate_batch(network, diffusion, cond_fn, th.rand(3, 1, 4, 4), ["a", "b", "c"], seed=0, noise_level=3,
-                        use_ddim=use_ddim)
+        x = th.rand(3, 1, 4, 4)
+        translate_batch(GuidedModel(network, cond_fn=cond_fn, kind="classifier"), diffusion, x,
+                        image_noise(0, ["a", "b", "c"], x.device), TranslationOptions(3, use_ddim))
     assert seen["classifier"] and seen["network"]
     assert all(y.tolist() == [su.HEALTHY] * 3 for y in seen["classifier"] + seen["network"]) and su.HEALTHY == 0
 
@@ -150,11 +151,10 @@ def test_cfg_combines_the_two_predictions_and_at_w_0_is_the_conditional_ddim():
     th.testing.assert_close(guided[:, :4], 3 * cond[:, :4] - 2 * uncond[:, :4], rtol=1e-5, atol=1e-5)
     th.testing.assert_close(guided[:, 4:], cond[:, 4:], rtol=1e-5, atol=1e-5)
     with th.no_grad():
-        plain = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True)
-        w0 = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True,
-                             decode_fn=make_cfg_model(model, 0.0, su.NULL_CLASS, 4))
-        w2 = translate_batch(model, diffusion, None, x, ["a", "b"], seed=1, noise_level=10, use_ddim=True,
-                             decode_fn=make_cfg_model(model, 2.0, su.NULL_CLASS, 4))
+        plain, w0, w2 = (translate_batch(guided, diffusion, x, image_noise(1, ["a", "b"], x.device),
+                                         TranslationOptions(10, use_ddim=True))
+                         for guided in (unguided(model), cfg_guided(model, 0.0, su.NULL_CLASS, 4),
+                                        cfg_guided(model, 2.0, su.NULL_CLASS, 4)))
     th.testing.assert_close(w0, plain, rtol=0, atol=1e-5)  # batched twice as large: rounding only
     assert (w2 - plain).abs().max() > 1e-3  # guidance moves the result
 
@@ -249,8 +249,8 @@ def test_cfg_end_to_end_and_a_checkpoint_without_the_extra_label(data, tmp_path,
         with np.load(path) as z:
             x = th.from_numpy(z["input"])[None]
             with th.no_grad():
-                expected = translate_batch(model, diffusion, None, x, [path.stem], seed=0, noise_level=4,
-                                           use_ddim=True, decode_fn=by_hand)
+                expected = translate_batch(GuidedModel(model, decode=by_hand, kind="cfg", scale=2.0), diffusion, x,
+                                           image_noise(0, [path.stem], x.device), TranslationOptions(4, use_ddim=True))
             np.testing.assert_allclose(z["healthy"], expected[0].numpy(), rtol=1e-4, atol=1e-5)
     from guided_diffusion.util.errors import UserError
     with pytest.raises(UserError, match=r"plain/model000002.pt: made without the 'no class' label.*--p_uncond"):

@@ -40,9 +40,9 @@ from cpu_helpers import have_cxx_compiler, one_thread, redraw_zero_layers  # noq
 
 from guided_diffusion.anomaly import anomaly_map, otsu_mask
 from guided_diffusion.datasets.loaders import create_dataset
-from guided_diffusion.guidance import make_cond_fn
+from guided_diffusion.guidance import classifier_guided, make_cond_fn
 from guided_diffusion.pipeline.devices import autocast_for, compile_network, wrap_network
-from guided_diffusion.pipeline.translators import translate_batch
+from guided_diffusion.pipeline.translators import TranslationOptions, image_noise, translate_batch
 from guided_diffusion.pipeline.pieces import TrainLoop
 from guided_diffusion.pipeline.runs import SampleConfig
 from guided_diffusion.pipeline.train import TrainConfig
@@ -127,9 +127,10 @@ def translate(nets, x, ids, precision="fp32", channels_last=False, batch_size=8,
         classifier = copy.deepcopy(classifier).to(memory_format=th.channels_last)
     autocast = autocast_for(x.device, precision)
     model_fn = wrap_network(compile_network(model, x.device) if compile else model, autocast, channels_last)
-    cond_fn = make_cond_fn(classifier, SCALE, autocast=autocast)
-    return th.cat([translate_batch(model_fn, diffusion, cond_fn, x[i:i + batch_size], ids[i:i + batch_size],
-                                   seed=seed, noise_level=noise_level, use_ddim=use_ddim)
+    guided = classifier_guided(model_fn, classifier, SCALE, autocast=autocast)
+    options = TranslationOptions(noise_level, use_ddim=use_ddim)
+    return th.cat([translate_batch(guided, diffusion, x[i:i + batch_size],
+                                   image_noise(seed, ids[i:i + batch_size], x.device), options)
                    for i in range(0, len(x), batch_size)])
 
 

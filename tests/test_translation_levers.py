@@ -16,9 +16,16 @@ from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, one_thread, redraw_zero_laye
 from guided_diffusion import script_util as su
 from guided_diffusion import translation_levers as tl
 from guided_diffusion.datasets.synthetic import generate
-from guided_diffusion.guidance import make_cond_fn, scale_weight, schedule_cond_fn
+from guided_diffusion.guidance import GuidedModel, make_cond_fn, scale_weight, schedule_cond_fn
 from guided_diffusion.pipeline import pieces
-from guided_diffusion.pipeline.translators import Levers, decode_start, image_seed, translate_batch
+from guided_diffusion.pipeline.translators import (
+    Levers,
+    TranslationOptions,
+    decode_start,
+    image_noise,
+    image_seed,
+    translate_batch,
+)
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flags import SCALE_SCHEDULES
 
@@ -45,6 +52,13 @@ def _noise_of(ids, shape):
     per-image seeding: sha256 of "seed:id")."""
     gens = [th.Generator().manual_seed(image_seed(0, i)) for i in ids]
     return gens, lambda: th.stack([th.randn(shape, generator=g) for g in gens])
+
+
+def _translate_batch(network, diffusion, cond_fn, x, ids, noise_level, use_ddim=True, levers=Levers()):
+    """translate_batch with ``network`` guided by ``cond_fn`` (None: unguided), towards y = healthy."""
+    model = GuidedModel(network, cond_fn=cond_fn, kind="none" if cond_fn is None else "classifier")
+    return translate_batch(model, diffusion, x, image_noise(0, ids, x.device),
+                           TranslationOptions(noise_level, use_ddim, levers=levers))
 
 
 def _ddim(model, diffusion, cond_fn, img, noise, level, denoised_fn=None):
@@ -90,11 +104,11 @@ def test_constant_is_the_old_translation_bit_for_bit_and_linear_scales_the_gradi
     _, first = _noise_of(IDS, x.shape[1:])
     by_hand = _ddim(model, diffusion, cond_fn, x, first(), 10)
     with th.no_grad():
-        default = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=True)
-        constant = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=True,
-                                   levers=Levers(scale_schedule="constant"))
-        linear = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=True,
-                                 levers=Levers(scale_schedule="linear"))
+        default = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=True)
+        constant = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=True,
+                                    levers=Levers(scale_schedule="constant"))
+        linear = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=True,
+                                  levers=Levers(scale_schedule="linear"))
     assert th.equal(default, by_hand) and th.equal(constant, by_hand)
 
     def faded(x_t, t, **kwargs):  # s(t) = s * t / 8: the decoding of L = 10 starts at t = 8
@@ -134,12 +148,12 @@ def test_autoddpm_empty_mask_gives_the_input_and_a_full_mask_the_double_translat
     model, diffusion, cond_fn = _networks()
     x = _images()
     with th.no_grad():
-        empty = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=True,
-                                levers=Levers(autoddpm=True, autoddpm_quantile=1.0))
+        empty = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=True,
+                                 levers=Levers(autoddpm=True, autoddpm_quantile=1.0))
         # any pixel above the median, dilated by the image's side, marks every pixel
-        full = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=True,
-                               levers=Levers(autoddpm=True, autoddpm_quantile=0.5, autoddpm_dilation=SIZE,
-                                             autoddpm_level=4))
+        full = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=True,
+                                levers=Levers(autoddpm=True, autoddpm_quantile=0.5, autoddpm_dilation=SIZE,
+                                              autoddpm_level=4))
     assert th.equal(empty, x)  # the resampling keeps the input outside the (empty) mask
     _, draw = _noise_of(IDS, x.shape[1:])
     first = _ddim(model, diffusion, cond_fn, x, draw(), 10)
@@ -162,8 +176,8 @@ def test_autoddpm_resamples_the_stitched_image_and_keeps_the_input_outside_the_m
 
     monkeypatch.setattr(diffusion, "ddim_sample_loop_known", recording)
     with th.no_grad():
-        healthy = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=12, use_ddim=True,
-                                  levers=Levers(autoddpm=True, autoddpm_quantile=0.9))
+        healthy = _translate_batch(model, diffusion, cond_fn, x, IDS, 12, use_ddim=True,
+                                   levers=Levers(autoddpm=True, autoddpm_quantile=0.9))
     assert [s["level"] for s in seen] == [12, 3]  # L, then L / 4
     first = seen[0]["out"]
     mask = tl.autoddpm_mask(x, first, 0.9, 1)
@@ -189,11 +203,10 @@ def test_the_levers_do_not_depend_on_the_batch(use_ddim):
     x = _images()
     levers = Levers(autoddpm=True, autoddpm_quantile=0.8, patch_size=8, scale_schedule="cosine")
     with th.no_grad():
-        batch = translate_batch(model, diffusion, cond_fn, x, IDS, seed=0, noise_level=10, use_ddim=use_ddim,
-                                levers=levers)
+        batch = _translate_batch(model, diffusion, cond_fn, x, IDS, 10, use_ddim=use_ddim, levers=levers)
         for b, image_id in enumerate(IDS):
-            alone = translate_batch(model, diffusion, cond_fn, x[b:b + 1], [image_id], seed=0, noise_level=10,
-                                    use_ddim=use_ddim, levers=levers)
+            alone = _translate_batch(model, diffusion, cond_fn, x[b:b + 1], [image_id], 10, use_ddim=use_ddim,
+                                     levers=levers)
             th.testing.assert_close(alone[0], batch[b], rtol=1e-4, atol=2e-5)
 
 
@@ -237,8 +250,8 @@ def test_each_tile_is_its_own_patchs_reconstruction_from_the_clean_context(use_d
 
     identity, calls = _oracle(diffusion, x, lambda x_t: x)
     with th.no_grad():
-        out = translate_batch(identity, diffusion, None, x, IDS, seed=0, noise_level=10, use_ddim=use_ddim,
-                              levers=Levers(patch_size=8))
+        out = _translate_batch(identity, diffusion, None, x, IDS, 10, use_ddim=use_ddim,
+                               levers=Levers(patch_size=8))
     th.testing.assert_close(out, x, rtol=0, atol=1e-5)  # the identity denoiser gives back x
     # at every step the network saw the clean image outside one patch, the patches in grid order
     steps = 9 + 9 if use_ddim else 10  # DDIM: encoding t = 1..L-1, decoding L-2..0; DDPM: L-1..0
@@ -250,8 +263,8 @@ def test_each_tile_is_its_own_patchs_reconstruction_from_the_clean_context(use_d
 
     shifted, _ = _oracle(diffusion, x, lambda x_t: x + 0.01 * (1 + noised_patch(x_t)).view(-1, 1, 1, 1).float())
     with th.no_grad():
-        out = translate_batch(shifted, diffusion, None, x, IDS, seed=0, noise_level=10, use_ddim=use_ddim,
-                              levers=Levers(patch_size=8))
+        out = _translate_batch(shifted, diffusion, None, x, IDS, 10, use_ddim=use_ddim,
+                               levers=Levers(patch_size=8))
     for k, (rows, cols) in enumerate(boxes):
         th.testing.assert_close(out[:, :, rows, cols], x[:, :, rows, cols] + 0.01 * (k + 1), rtol=0, atol=1e-5)
 

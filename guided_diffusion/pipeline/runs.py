@@ -29,7 +29,7 @@ from ..datasets.loaders import (
 )
 from ..datasets.splits import split_by_patient
 from ..evaluation.results import format_table
-from ..guidance import make_cfg_model, make_cond_fn
+from ..guidance import cfg_guided, classifier_guided, unguided
 from ..resample import create_named_schedule_sampler
 from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
 from ..simplex import simplex_noise
@@ -420,8 +420,6 @@ def diffusion_translator(cfg: SampleConfig, device: th.device) -> DiffusionTrans
     model_autocast = autocast_for(device, resolve_precision(speed.precision, cfg.model.use_fp16))
     model_fn = wrap_network(compile_network(model, device) if speed.compile else model, model_autocast,
                             speed.channels_last)
-    cond_fn = decode_fn = None
-    scale = 0.0
     if s.guidance == "classifier":
         classifier, _ = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
         load_weights(classifier, s.classifier_path, "--classifier_path", "classifier")
@@ -429,16 +427,15 @@ def diffusion_translator(cfg: SampleConfig, device: th.device) -> DiffusionTrans
         prepare_for_inference(classifier, device, speed.channels_last)
         classifier_autocast = autocast_for(device, resolve_precision(
             speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16"))
-        cond_fn = make_cond_fn(classifier, s.classifier_scale, autocast=classifier_autocast)
-        scale = s.classifier_scale
+        guided = classifier_guided(model_fn, classifier, s.classifier_scale, autocast=classifier_autocast)
     elif cfg_guidance:
-        decode_fn = make_cfg_model(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
-        scale = s.guidance_scale
-    return DiffusionTranslation(model_fn, diffusion, cond_fn, seed=cfg.run.seed, noise_levels=s.noise_level,
-                                use_ddim=s.use_ddim, clip_denoised=s.clip_denoised, guidance=s.guidance, scale=scale,
-                                decode_fn=decode_fn, draw=per_image(noise_fn_of(cfg.noise)),
-                                class_cond=cfg.model.class_cond, noise_type=cfg.noise.noise_type, levers=levers,
-                                map_options=map_options(cfg.maps))
+        guided = cfg_guided(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
+    else:
+        guided = unguided(model_fn, class_cond=cfg.model.class_cond)
+    return DiffusionTranslation(guided, diffusion, seed=cfg.run.seed, noise_levels=s.noise_level,
+                                use_ddim=s.use_ddim, clip_denoised=s.clip_denoised,
+                                draw=per_image(noise_fn_of(cfg.noise)), noise_type=cfg.noise.noise_type,
+                                levers=levers, map_options=map_options(cfg.maps))
 
 
 def levers_of(cfg: SampleConfig, num_timesteps: int) -> Levers:

@@ -6,9 +6,9 @@ translator its translation script builds.
 
 * :class:`DiffusionTranslation`: the paper's guided DDIM (``use_ddim=True``: DDIM encoding to
   L, classifier-guided DDIM decoding) or stochastic DDPM (noise to L, guided ancestral
-  sampling). Each image's noise comes from its own generator seeded by (seed, image id), so a
-  result does not depend on the batch size, on which images share its batch, or on how many
-  processes split the folder.
+  sampling) with the network as guided (:class:`guidance.GuidedModel`). Each image's noise comes
+  from its own generator seeded by (seed, image id), so a result does not depend on the batch size,
+  on which images share its batch, or on how many processes split the folder.
   Classifier-free guidance, simplex noise and a noise-level ensemble are options of it, and so are
   the levers of :class:`Levers`: a schedule of the classifier's scale, AutoDDPM's mask, stitch and
   resample, pDDPM's patch-wise noising (the maths in :mod:`guided_diffusion.translation_levers`).
@@ -23,20 +23,9 @@ from typing import Callable, Sequence
 
 import torch as th
 
-from ..guidance import schedule_cond_fn
+from ..guidance import GuidedModel
 from ..maps import MapOptions, make_map
-from ..script_util import HEALTHY
-from ..translation_levers import (
-    autoddpm_level,
-    autoddpm_mask,
-    box_mask,
-    keep_known,
-    mask_gradient,
-    patch_boxes,
-    stitch,
-    with_clean_context,
-)
-
+from ..translation_levers import autoddpm_level, autoddpm_mask, box_mask, keep_known, patch_boxes, stitch
 
 
 def image_seed(seed: int, image_id: str) -> int:
@@ -108,80 +97,97 @@ def decode_start(diffusion, noise_level: int, use_ddim: bool) -> float:
     return t
 
 
-def translate_batch(model_fn, diffusion, cond_fn, x: th.Tensor, ids, *, seed: int, noise_level: int,
-                    use_ddim: bool, clip_denoised: bool = True, callback=None, progress: bool = False,
-                    decode_fn=None, draw: Callable = _draw, class_cond: bool = True, levers: Levers = Levers()):
-    """Healthy reconstructions of a batch ``x`` (B, C, H, W) in [0, 1]; returns (B, C, H, W).
-
-    ``decode_fn`` replaces the network in DDIM's decoding half (classifier-free guidance);
-    ``draw`` makes each image's noise (Gaussian, or simplex); ``class_cond`` False calls the network
-    without the class label (an unconditional model); ``levers``: see :class:`Levers` (the default,
-    all off, is the paper's translation, bit for bit)."""
-    device = x.device
+def image_noise(seed: int, ids: Sequence[str], device, draw: Callable = _draw) -> Callable:
+    """A noise sampler (k-diffusion's ``noise_sampler``, one generator per image): ``noise(shape)``
+    returns the next draw (B, *shape) of each image's own generator, seeded by (``seed``, its id), made
+    by ``draw`` (:func:`_draw`: standard normal; :func:`per_image`: the forward process's noise)."""
     gens = _generators(seed, ids, device)
-    model_kwargs = {"y": th.full((x.shape[0],), HEALTHY, dtype=th.long, device=device)} if class_cond else {}
 
-    def translate(img: th.Tensor, level: int, model, decode, cond, denoised_fn=None) -> th.Tensor:
-        """One translation of ``img`` at ``level``: each image's noise drawn from its own generator."""
-        noise = draw(gens, img.shape[1:], device)
-        cond = schedule_cond_fn(cond, levers.scale_schedule, decode_start(diffusion, level, use_ddim))
-        kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond, progress=progress, callback=callback,
-                      model_kwargs=model_kwargs, noise_level=level, noise=noise, denoised_fn=denoised_fn)
-        if use_ddim:
-            sample, _, _ = diffusion.ddim_sample_loop_known(model, tuple(img.shape), img, decode_model=decode, **kwargs)
+    def noise(shape) -> th.Tensor:
+        return draw(gens, tuple(shape), device)
+    return noise
+
+
+@dataclass(frozen=True)
+class TranslationOptions:
+    """How one translation runs: the noise level L (steps of the, possibly respaced, process), DDIM or
+    DDPM, clipping of the predicted x_0, the :class:`Levers` (all off: the paper's translation) and a
+    progress bar."""
+
+    noise_level: int
+    use_ddim: bool = True
+    clip_denoised: bool = True
+    levers: Levers = Levers()
+    progress: bool = False
+
+
+def translate_batch(model: GuidedModel, diffusion, x: th.Tensor, noise: Callable, options: TranslationOptions,
+                    callback=None) -> th.Tensor:
+    """Healthy reconstructions of a batch ``x`` (B, C, H, W) in [0, 1] with the guided ``model`` and
+    ``diffusion``'s schedule; returns (B, C, H, W).
+
+    ``noise(shape)`` is each image's next noise draw (:func:`image_noise`); ``callback`` gets each
+    step's dict (see ``ddim_sample_loop_known``). The default levers give the paper's translation, bit
+    for bit: ``diffusion.ddim_sample_loop_known(model.network, ..., cond_fn=model.cond_fn,
+    decode_model=model.decode, model_kwargs=model.model_kwargs(...), noise=noise(...))``."""
+    device = x.device
+    levers = options.levers
+    model_kwargs = model.model_kwargs(x.shape[0], device)
+
+    def translate(img: th.Tensor, level: int, guided: GuidedModel, denoised_fn=None) -> th.Tensor:
+        """One translation of ``img`` at ``level``, from each image's next draw."""
+        first = noise(img.shape[1:])
+        guided = guided.scheduled(levers.scale_schedule, decode_start(diffusion, level, options.use_ddim))
+        kwargs = dict(clip_denoised=options.clip_denoised, cond_fn=guided.cond_fn, progress=options.progress,
+                      callback=callback, model_kwargs=model_kwargs, noise_level=level, noise=first,
+                      denoised_fn=denoised_fn)
+        if options.use_ddim:
+            sample, _, _ = diffusion.ddim_sample_loop_known(guided.network, tuple(img.shape), img,
+                                                            decode_model=guided.decode, **kwargs)
         else:
-            sample, _, _ = diffusion.p_sample_loop_known(
-                decode or model, tuple(img.shape), img,
-                noise_fn=lambda x_t, t: draw(gens, x_t.shape[1:], device), **kwargs)
+            sample, _, _ = diffusion.p_sample_loop_known(guided.decoder, tuple(img.shape), img,
+                                                         noise_fn=lambda x_t, t: noise(x_t.shape[1:]), **kwargs)
         return sample
 
-    def reconstruct(img: th.Tensor, level: int, cond, denoised_fn=None) -> th.Tensor:
+    def reconstruct(img: th.Tensor, level: int, guided: GuidedModel, denoised_fn=None) -> th.Tensor:
         """A translation of ``img``, or with a patch size, pDDPM's: each patch of the grid noised and
         reconstructed from the clean image around it, the patches tiled."""
         if not levers.patch_size:
-            return translate(img, level, model_fn, decode_fn, cond, denoised_fn)
+            return translate(img, level, guided, denoised_fn)
         out = th.empty_like(img)
         for box in patch_boxes(img.shape[2], img.shape[3], levers.patch_size):
-            mask = box_mask(img.shape, box, device)
-            part = translate(img, level, with_clean_context(model_fn, img, mask),
-                             with_clean_context(decode_fn, img, mask), with_clean_context(cond, img, mask),
-                             denoised_fn)
+            part = translate(img, level, guided.with_clean_context(img, box_mask(img.shape, box, device)), denoised_fn)
             out[:, :, box[0], box[1]] = part[:, :, box[0], box[1]]
         return out
 
-    healthy = reconstruct(x, noise_level, cond_fn)
+    healthy = reconstruct(x, options.noise_level, model)
     if not levers.autoddpm:
         return healthy
     # AutoDDPM (Bercea et al. 2023): mask the likely anomalies, stitch the reconstruction into the input there,
     # and resample the stitched image at a lower level with the input held outside the mask
     mask = autoddpm_mask(x, healthy, levers.autoddpm_quantile, levers.autoddpm_dilation)
-    resampled = reconstruct(stitch(x, healthy, mask), autoddpm_level(noise_level, levers.autoddpm_level),
-                            mask_gradient(cond_fn, mask), denoised_fn=keep_known(x, mask))
+    resampled = reconstruct(stitch(x, healthy, mask), autoddpm_level(options.noise_level, levers.autoddpm_level),
+                            model.masked(mask), denoised_fn=keep_known(x, mask))
     return stitch(x, resampled.to(x.dtype), mask)
 
 
 @dataclass
 class DiffusionTranslation:
     """Translation towards "healthy" with a diffusion model: the paper's classifier-guided DDIM
-    (Wolleb et al. 2022, SPEC section 3) or DDPM, classifier-free guided DDIM (``decode_fn``),
-    unguided denoising from a partial level with simplex noise (AnoDDPM, ``draw``).
+    (Wolleb et al. 2022, SPEC section 3) or DDPM, classifier-free guided DDIM, unguided denoising from
+    a partial level with simplex noise (AnoDDPM, ``draw``); ``model`` says which guidance.
 
     Several ``noise_levels``: one translation per level; the healthy image is their mean and the
     anomaly map the mean of their maps, each made with ``map_options`` (the noise-level ensemble of
     Behrendt et al.'s cDDPM)."""
 
-    model_fn: Callable
+    model: GuidedModel
     diffusion: object
-    cond_fn: Callable | None
     seed: int
     noise_levels: tuple[int, ...]
     use_ddim: bool
     clip_denoised: bool = True
-    guidance: str = "classifier"
-    scale: float = 0.0
-    decode_fn: Callable | None = None
     draw: Callable = _draw
-    class_cond: bool = True
     noise_type: str = "gaussian"
     levers: Levers = Levers()
     map_options: MapOptions = MapOptions()
@@ -192,15 +198,13 @@ class DiffusionTranslation:
         sampler = "DDIM" if self.use_ddim else "DDPM"
         if self.noise_type == "simplex":
             sampler = f"simplex {sampler}"
-        guide = {"classifier": f"s={self.scale:g}", "cfg": f"CFG W={self.scale:g}", "none": "unguided"}[self.guidance]
         levers = self.levers.describe()
-        return f"{sampler}, L={levels}, {guide}" + (f", {levers}" if levers else "")
+        return f"{sampler}, L={levels}, {self.model.describe()}" + (f", {levers}" if levers else "")
 
     def __call__(self, x: th.Tensor, ids: Sequence[str], callback=None):
-        outs = [translate_batch(self.model_fn, self.diffusion, self.cond_fn, x, ids, seed=self.seed, noise_level=level,
-                                use_ddim=self.use_ddim, clip_denoised=self.clip_denoised, callback=callback,
-                                decode_fn=self.decode_fn, draw=self.draw, class_cond=self.class_cond,
-                                levers=self.levers)
+        outs = [translate_batch(self.model, self.diffusion, x, image_noise(self.seed, ids, x.device, self.draw),
+                                TranslationOptions(level, self.use_ddim, self.clip_denoised, self.levers),
+                                callback=callback)
                 for level in self.noise_levels]
         if len(outs) == 1:
             return outs[0]
