@@ -176,11 +176,22 @@ class GuidedModel:
 
 
 def classifier_guided(network: Callable, classifier: Callable, classifier_scale: float,
-                      autocast=None) -> GuidedModel:
-    """The class-conditional ``network`` guided by ``classifier(x_t, t)`` logits towards "healthy" with
-    scale s = ``classifier_scale`` (:func:`make_cond_fn`; Wolleb et al. 2022)."""
+                      autocast=None, class_cond: bool = True) -> GuidedModel:
+    """``network`` guided by ``classifier(x_t, t)`` logits towards "healthy" with scale s =
+    ``classifier_scale`` (:func:`make_cond_fn`; Wolleb et al. 2022). The target class reaches the
+    classifier always, the network only if it is class-conditional (``class_cond``; an unconditional
+    network guided by a classifier, as Dhariwal & Nichol 2021 also sample)."""
+    if not class_cond:
+        network = _without_label(network)
     return GuidedModel(network, cond_fn=make_cond_fn(classifier, classifier_scale, autocast=autocast),
                        kind="classifier", scale=float(classifier_scale))
+
+
+def _without_label(network: Callable) -> Callable:
+    """``network`` called without the class label ``y`` its callers pass."""
+    def call(x: th.Tensor, t: th.Tensor, y: th.Tensor | None = None, **kwargs) -> th.Tensor:
+        return network(x, t, **kwargs)
+    return call
 
 
 def cfg_guided(network: Callable, guidance_scale: float, null_class: int, channels: int) -> GuidedModel:

@@ -68,6 +68,22 @@ def test_the_classifier_guided_model_is_s_times_the_gradient_of_log_p_healthy():
     assert model.describe() == "s=30"
 
 
+def test_an_unconditional_network_guided_by_the_classifier_gets_no_label():
+    x, t = _images(), th.tensor([3, 17])
+    clf = _TanhClassifier(x[0].numel())
+    seen = []
+
+    def unconditional(x, t, **kwargs):  # a UNet made with --class_cond False refuses a label
+        seen.append(sorted(kwargs))
+        return th.cat([0.1 * x, th.zeros_like(x)], dim=1)
+
+    model = classifier_guided(unconditional, clf, SCALE, class_cond=False)
+    kwargs = _kwargs(model, x)
+    th.testing.assert_close(model.network(x, t, **kwargs), unconditional(x, t))
+    assert seen == [[], []]
+    th.testing.assert_close(model.cond_fn(x, t, **kwargs), _by_hand(clf, x, t, su.HEALTHY), rtol=1e-5, atol=1e-6)
+
+
 def test_the_scheduled_model_has_scale_s_at_the_first_decoding_step_and_0_at_t_0():
     x = _images()
     clf = _TanhClassifier(x[0].numel())

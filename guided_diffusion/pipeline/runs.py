@@ -427,7 +427,8 @@ def diffusion_translator(cfg: SampleConfig, device: th.device) -> DiffusionTrans
         prepare_for_inference(classifier, device, speed.channels_last)
         classifier_autocast = autocast_for(device, resolve_precision(
             speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16"))
-        guided = classifier_guided(model_fn, classifier, s.classifier_scale, autocast=classifier_autocast)
+        guided = classifier_guided(model_fn, classifier, s.classifier_scale, autocast=classifier_autocast,
+                                   class_cond=cfg.model.class_cond)
     elif cfg_guidance:
         guided = cfg_guided(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
     else:
