@@ -145,9 +145,18 @@ def test_every_translating_method_can_be_bundled_and_loaded(name, tmp_path):
     out = method(x, ["000001", "000002"], None)
     healthy = out[0] if isinstance(out, tuple) else out
     assert healthy.shape == x.shape and th.isfinite(healthy).all()
+    assert record["method"]["map"] == {}  # the paper's map
     if name == "ddim":
         assert record["method"]["sampler"] == "DDIM" and record["method"]["classifier_scale"] == 10.0
-        assert record["method"]["noise_level"] == [3]
+        assert record["method"]["noise_level"] == [3] and record["method"]["levers"] == {}
+
+
+def test_the_bundles_method_names_the_levers_and_the_map_that_are_on(tmp_path):
+    bundle = _export("ddim", tmp_path, "--threshold", "0.25", autoddpm=True, autoddpm_quantile=0.9,
+                     scale_schedule="linear", map_residual="ssim")
+    method = json.loads((bundle / "bundle.json").read_text())["method"]
+    assert method["levers"] == {"autoddpm": True, "autoddpm_quantile": 0.9, "scale_schedule": "linear"}
+    assert method["map"] == {"map_residual": "ssim"}
 
 
 def test_export_takes_the_network_flags_from_the_checkpoints(tmp_path):
@@ -336,7 +345,9 @@ def test_detect_makes_the_map_with_the_bundles_map_flags(intensity_bundle, tmp_p
     from guided_diffusion.datasets.common import crop_from_size, pad_to_size
     _write_patient(tmp_path / "release" / "BraTS2021_00007", _names("BraTS2021_00007"))
     smooth = _export("intensity", tmp_path, "--threshold", "0.5", "--slice_range", "5,14", map_smooth=1.0)
-    assert json.loads((smooth / "bundle.json").read_text())["flags"]["map_smooth"] == 1.0
+    record = json.loads((smooth / "bundle.json").read_text())
+    assert record["flags"]["map_smooth"] == 1.0 and record["method"]["map"] == {"map_smooth": 1.0}
+    assert "levers" not in record["method"]  # a diffusion translation's
     maps = {}
     for name, bundle in (("plain", intensity_bundle), ("smooth", smooth)):
         assert detect_main(["--bundle", str(bundle), "-i", str(tmp_path / "release"), "-o", str(tmp_path / name),

@@ -40,6 +40,7 @@ from .networks import complete_from_checkpoints
 from .methods import METHODS, Command
 from .runs import SampleConfig
 from .translate import Translator
+from .translators import Levers
 from .tune import SCALE_FLAGS, read_best
 
 BUNDLE_JSON = "bundle.json"
@@ -125,8 +126,25 @@ def _weights_entry(path: str, file: str, what: str) -> dict:
     return entry
 
 
+def _changed(group) -> dict:
+    """The flags of a flag group that differ from their defaults."""
+    return {f.name: getattr(group, f.name) for f in dataclasses.fields(group) if getattr(group, f.name) != f.default}
+
+
 def _method_settings(script: str, cfg) -> dict:
-    """The method in words and its settings (what a reader of bundle.json looks for first)."""
+    """The method in words and its settings (what a reader of bundle.json looks for first): the map's
+    flags that differ from the paper's map (``map``) and, for a diffusion translation, the levers that
+    are on (``levers``: the scale schedule, AutoDDPM, pDDPM's patches; :class:`.translators.Levers`)."""
+    settings = _method_name(script, cfg)
+    settings["map"] = _changed(cfg.maps)
+    if script == SampleConfig.SCRIPT:
+        lever_names = {f.name for f in dataclasses.fields(Levers)}
+        settings["levers"] = {name: value for name, value in {**_changed(cfg.sampling), **_changed(cfg.patches)}.items()
+                              if name in lever_names}
+    return settings
+
+
+def _method_name(script: str, cfg) -> dict:
     if script == "intensity_translate":
         return {"script": script, "name": f"{cfg.intensity.channel} intensity"}
     if script != SampleConfig.SCRIPT:
