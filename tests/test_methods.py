@@ -284,6 +284,32 @@ def test_simplex_diffusion_on_healthy_slices_translates_unguided(data, tmp_path,
     assert summary["method"] == "simplex DDPM, L=5, unguided"
 
 
+def test_balance_classes_draws_each_class_equally_often(tmp_path, monkeypatch):
+    from guided_diffusion.datasets.loaders import balanced_indices
+    from guided_diffusion.pipeline.pieces import ClassifierPiece
+    assert balanced_indices([1, 0, 0, 0, 0, 1, 0, 0]) == [0, 0, 0, 1, 2, 3, 4, 5, 5, 5, 6, 7]
+    assert balanced_indices([1, 0, 0, 0, 0, 1, 0, 0], [0, 1, 2]) == [0, 0, 1, 2]  # 1 diseased : 2 healthy
+    assert balanced_indices([0, 0, 0], [1, 2]) == [1, 2]  # one class: as it is
+    generate(str(tmp_path), dataset="brats", size=SIZE, n_train=8, n_test=0, tumour_fraction=0.25, seed=1)
+    train = tmp_path / "brats" / "training"  # 2 diseased, 6 healthy slices
+    drawn, terms = [], ClassifierPiece.logits_and_terms
+
+    def recorded(self, net, x, y, t, noise):
+        drawn.append(y.clone())
+        return terms(self, net, x, y, t, noise)
+
+    monkeypatch.setattr(ClassifierPiece, "logits_and_terms", recorded)
+    labels = {}
+    for balance in (False, True):  # 3 steps of 4 = one epoch of the balanced 12 (each diseased slice 3 times)
+        drawn.clear()
+        script("classifier_train", "--data_dir", train, "--val_data_dir", train, "--eval_interval", 0,
+               "--image_size", SIZE, *CLASSIFIER, "--diffusion_steps", 50, *QUIET, "--batch_size", 4,
+               "--iterations", 3, "--balance_classes", balance, "--log_dir", tmp_path / f"c{balance}")
+        labels[balance] = th.cat(drawn)
+    assert len(labels[True]) == 12 and int(labels[True].sum()) == 6
+    assert int(labels[False].sum()) <= 4  # 2 per 8 drawn as they come
+
+
 def test_noise_level_ensemble_and_classifier_max_t(data, tmp_path, capsys, seen_by_training):
     script("image_train", "--data_dir", data["train"], *MODEL, "--class_cond", True, *QUIET, "--batch_size", 4,
            "--lr_anneal_steps", 2, "--log_dir", tmp_path / "m")

@@ -217,6 +217,19 @@ def item_labels(dataset: Dataset, num_workers: int = 0) -> list[int]:
     return [y for batch in loader for y in batch]
 
 
+def balanced_indices(labels: Sequence[int], indices: Sequence[int] | None = None) -> list[int]:
+    """``indices`` (default: every item) with each item of the smaller class repeated
+    ``round(n_larger / n_smaller)`` times, so that an epoch holds both classes about equally often; the
+    order is the input's, the training stream shuffles. Unchanged when a class is missing."""
+    chosen = list(range(len(labels))) if indices is None else list(indices)
+    by_class = {y: [i for i in chosen if labels[i] == y] for y in sorted({labels[i] for i in chosen})}
+    if len(by_class) < 2:
+        return chosen
+    smaller = min(by_class, key=lambda y: len(by_class[y]))
+    repeat = max(1, round(max(map(len, by_class.values())) / len(by_class[smaller])))
+    return [i for i in chosen for _ in range(repeat if labels[i] == smaller else 1)]
+
+
 def _labels_of(items: list[tuple[torch.Tensor, dict]]) -> list[int]:
     return [int(info["y"]) for _, info in items]
 

@@ -22,6 +22,7 @@ import torch as th
 from torch.utils.data import DataLoader, Subset
 
 from ..datasets.loaders import (
+    balanced_indices,
     collate_training_batch,
     create_dataset,
     item_labels,
@@ -306,6 +307,8 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
                             create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
                             make_val_data=make_val if val_set is not None else None, eval_interval=ct.eval_interval,
                             max_t=ct.classifier_max_t)
+    if ct.balance_classes:
+        train_idx = balanced_indices(item_labels(dataset, cfg.data.num_workers), train_idx)
     n_train = len(dataset) if train_idx is None else len(train_idx)
     precision = resolve_precision(cfg.speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16")
     train_cfg = train_config(cfg, training_length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,

@@ -256,6 +256,10 @@ class ClassifierTrainFlags(FlagGroup):
     val_label_dir: str = flag("", "the --label_dir of --val_data_dir", metavar="DIR")
     classifier_max_t: int = flag(0, "train (and evaluate) at timesteps t < T only, where translation with "
                                     "--noise_level L asks the classifier (0: all timesteps, the paper)")
+    balance_classes: bool = flag(False, "draw healthy and diseased training images about equally often: each "
+                                        "image of the smaller class repeats round(larger / smaller) times per epoch, "
+                                        "so the classifier cannot settle on the class prior (False: as they come, "
+                                        "the paper)")
 
 
 @dataclass(frozen=True)
