@@ -248,7 +248,7 @@ def train_piece(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, moni
                       monitor=monitor, device=device)  # first: it refuses a folder of another run's checkpoints
     _write_flags(cfg, cfg.run.log_dir)
     params = sum(p.numel() for net in piece.modules().values() for p in net.parameters())
-    n = len(dataset) if indices is None else len(indices)
+    n = len(dataset) if indices is None else len(set(indices))  # an index may repeat (--balance_classes)
     logger.log(f"training the {piece.kind} on {n} of {len(dataset)} images{what}, {params} parameters, "
                f"{train_cfg.total_steps or 'unlimited'} steps (batch {train_cfg.batch_size} x "
                f"{dist_util.get_world_size()} processes), device {device}, from step {trainer.step}")
@@ -314,6 +314,8 @@ def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
     train_cfg = train_config(cfg, training_length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,
                               precision=precision)
     held_out = f" ({len(val_set) if val_set is not None else 0} held out)"
+    if ct.balance_classes:
+        held_out += f", classes balanced: {n_train} draws per epoch"
     return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=train_idx, what=held_out)
 
 
