@@ -13,6 +13,10 @@ _skipped_conformance: list[str] = []
 
 
 def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        # pytest-xdist would hand out the files with the most tests first (a file of one long test, such as
+        # test_detection.py, last of all): keep the order of pytest_collection_modifyitems below instead
+        config.option.loadscopereorder = False
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
         torch.set_num_threads(1)
