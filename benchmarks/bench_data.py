@@ -47,7 +47,7 @@ from guided_diffusion.datasets.loaders import (  # noqa: E402
 )
 from guided_diffusion.datasets.synthetic import generate  # noqa: E402
 from guided_diffusion.pipeline import presets  # noqa: E402
-from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop  # noqa: E402
+from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainLoop, TrainLoop  # noqa: E402
 from guided_diffusion.pipeline.train import TrainConfig  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
     add_dict_to_argparser,

@@ -35,7 +35,7 @@ from guided_diffusion.pipeline import presets  # noqa: E402
 from guided_diffusion.pipeline.bundle import export_bundle, load_bundle, parse_export  # noqa: E402
 from guided_diffusion.pipeline.detect import find_patients, process_patient  # noqa: E402
 from guided_diffusion.pipeline.networks import create_classifier_net, create_unet_and_diffusion  # noqa: E402
-from guided_diffusion.pipeline.runs import SampleConfig  # noqa: E402
+from guided_diffusion.pipeline.methods.diffusion import SampleConfig  # noqa: E402
 from guided_diffusion.util import checkpoint as ckpt  # noqa: E402
 from guided_diffusion.util.flags import SpeedFlags  # noqa: E402
 from guided_diffusion.util.flagspec import parse_flags  # noqa: E402

@@ -47,7 +47,7 @@ from _common import (  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop  # noqa: E402
+from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainLoop, TrainLoop  # noqa: E402
 from guided_diffusion.pipeline.train import TrainConfig, dropout_seed  # noqa: E402
 from guided_diffusion.util.flags import ClassifierTrainFlags, RunFlags, SpeedFlags, TrainFlags  # noqa: E402
 

@@ -13,7 +13,7 @@ Writes <id>.npz, <id>.png, metrics.csv and summary.json into --output_dir.
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import SampleConfig, run_translation
+from guided_diffusion.pipeline.methods.diffusion import SampleConfig, run_translation
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ Held-out accuracy: --val_data_dir, or else a --val_fraction of the training fold
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import ClassifierTrainConfig, train_classifier
+from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainConfig, train_classifier
 
 
 def main(argv=None):

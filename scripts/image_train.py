@@ -8,7 +8,7 @@ Multi-GPU: `mpiexec -n 4 python scripts/image_train.py ...` or `torchrun --nproc
 import sys
 
 from guided_diffusion.pipeline.cli import run_main, run_script
-from guided_diffusion.pipeline.runs import ImageTrainConfig, train_diffusion_model
+from guided_diffusion.pipeline.methods.diffusion import ImageTrainConfig, train_diffusion_model
 
 
 def main(argv=None):

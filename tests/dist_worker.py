@@ -18,7 +18,7 @@ import torch as th
 import torch.nn.functional as F
 from cpu_helpers import TINY_CLASSIFIER, TINY_UNET, redraw_zero_layers
 
-from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
+from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig, dropout_seed, step_generator
 from guided_diffusion.script_util import (
     create_classifier_and_diffusion,

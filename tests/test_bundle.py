@@ -162,7 +162,7 @@ def test_the_bundles_method_names_the_levers_and_the_map_that_are_on(tmp_path):
 def test_export_takes_the_network_flags_from_the_checkpoints(tmp_path):
     """Data, checkpoints, L and s are enough: the rest comes from the flags saved beside each
     checkpoint, as for the translation script itself."""
-    from guided_diffusion.pipeline.runs import ClassifierTrainConfig, ImageTrainConfig
+    from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainConfig, ImageTrainConfig
     from guided_diffusion.util.flagspec import flag_dict
     script, flags, _ = METHODS["ddim"]
     paths = _save_networks("ddim", tmp_path / "ckpt")

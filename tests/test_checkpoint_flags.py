@@ -15,6 +15,7 @@ from guided_diffusion.pipeline.cli import run_script
 from guided_diffusion.pipeline.methods.dae import DAETrainConfig, DAETranslateConfig, create_dae
 from guided_diffusion.pipeline.methods.fpgan import FPGANTrainConfig, FPGANTranslateConfig, create_fpgan
 from guided_diffusion.pipeline.methods.vae import VAETrainConfig, VAETranslateConfig, create_vae
+from guided_diffusion.pipeline.methods import diffusion
 from guided_diffusion.pipeline.networks import (
     complete_from_checkpoints,
     create_classifier_net,
@@ -47,11 +48,11 @@ def _save(folder, config_cls, flags, build, saved=True):
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     unet = lambda c: create_unet_and_diffusion(c.data, c.model, c.diffusion)[0]  # noqa: E731
-    return {"model": _save(root / "model", runs.ImageTrainConfig, MODEL, unet),
-            "bare": _save(root / "bare", runs.ImageTrainConfig, MODEL, unet, saved=False),
-            "clf": _save(root / "clf", runs.ClassifierTrainConfig, CLASSIFIER,
+    return {"model": _save(root / "model", diffusion.ImageTrainConfig, MODEL, unet),
+            "bare": _save(root / "bare", diffusion.ImageTrainConfig, MODEL, unet, saved=False),
+            "clf": _save(root / "clf", diffusion.ClassifierTrainConfig, CLASSIFIER,
                          lambda c: create_classifier_net(c.data, c.classifier, c.diffusion)[0]),
-            "bare_clf": _save(root / "bare_clf", runs.ClassifierTrainConfig, CLASSIFIER,
+            "bare_clf": _save(root / "bare_clf", diffusion.ClassifierTrainConfig, CLASSIFIER,
                               lambda c: create_classifier_net(c.data, c.classifier, c.diffusion)[0], saved=False),
             "root": root}
 
@@ -65,17 +66,17 @@ def _words(flags):
 
 
 def test_parse_command_reports_the_flags_given_and_refuses_abbreviations():
-    cfg, given = parse_command(runs.SampleConfig, ["--num_channels", "32", "--use_ddim", "--classifier_scale=5"])
+    cfg, given = parse_command(diffusion.SampleConfig, ["--num_channels", "32", "--use_ddim", "--classifier_scale=5"])
     assert given == {"num_channels", "use_ddim", "classifier_scale"}
     assert cfg.model.num_channels == 32 and cfg.sampling.use_ddim is True and cfg.sampling.classifier_scale == 5
     with pytest.raises(SystemExit):  # today's prefix match would read --classifier_scale
-        parse_flags(runs.SampleConfig, ["--classifier_scal", "100"])
+        parse_flags(diffusion.SampleConfig, ["--classifier_scal", "100"])
     with pytest.raises(SystemExit):
         parse_flags(tune.TuneConfig, ["--out", "x", "--noise_level", "5"])  # --noise_levels is tune.py's
 
 
 def test_translation_flags_not_given_are_the_checkpoints(ckpts):
-    cfg = _complete(runs.SampleConfig, ["--model_path", ckpts["model"], "--classifier_path", ckpts["clf"],
+    cfg = _complete(diffusion.SampleConfig, ["--model_path", ckpts["model"], "--classifier_path", ckpts["clf"],
                                         "--noise_level", 3, "--classifier_scale", 10])
     assert {k: getattr(cfg.model, k) for k in MODEL if hasattr(cfg.model, k)} == {
         k: v for k, v in MODEL.items() if hasattr(cfg.model, k)}
@@ -91,7 +92,7 @@ def test_translation_flags_not_given_are_the_checkpoints(ckpts):
 
 
 def test_a_checkpoint_without_saved_flags_is_read_from_its_shapes(ckpts):
-    cfg = _complete(runs.SampleConfig, ["--model_path", ckpts["bare"], "--classifier_path", ckpts["bare_clf"]])
+    cfg = _complete(diffusion.SampleConfig, ["--model_path", ckpts["bare"], "--classifier_path", ckpts["bare_clf"]])
     assert (cfg.model.num_channels, cfg.model.channel_mult, cfg.model.num_res_blocks, cfg.diffusion.learn_sigma,
             cfg.model.class_cond, cfg.model.use_scale_shift_norm, cfg.model.attention_resolutions) == (
         32, "1,2", 1, True, True, False, "32")
@@ -100,15 +101,15 @@ def test_a_checkpoint_without_saved_flags_is_read_from_its_shapes(ckpts):
     load_weights(create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)[0], ckpts["bare"], "--model_path", "m")
     # a bare classifier's attention pool tells the image size, at which the UNet's attention levels are read
     unet = lambda c: create_unet_and_diffusion(c.data, c.model, c.diffusion)[0]  # noqa: E731
-    big = _save(ckpts["root"] / "bare32", runs.ImageTrainConfig, {**MODEL, "image_size": 32, "attention_resolutions":
+    big = _save(ckpts["root"] / "bare32", diffusion.ImageTrainConfig, {**MODEL, "image_size": 32, "attention_resolutions":
                                                                    "16"}, unet, saved=False)
-    small = _save(ckpts["root"] / "bare32_clf", runs.ClassifierTrainConfig, {**CLASSIFIER, "image_size": 32},
+    small = _save(ckpts["root"] / "bare32_clf", diffusion.ClassifierTrainConfig, {**CLASSIFIER, "image_size": 32},
                   lambda c: create_classifier_net(c.data, c.classifier, c.diffusion)[0], saved=False)
-    cfg = _complete(runs.SampleConfig, ["--model_path", big, "--classifier_path", small])
+    cfg = _complete(diffusion.SampleConfig, ["--model_path", big, "--classifier_path", small])
     assert (cfg.data.image_size, cfg.model.attention_resolutions) == (32, "16")
     load_weights(create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)[0], big, "--model_path", "m")
     # the original README's way, every flag given and agreeing, still works
-    full = _complete(runs.SampleConfig, ["--model_path", ckpts["bare"], *_words(MODEL)])
+    full = _complete(diffusion.SampleConfig, ["--model_path", ckpts["bare"], *_words(MODEL)])
     assert full.model.num_channels == 32
 
 
@@ -116,7 +117,7 @@ def test_contradictions_are_one_error_listing_each_with_the_value_needed(ckpts):
     argv = ["--model_path", ckpts["model"], "--classifier_path", ckpts["clf"], "--num_channels", 64,
             "--classifier_width", 64, "--classifier_depth", 2, "--num_heads", 1]
     with pytest.raises(UserError) as err:
-        _complete(runs.SampleConfig, argv)
+        _complete(diffusion.SampleConfig, argv)
     text = str(err.value)
     assert text.startswith("3 flag(s) contradict the checkpoints")
     for wrong, needed in (("--num_channels 64", "--num_channels 32"),
@@ -125,19 +126,19 @@ def test_contradictions_are_one_error_listing_each_with_the_value_needed(ckpts):
         assert f"{wrong}: " in text and f"needs {needed}" in text, text
     with pytest.raises(UserError, match=r"--image_size 128 differs from the checkpoint's image size: the network was "
                                         r"trained on 64 x 64 images"):
-        _complete(runs.SampleConfig, ["--model_path", ckpts["model"], "--image_size", 128])
+        _complete(diffusion.SampleConfig, ["--model_path", ckpts["model"], "--image_size", 128])
     with pytest.raises(UserError, match=r"--image_size 128 differs from the checkpoint's image size"):  # shapes
-        _complete(runs.SampleConfig, ["--model_path", ckpts["bare"], "--classifier_path", ckpts["bare_clf"],
+        _complete(diffusion.SampleConfig, ["--model_path", ckpts["bare"], "--classifier_path", ckpts["bare_clf"],
                                       "--image_size", 128])
 
 
 def test_resuming_and_the_comparison_methods_take_their_flags_from_the_run(ckpts, tmp_path):
     log_dir = tmp_path / "train"
     os.makedirs(log_dir)
-    runs._write_flags(from_dict(runs.ImageTrainConfig, {**MODEL, "log_dir": str(log_dir)}), str(log_dir))
-    cfg = _complete(runs.ImageTrainConfig, ["--log_dir", log_dir, "--resume_checkpoint", "auto"])
+    runs._write_flags(from_dict(diffusion.ImageTrainConfig, {**MODEL, "log_dir": str(log_dir)}), str(log_dir))
+    cfg = _complete(diffusion.ImageTrainConfig, ["--log_dir", log_dir, "--resume_checkpoint", "auto"])
     assert (cfg.model.num_channels, cfg.model.channel_mult, cfg.diffusion.diffusion_steps) == (32, "1,2", 40)
-    fresh = _complete(runs.ImageTrainConfig, ["--log_dir", log_dir])  # not resuming: the flags as given
+    fresh = _complete(diffusion.ImageTrainConfig, ["--log_dir", log_dir])  # not resuming: the flags as given
     assert fresh.model.num_channels == 128
     vae = {"image_size": 64, "vae_width": 16, "vae_depth": 4, "latent_dim": 8, "latent_disc_width": 16}
     path = _save(tmp_path / "vae", VAETrainConfig, vae, lambda c: create_vae(c.data, c.vae)[0])
@@ -167,8 +168,8 @@ def test_resuming_and_the_comparison_methods_take_their_flags_from_the_run(ckpts
     ("classifier_train", ["--classifier_width", 48], "--classifier_width 48"),
 ])
 def test_flags_that_cannot_build_a_network_are_one_line_before_any_data(tmp_path, script, flags, message):
-    config = {"image_train": runs.ImageTrainConfig, "classifier_train": runs.ClassifierTrainConfig}[script]
-    run = {"image_train": runs.train_diffusion_model, "classifier_train": runs.train_classifier}[script]
+    config = {"image_train": diffusion.ImageTrainConfig, "classifier_train": diffusion.ClassifierTrainConfig}[script]
+    run = {"image_train": diffusion.train_diffusion_model, "classifier_train": diffusion.train_classifier}[script]
     base = {"image_train": _words({k: v for k, v in MODEL.items() if k != "num_heads"}),
             "classifier_train": _words(CLASSIFIER)}[script]
     argv = [*base, *map(str, flags), "--data_dir", str(tmp_path / "no_such_folder"), "--log_dir", str(tmp_path / "l")]
@@ -183,11 +184,11 @@ def test_help_speaks_of_each_script_and_never_cites_the_spec():
     assert "resized to" in chexpert and "zero-padded" not in chexpert
     scoring = build_parser(evaluate.EvaluateConfig).format_help()
     assert "seeds the bootstrap" in scoring and "initial weights" not in scoring
-    classifier = build_parser(runs.ClassifierTrainConfig).format_help()
+    classifier = build_parser(diffusion.ClassifierTrainConfig).format_help()
     for ignored in ("--learn_sigma", "--use_kl", "--predict_xstart", "--rescale_learned_sigmas"):
         assert ignored not in classifier, ignored
     assert "--diffusion_steps" in classifier  # the noising uses it
-    assert parse_flags(runs.ClassifierTrainConfig, ["--learn_sigma", "True"])  # presets still pass them
+    assert parse_flags(diffusion.ClassifierTrainConfig, ["--learn_sigma", "True"])  # presets still pass them
     for name in sorted(os.listdir(os.path.join(ROOT, "scripts"))):
         with open(os.path.join(ROOT, "scripts", name)) as f:
             assert "SPEC" not in f.read(), name

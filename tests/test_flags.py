@@ -18,6 +18,7 @@ from guided_diffusion.pipeline import methods
 from guided_diffusion.pipeline.commands import COMMANDS
 from guided_diffusion.pipeline.methods import METHODS
 from guided_diffusion.pipeline.methods.vae import VAETrainConfig
+from guided_diffusion.pipeline.methods import diffusion
 from guided_diffusion.util import flags, visdom_server
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.script_util import DATASET_CHANNELS
@@ -129,7 +130,7 @@ def test_no_library_code_reads_an_argparse_namespace():
 
 
 def test_help_shows_each_flag_in_its_group_with_meaning_and_default():
-    text = build_parser(runs.SampleConfig).format_help()
+    text = build_parser(diffusion.SampleConfig).format_help()
     sections = re.findall(r"^(\w[\w ]*):$", text, flags=re.M)
     assert sections[:1] == ["options"] and {"run", "data", "model", "diffusion", "classifier", "sampling",
                                             "monitoring", "translation", "speed", "evaluation"} <= set(sections)
@@ -139,7 +140,7 @@ def test_help_shows_each_flag_in_its_group_with_meaning_and_default():
     # a script's own default is shown and used
     vae = build_parser(VAETrainConfig)
     assert "(default: 256)" in vae.format_help() and vae.parse_args([]).image_size == 256
-    assert build_parser(runs.ImageTrainConfig).parse_args([]).image_size == 64
+    assert build_parser(diffusion.ImageTrainConfig).parse_args([]).image_size == 64
 
 
 @dataclass(frozen=True)
@@ -206,17 +207,17 @@ def test_presets_parse_as_the_scripts_that_take_them():
     def parsed(config_cls, *flags):
         return flag_dict(parse_flags(config_cls, " ".join(flags).split()))
 
-    train = parsed(runs.ImageTrainConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
+    train = parsed(diffusion.ImageTrainConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
     assert (train["num_channels"], train["class_cond"], train["p_uncond"], train["batch_size"]) == (128, True, 0.0, 10)
-    classifier = parsed(runs.ClassifierTrainConfig, p.CLASSIFIER_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
+    classifier = parsed(diffusion.ClassifierTrainConfig, p.CLASSIFIER_FLAGS, p.DIFFUSION_FLAGS, p.TRAIN_FLAGS)
     assert (classifier["classifier_depth"], classifier["classifier_resblock_updown"]) == (4, True)
-    sample = parsed(runs.SampleConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.SAMPLE_FLAGS)
+    sample = parsed(diffusion.SampleConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.SAMPLE_FLAGS)
     assert (sample["timestep_respacing"], sample["use_ddim"]) == ("ddim1000", True)
     tuning = parsed(tune.TuneConfig, p.MODEL_FLAGS, p.DIFFUSION_FLAGS, p.CLASSIFIER_FLAGS, p.RECIPE_TUNE_FLAGS,
                     "--model_path m.pt --classifier_path c.pt --out t")
     assert (tuning["guidance"], tuning["noise_levels"], tuning["classifier_scales"], tuning["threshold"]) == (
         "classifier", ((20,), (30,), (50,)), (50.0, 100.0, 200.0), "val")
-    demo = parsed(runs.SampleConfig, p.preset_text(p.DEMO_MODEL, p.DEMO_DIFFUSION, p.DEMO_CLASSIFIER))
+    demo = parsed(diffusion.SampleConfig, p.preset_text(p.DEMO_MODEL, p.DEMO_DIFFUSION, p.DEMO_CLASSIFIER))
     assert (demo["image_size"], demo["classifier_num_head_channels"]) == (64, 32)
 
 
@@ -262,7 +263,7 @@ def test_configs_round_trip_through_argv_and_dict(config_cls):
 
 def test_from_dict_is_a_partial_config_and_names_bad_entries():
     from guided_diffusion.util.flagspec import from_dict, to_argv
-    cfg = from_dict(runs.SampleConfig, {"noise_level": [20, 30], "classifier_scale": 50, "use_ddim": True},
+    cfg = from_dict(diffusion.SampleConfig, {"noise_level": [20, 30], "classifier_scale": 50, "use_ddim": True},
                     where="best.json")
     assert cfg.sampling.noise_level == (20, 30) and cfg.sampling.classifier_scale == 50.0
     assert cfg.sampling.use_ddim is True and cfg.model.num_channels == 128  # the rest: defaults
@@ -270,13 +271,13 @@ def test_from_dict_is_a_partial_config_and_names_bad_entries():
     assert len(argv) == 6 and {tuple(argv[i:i + 2]) for i in range(0, 6, 2)} == {
         ("--use_ddim", "True"), ("--noise_level", "20,30"), ("--classifier_scale", "50.0")}
     with pytest.raises(UserError, match=r"^best.json: SampleConfig takes no flag\(s\) --classifier_scal$"):
-        from_dict(runs.SampleConfig, {"classifier_scal": 1}, where="best.json")
+        from_dict(diffusion.SampleConfig, {"classifier_scal": 1}, where="best.json")
     with pytest.raises(UserError, match=r"^best.json: --use_ddim 'maybe': expected True or False"):
-        from_dict(runs.SampleConfig, {"use_ddim": "maybe"}, where="best.json")
+        from_dict(diffusion.SampleConfig, {"use_ddim": "maybe"}, where="best.json")
     with pytest.raises(UserError, match=r"^best.json: --num_channels: expected an integer, found 1.5$"):
-        from_dict(runs.SampleConfig, {"num_channels": 1.5}, where="best.json")
+        from_dict(diffusion.SampleConfig, {"num_channels": 1.5}, where="best.json")
     with pytest.raises(UserError, match=r"--guidance 'x': expected one of classifier, cfg, none$"):
-        from_dict(runs.SampleConfig, {"guidance": "x"}, where="best.json")
+        from_dict(diffusion.SampleConfig, {"guidance": "x"}, where="best.json")
 
 
 def test_the_readmes_presets_are_the_tested_ones():

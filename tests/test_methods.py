@@ -286,7 +286,7 @@ def test_simplex_diffusion_on_healthy_slices_translates_unguided(data, tmp_path,
 
 def test_balance_classes_draws_each_class_equally_often(tmp_path, monkeypatch):
     from guided_diffusion.datasets.loaders import balanced_indices
-    from guided_diffusion.pipeline.pieces import ClassifierPiece
+    from guided_diffusion.pipeline.methods.diffusion import ClassifierPiece
     assert balanced_indices([1, 0, 0, 0, 0, 1, 0, 0]) == [0, 0, 0, 1, 2, 3, 4, 5, 5, 5, 6, 7]
     assert balanced_indices([1, 0, 0, 0, 0, 1, 0, 0], [0, 1, 2]) == [0, 0, 1, 2]  # 1 diseased : 2 healthy
     assert balanced_indices([0, 0, 0], [1, 2]) == [1, 2]  # one class: as it is

@@ -43,8 +43,8 @@ from guided_diffusion.datasets.loaders import create_dataset
 from guided_diffusion.guidance import classifier_guided, make_cond_fn
 from guided_diffusion.pipeline.devices import autocast_for, compile_network, wrap_network
 from guided_diffusion.pipeline.translators import TranslationOptions, image_noise, translate_batch
-from guided_diffusion.pipeline.pieces import TrainLoop
-from guided_diffusion.pipeline.runs import SampleConfig
+from guided_diffusion.pipeline.methods.diffusion import TrainLoop
+from guided_diffusion.pipeline.methods.diffusion import SampleConfig
 from guided_diffusion.pipeline.train import TrainConfig
 from guided_diffusion.script_util import (
     classifier_defaults,

@@ -15,8 +15,9 @@ from PIL import Image
 
 from guided_diffusion.pipeline import runs
 from guided_diffusion.pipeline.methods.vae import VAETrainConfig
-from guided_diffusion.pipeline.pieces import ClassifierTrainLoop, TrainLoop
+from guided_diffusion.pipeline.methods.diffusion import ClassifierTrainLoop, TrainLoop
 from guided_diffusion.pipeline.train import TrainConfig
+from guided_diffusion.pipeline.methods import diffusion
 from guided_diffusion.script_util import (
     create_classifier_and_diffusion,
     create_model_and_diffusion,
@@ -57,7 +58,7 @@ def params_of(loop):
 
 
 def test_the_scaffold_takes_the_scripts_flag_groups_as_parsed():
-    cfg = parse_flags(runs.ImageTrainConfig, ["--lr", "3e-4", "--microbatch", "1", "--seed", "7", "--log_dir", "run",
+    cfg = parse_flags(diffusion.ImageTrainConfig, ["--lr", "3e-4", "--microbatch", "1", "--seed", "7", "--log_dir", "run",
                                               "--progress", "False", "--channels_last", "True", "--batch_size", "3"])
     train_cfg = runs.train_config(cfg, 10, anneal=True, precision="fp16")
     assert train_cfg.training is cfg.training and train_cfg.run is cfg.run

@@ -17,7 +17,7 @@ from guided_diffusion import script_util as su
 from guided_diffusion import translation_levers as tl
 from guided_diffusion.datasets.synthetic import generate
 from guided_diffusion.guidance import GuidedModel, make_cond_fn, scale_weight, schedule_cond_fn
-from guided_diffusion.pipeline import pieces
+from guided_diffusion.pipeline.methods import diffusion as diffusion_family
 from guided_diffusion.pipeline.translators import (
     Levers,
     TranslationOptions,
@@ -336,14 +336,14 @@ def trained(tmp_path_factory):
     generate(str(root), dataset="brats", size=SIZE, n_train=8, n_test=3, tumour_fraction=0.5, seed=1)
     data = root / "brats"
     masks = []
-    patched = pieces.patched_training_losses
+    patched = diffusion_family.patched_training_losses
 
     def recording(diffusion, model, x_start, t, mask, **kwargs):
         masks.append(mask.clone())
         return patched(diffusion, model, x_start, t, mask, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pieces, "patched_training_losses", recording)
+        mp.setattr(diffusion_family, "patched_training_losses", recording)
         mp.setattr(type(su.create_gaussian_diffusion(steps=50)), "training_losses",
                    lambda *a, **k: pytest.fail("the ordinary loss under --patch_size"))
         script("image_train", "--data_dir", data / "training", *MODEL, "--progress", False, "--batch_size", 4,

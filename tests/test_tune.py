@@ -18,6 +18,7 @@ from guided_diffusion.pipeline import runs, tune
 from guided_diffusion.pipeline.cli import run_script
 from guided_diffusion.pipeline.translators import NetworkTranslation
 from guided_diffusion.pipeline.networks import create_unet_and_diffusion
+from guided_diffusion.pipeline.methods import diffusion
 from guided_diffusion.util.errors import UserError
 from guided_diffusion.util.flagspec import from_dict, parse_command, parse_flags
 
@@ -30,7 +31,7 @@ MODEL = dict(image_size=SIZE, num_channels=32, num_res_blocks=1, channel_mult="1
 def model_path(tmp_path_factory):
     """An untrained tiny diffusion model's checkpoint with its flags beside it, as training writes them."""
     folder = tmp_path_factory.mktemp("model")
-    cfg = from_dict(runs.ImageTrainConfig, MODEL)
+    cfg = from_dict(diffusion.ImageTrainConfig, MODEL)
     th.manual_seed(0)
     th.save(create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion)[0].state_dict(), folder / "model000001.pt")
     runs._write_flags(cfg, str(folder))
@@ -177,7 +178,7 @@ def test_tune_chooses_the_better_map_lever_and_reuses_the_translation(model_path
         call.name = inner.name
         return call
 
-    monkeypatch.setattr(runs, "diffusion_translator", method)
+    monkeypatch.setattr(diffusion, "diffusion_translator", method)
     argv = ["--data_dir", val, "--model_path", model_path, "--guidance", "none", "--noise_levels", "3,2+3",
             "--grid", "map_smooth=0,1", "--protocol", "slice", "--threshold", "val", "--progress", False,
             "--out", tmp_path / "tune", "--log_dir", tmp_path / "log", "--test_dir", test_split,
@@ -209,7 +210,7 @@ def test_tune_chooses_the_better_map_lever_and_reuses_the_translation(model_path
     assert record["flags"]["map_smooth"] == 1.0
     words = shlex.split(record["translate"])
     assert words[words.index("--map_smooth") + 1] == "1.0"
-    assert from_dict(runs.SampleConfig, record["flags"]).maps.map_smooth == 1.0
+    assert from_dict(diffusion.SampleConfig, record["flags"]).maps.map_smooth == 1.0
     assert test_calls["images"] == 8
     assert json.loads((tmp_path / "test" / "settings.json").read_text())["flags"]["map_smooth"] == 1.0
     for path in sorted((tmp_path / "test").glob("*.npz")):
@@ -236,7 +237,7 @@ def test_a_reused_translation_gives_the_maps_of_a_direct_one(model_path, val, tm
     reused = tmp_path / "tune" / "model000001_L2_map_residual-ssim"
     assert "images_timed" not in json.loads((reused / "summary.json").read_text())
     direct = tmp_path / "direct"
-    run_script(runs.SampleConfig, runs.run_translation,
+    run_script(diffusion.SampleConfig, diffusion.run_translation,
                [str(a) for a in (*common, "--noise_level", 2, "--map_residual", "ssim", "--output_dir", direct,
                                  "--log_dir", tmp_path / "log2")])
     names = sorted(p.name for p in direct.glob("*.npz"))
@@ -249,7 +250,7 @@ def test_a_reused_translation_gives_the_maps_of_a_direct_one(model_path, val, tm
                               np.load(tmp_path / "tune" / "model000001_L2_map_residual-abs" / names[0])["anomaly"])
     # the script's method carries the map options to a noise-level ensemble's maps
     flags = {**MODEL, "model_path": [str(model_path)], "guidance": "none", "noise_level": [2], "map_smooth": 1.0}
-    method = runs.diffusion_translator(from_dict(runs.SampleConfig, flags), th.device("cpu"))
+    method = diffusion.diffusion_translator(from_dict(diffusion.SampleConfig, flags), th.device("cpu"))
     assert method.map_options == MapOptions(smooth=1.0)
 
 

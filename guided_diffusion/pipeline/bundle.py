@@ -38,7 +38,7 @@ from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
 from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
 from .methods import METHODS, Command
-from .runs import SampleConfig
+from .methods.diffusion import SampleConfig
 from .translate import Translator
 from .translators import Levers
 from .tune import SCALE_FLAGS, read_best

@@ -1,12 +1,12 @@
-"""What the scripts do, as functions of their typed configs (the scripts stay thin): the steps every
-method shares, and the diffusion family's scripts (image_train, classifier_train,
-classifier_sample_known; tune.py's search is :mod:`.tune`).
+"""What the scripts do, as functions of their typed configs (the scripts stay thin): the configs'
+bases and the steps every method shares.
 
 A script's config is a dataclass of flag groups (:mod:`guided_diffusion.util.flags`); its
 run function builds the data, the networks and the piece or translator from it and hands them
 to the training scaffold (:mod:`.train`) or the translation loop (:mod:`.translate`).
-``DEFAULTS`` are a script's own defaults for flags of shared groups. Each baseline's configs and
-run functions are its method's module (:mod:`.methods`); they build on :class:`TrainingConfigBase`,
+``DEFAULTS`` are a script's own defaults for flags of shared groups. Each method's configs and
+run functions are its module's (:mod:`.methods`; the diffusion family's :mod:`.methods.diffusion`);
+they build on :class:`TrainingConfigBase`,
 :class:`TranslationConfigBase`, :func:`script_config`, :func:`train_baseline` and :func:`translate_with`.
 """
 from __future__ import annotations
@@ -16,69 +16,29 @@ import json
 import math
 import os
 from dataclasses import dataclass, make_dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import torch as th
-from torch.utils.data import DataLoader, Subset
 
-from ..datasets.loaders import (
-    balanced_indices,
-    collate_training_batch,
-    create_dataset,
-    item_labels,
-    training_batches,
-)
-from ..datasets.splits import split_by_patient
+from ..datasets.loaders import create_dataset, item_labels, training_batches
 from ..evaluation.results import format_table
-from ..guidance import cfg_guided, classifier_guided, unguided
-from ..resample import create_named_schedule_sampler
-from ..script_util import NULL_CLASS, NUM_CLASSES, in_channels_for
-from ..simplex import simplex_noise
-from ..translation_levers import check_patch_size
 from ..util import dist_util, logger
 from ..util.errors import UserError
 from ..util.fileio import atomic_write
 from ..util.flags import (
-    ClassifierFlags,
-    ClassifierTrainFlags,
     DataFlags,
-    DiffusionFlags,
-    DiffusionTrainFlags,
     EvaluationFlags,
     LengthFlags,
     MapFlags,
-    ModelFlags,
     MonitorFlags,
-    NoiseFlags,
-    PatchFlags,
     RunFlags,
-    SamplingFlags,
     SpeedFlags,
-    SplitFlags,
-    TimestepFlags,
     TrainFlags,
     TranslateFlags,
 )
-from ..util.flagspec import flag_dict, part
-from .devices import (
-    autocast_for,
-    compile_network,
-    prepare_for_inference,
-    resolve_precision,
-    wrap_network,
-)
+from ..util.flagspec import flag_dict
 from .evaluate import scoring_of
-from .translators import DiffusionTranslation, Levers, per_image
-from .networks import (
-    CLASSIFIER_FLAGS,
-    UNET_FLAGS,
-    CheckpointFlags,
-    create_classifier_net,
-    create_unet_and_diffusion,
-    flags_file,
-    load_weights,
-)
-from .pieces import ClassifierPiece, DiffusionPiece, gaussian_noise
+from .networks import CheckpointFlags, flags_file
 from .train import Piece, TrainConfig, Trainer
 from .settings import claim_output_dir
 from .translate import LoopConfig, Translator, map_options, remap_folder, translate_folder
@@ -109,60 +69,6 @@ class TranslationConfigBase(ScriptConfigBase):
     translation: TranslateFlags
     evaluation: EvaluationFlags
     maps: MapFlags
-
-
-@dataclass(frozen=True)
-class ImageTrainConfig(TrainingConfigBase):
-    """scripts/image_train.py"""
-
-    model: ModelFlags
-    diffusion: DiffusionFlags
-    noise: NoiseFlags
-    schedule: DiffusionTrainFlags
-    patches: PatchFlags
-    timesteps: TimestepFlags
-    speed: SpeedFlags
-    SCRIPT: ClassVar[str] = "image_train"
-    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("resume_checkpoint", "image_train", UNET_FLAGS + ("p_uncond",)),)
-
-
-@dataclass(frozen=True)
-class ClassifierTrainConfig(TrainingConfigBase):
-    """scripts/classifier_train.py"""
-
-    classifier: ClassifierFlags
-    diffusion: DiffusionFlags
-    length: LengthFlags
-    classifier_training: ClassifierTrainFlags
-    split: SplitFlags = part("val_fraction")
-    timesteps: TimestepFlags
-    speed: SpeedFlags
-    SCRIPT: ClassVar[str] = "classifier_train"
-    DEFAULTS: ClassVar[dict] = {"iterations": 150000}
-    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("resume_checkpoint", "classifier_train",
-                                                    CLASSIFIER_FLAGS + ("diffusion_steps", "noise_schedule")),)
-    # the diffusion flags that the classifier's noising does not use: accepted (the original README's
-    # presets pass them) but not listed in --help
-    HIDDEN: ClassVar[tuple] = ("learn_sigma", "use_kl", "predict_xstart", "rescale_learned_sigmas")
-
-
-@dataclass(frozen=True)
-class SampleConfig(TranslationConfigBase):
-    """scripts/classifier_sample_known.py"""
-
-    model: ModelFlags
-    diffusion: DiffusionFlags
-    noise: NoiseFlags
-    classifier: ClassifierFlags
-    sampling: SamplingFlags
-    patches: PatchFlags
-    speed: SpeedFlags
-    SCRIPT: ClassVar[str] = "classifier_sample_known"
-    VISDOM_ENV: ClassVar[str] = "translate"
-    # every network and diffusion flag not given is the checkpoints' (their saved flags, else their shapes)
-    CHECKPOINTS: ClassVar[tuple] = (CheckpointFlags("model_path", "image_train", UNET_FLAGS, shapes="unet"),
-                                    CheckpointFlags("classifier_path", "classifier_train", CLASSIFIER_FLAGS,
-                                                    shapes="classifier"))
 
 
 def script_config(script: str, base: type, defaults: dict, checkpoint: CheckpointFlags | None = None,
@@ -261,64 +167,6 @@ def train_piece(cfg, piece: Piece, dataset, train_cfg: TrainConfig, device, moni
 # -------------------------------------------------------------------------------- training
 
 
-def train_diffusion_model(cfg: ImageTrainConfig, monitor=None) -> dict:
-    """scripts/image_train.py: train the class-conditional diffusion UNet."""
-    device = dist_util.dev(cfg.run.device or None)
-    th.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion,
-                                                 uncond_label=cfg.schedule.p_uncond > 0)
-    model.to(device)
-    dataset = open_dataset(cfg.data, "training")
-    sched = cfg.schedule
-    check_patch_size(cfg.patches.patch_size, cfg.data.image_size)
-    if sched.p_uncond and not cfg.model.class_cond:
-        raise UserError(f"--p_uncond {sched.p_uncond}: classifier-free guidance needs a class-conditional model "
-                        "(--class_cond True)")
-    piece = DiffusionPiece(model, diffusion, sched.ema_rate,
-                           create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
-                           noise_fn=noise_fn_of(cfg.noise), p_uncond=sched.p_uncond,
-                           patch_size=cfg.patches.patch_size)
-    indices = healthy_indices(dataset, cfg.data, "diffusion model") if sched.healthy_only else None
-    steps = sched.lr_anneal_steps
-    precision = resolve_precision(cfg.speed.precision, cfg.model.use_fp16)
-    return train_piece(cfg, piece, dataset, train_config(cfg, steps, anneal=bool(steps), precision=precision),
-                  device, monitor, indices=indices, what=" (healthy only)" if sched.healthy_only else "")
-
-
-def train_classifier(cfg: ClassifierTrainConfig, monitor=None) -> dict:
-    """scripts/classifier_train.py: train the noise-aware classifier (held-out accuracy logged)."""
-    device = dist_util.dev(cfg.run.device or None)
-    th.manual_seed(cfg.run.seed)
-    classifier, diffusion = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
-    classifier.to(device)
-    dataset = open_dataset(cfg.data, "training")
-    ct = cfg.classifier_training
-    if ct.val_data_dir:
-        train_idx, val_set = None, open_dataset(cfg.data, "held-out", ct.val_data_dir, ct.val_label_dir)
-    else:
-        train_idx, val_idx = split_by_patient(dataset.patients, cfg.split.val_fraction, cfg.run.seed)
-        val_set = Subset(dataset, val_idx) if val_idx else None
-
-    def make_val():
-        return iter(DataLoader(val_set, batch_size=cfg.data.batch_size, shuffle=False,
-                               collate_fn=collate_training_batch))
-
-    piece = ClassifierPiece(classifier, diffusion, ct.noised,
-                            create_named_schedule_sampler(cfg.timesteps.schedule_sampler, diffusion),
-                            make_val_data=make_val if val_set is not None else None, eval_interval=ct.eval_interval,
-                            max_t=ct.classifier_max_t)
-    if ct.balance_classes:
-        train_idx = balanced_indices(item_labels(dataset, cfg.data.num_workers), train_idx)
-    n_train = len(dataset) if train_idx is None else len(train_idx)
-    precision = resolve_precision(cfg.speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16")
-    train_cfg = train_config(cfg, training_length(cfg.length, n_train, cfg.data.batch_size), anneal=ct.anneal_lr,
-                              precision=precision)
-    held_out = f" ({len(val_set) if val_set is not None else 0} held out)"
-    if ct.balance_classes:
-        held_out += f", classes balanced: {n_train} draws per epoch"
-    return train_piece(cfg, piece, dataset, train_cfg, device, monitor, indices=train_idx, what=held_out)
-
-
 def train_baseline(cfg, make_piece: Callable[[Any, th.device], Piece], monitor=None, healthy: str = "") -> dict:
     """A baseline's training script: the training folder, initial weights seeded by --seed, the piece
     ``make_piece(dataset, device)`` (its networks on ``device``) trained for --iterations or --epochs
@@ -372,108 +220,11 @@ def _translate(cfg, translator: Translator | None, dataset, device, monitor, map
     return summary
 
 
-def noise_fn_of(noise: NoiseFlags):
-    """The forward process's noise of the noise flags, as ``noise_fn(shape, generator)``, for training
-    and (one image per generator) translation."""
-    if noise.noise_type == "gaussian":
-        return gaussian_noise
-    return lambda shape, generator: simplex_noise(shape, octaves=noise.simplex_octaves,
-                                                  persistence=noise.simplex_persistence,
-                                                  frequency=noise.simplex_frequency, generator=generator)
-
-
-def _check_uncond_label(path: str, state: dict) -> None:
-    """--guidance cfg needs a model with the "no class" label row; name the cause when it has none."""
-    rows = state.get("label_emb.weight")
-    if rows is not None and rows.shape[0] == NUM_CLASSES:
-        raise UserError(f"{path}: made without the 'no class' label of classifier-free guidance; --guidance cfg "
-                        "needs a model trained with image_train.py --p_uncond > 0")
-
-
-def _warn_beyond_classifier_range(classifier_path: str, diffusion, levels) -> None:
-    """Warn when translation asks the classifier about timesteps it was not trained on
-    (classifier_train.py --classifier_max_t, read from the flags saved beside the checkpoint)."""
-    saved = flags_file(classifier_path, "classifier_train")
-    try:
-        with open(saved) as f:
-            max_t = int(json.load(f).get("classifier_max_t") or 0)
-    except (OSError, ValueError):
-        return
-    # decoding calls the classifier at the levels L-2 .. 0 of the (respaced) process
-    deepest = max(diffusion.timestep_map[max(level - 2, 0)] for level in levels)
-    if max_t and deepest >= max_t:
-        logger.warn(f"--noise_level {','.join(map(str, levels))}: the classifier is asked about timesteps up to "
-                    f"{deepest}, but it was trained on t < {max_t} only (--classifier_max_t in {saved})")
-
-
-def diffusion_translator(cfg: SampleConfig, device: th.device) -> DiffusionTranslation:
-    """The diffusion translation of the flags (classifier-guided, classifier-free guided or unguided),
-    with its checkpoints loaded."""
-    s, speed = cfg.sampling, cfg.speed
-    cfg_guidance = s.guidance == "cfg"
-    if cfg_guidance and not cfg.model.class_cond:
-        raise UserError("--guidance cfg: needs a class-conditional model (--class_cond True) trained with --p_uncond")
-    model, diffusion = create_unet_and_diffusion(cfg.data, cfg.model, cfg.diffusion, uncond_label=cfg_guidance)
-    levers = levers_of(cfg, diffusion.num_timesteps)
-    load_weights(model, checkpoint_of(cfg), "--model_path", "diffusion model",
-                 check=_check_uncond_label if cfg_guidance else None)
-    for level in s.noise_level:  # before any image is translated
-        if not 1 <= level <= diffusion.num_timesteps:
-            raise UserError(f"--noise_level {level}: expected 1..{diffusion.num_timesteps} (steps of the process "
-                            f"with --timestep_respacing {cfg.diffusion.timestep_respacing or 'none'})")
-    prepare_for_inference(model, device, speed.channels_last)
-    model_autocast = autocast_for(device, resolve_precision(speed.precision, cfg.model.use_fp16))
-    model_fn = wrap_network(compile_network(model, device) if speed.compile else model, model_autocast,
-                            speed.channels_last)
-    if s.guidance == "classifier":
-        classifier, _ = create_classifier_net(cfg.data, cfg.classifier, cfg.diffusion)
-        load_weights(classifier, s.classifier_path, "--classifier_path", "classifier")
-        _warn_beyond_classifier_range(s.classifier_path, diffusion, s.noise_level)
-        prepare_for_inference(classifier, device, speed.channels_last)
-        classifier_autocast = autocast_for(device, resolve_precision(
-            speed.precision, cfg.classifier.classifier_use_fp16, "--classifier_use_fp16"))
-        guided = classifier_guided(model_fn, classifier, s.classifier_scale, autocast=classifier_autocast,
-                                   class_cond=cfg.model.class_cond)
-    elif cfg_guidance:
-        guided = cfg_guided(model_fn, s.guidance_scale, NULL_CLASS, in_channels_for(cfg.data.dataset))
-    else:
-        guided = unguided(model_fn, class_cond=cfg.model.class_cond)
-    return DiffusionTranslation(guided, diffusion, seed=cfg.run.seed, noise_levels=s.noise_level,
-                                use_ddim=s.use_ddim, clip_denoised=s.clip_denoised,
-                                draw=per_image(noise_fn_of(cfg.noise)), noise_type=cfg.noise.noise_type,
-                                levers=levers, map_options=map_options(cfg.maps))
-
-
-def levers_of(cfg: SampleConfig, num_timesteps: int) -> Levers:
-    """The translation levers of the flags (scale schedule, AutoDDPM, pDDPM patches), checked against the
-    image size and the process's ``num_timesteps``: a bad value is a :class:`UserError` naming its flag."""
-    s = cfg.sampling
-    if s.scale_schedule != "constant" and s.guidance != "classifier":
-        raise UserError(f"--scale_schedule {s.scale_schedule}: schedules the classifier's scale; --guidance "
-                        f"{s.guidance} has no classifier")
-    if not 0.0 < s.autoddpm_quantile <= 1.0:
-        raise UserError(f"--autoddpm_quantile {s.autoddpm_quantile:g}: expected 0 < q <= 1")
-    if not 0 <= s.autoddpm_level <= num_timesteps:
-        raise UserError(f"--autoddpm_level {s.autoddpm_level}: expected 0 (L / 4) or 1..{num_timesteps} (steps of "
-                        f"the process with --timestep_respacing {cfg.diffusion.timestep_respacing or 'none'})")
-    if s.autoddpm_dilation < 0:
-        raise UserError(f"--autoddpm_dilation {s.autoddpm_dilation}: expected 0 or more pixels")
-    check_patch_size(cfg.patches.patch_size, cfg.data.image_size)
-    return Levers(scale_schedule=s.scale_schedule, autoddpm=s.autoddpm, autoddpm_quantile=s.autoddpm_quantile,
-                  autoddpm_level=s.autoddpm_level, autoddpm_dilation=s.autoddpm_dilation,
-                  patch_size=cfg.patches.patch_size)
-
-
 def translate_with(build: Callable[..., Translator], cfg, monitor=None) -> dict | None:
     """A translation script: the translator ``build(cfg, device)`` over ``--data_dir``, scored; the
     summary on rank 0."""
     device = dist_util.dev(cfg.run.device or None)
     return _translate(cfg, build(cfg, device), open_dataset(cfg.data, "test"), device, monitor)
-
-
-def run_translation(cfg: SampleConfig, monitor=None) -> dict | None:
-    """scripts/classifier_sample_known.py: translate ``--data_dir`` and score it; the summary on rank 0."""
-    return translate_with(diffusion_translator, cfg, monitor)
 
 
 def remap_translation(cfg, maps_from: str) -> dict | None:

@@ -50,7 +50,7 @@ def _draw(gens: list[th.Generator], shape, device) -> th.Tensor:
 
 def per_image(noise_fn: Callable) -> Callable:
     """A per-image draw like :func:`_draw` from the forward process's ``noise_fn(shape, generator)``
-    (Gaussian or simplex, :func:`pipeline.runs.noise_fn_of`): each image's noise from its own generator."""
+    (Gaussian or simplex, :func:`pipeline.methods.diffusion.noise_fn_of`): each image's noise from its own generator."""
     def draw(gens: list[th.Generator], shape, device) -> th.Tensor:
         return th.cat([noise_fn((1, *shape), g) for g in gens])
     return draw

@@ -60,7 +60,8 @@ from ..util.flagspec import (
 )
 from .evaluate import scoring_of
 from .networks import CLASSIFIER_FLAGS, UNET_FLAGS
-from .runs import SampleConfig, remap_translation, run_translation
+from .methods.diffusion import SampleConfig, run_translation
+from .runs import remap_translation
 from .settings import NOT_SETTINGS, result_settings
 
 TUNE_CSV = "tune.csv"
