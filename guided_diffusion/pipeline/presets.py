@@ -36,13 +36,12 @@ def preset_text(*presets: dict) -> str:
     return " ".join(f"--{name} {flag_text(value)}" for preset in presets for name, value in preset.items())
 
 
-# The recipe for a new user (README "The recipe we recommend"): the paper's classifier-guided DDIM,
-# trained with MODEL_FLAGS, DIFFUSION_FLAGS, CLASSIFIER_FLAGS and TRAIN_FLAGS, with L, s and the
-# checkpoint chosen by tune.py on a labelled validation split, the threshold with them, the volume
-# protocol. Classifier-free guidance, the recipe before, led on data/ (where the FLAIR channel alone
-# scores 0.997) but was at chance on realistic anatomy. On our realistic set at make compare's budget no
-# method beats the FLAIR intensity (0.400; the paper's DDIM 0.106 +- 0.018 over three seeds, the map
-# levers +0.026, within the spread), so the recipe adds no lever and the README says to report FLAIR beside it
-# (benchmarks/RESULTS.md, issue 20).
+# The tuning grid of the paper's classifier-guided DDIM on full-size data (README "Your own BraTS in a few
+# commands"): L, s and the checkpoint chosen by tune.py on a labelled validation split, the threshold with
+# them, the volume protocol. The README's recipe no longer leads with it: on our realistic set at make compare's
+# budget the FLAIR intensity (0.400) beats every method, the denoising autoencoder is the best learned one
+# (0.198 +- 0.018 over three seeds), and this DDIM scores 0.106 +- 0.018, because its classifier never tells the
+# classes apart there (benchmarks/RESULTS.md, issue 20). It adds no lever: the map levers' +0.026 is within the
+# spread.
 RECIPE_TUNE_FLAGS = ("--timestep_respacing ddim100 --use_ddim True --guidance classifier --noise_levels 20,30,50 "
                      "--classifier_scales 50,100,200 --protocol volume --threshold val")
