@@ -35,13 +35,13 @@ from ..util.checkpoint import parse_checkpoint_name
 from ..util.errors import MissingInputError, UserError
 from ..util.fileio import atomic_write, sha256_of, staged_folder
 from ..util.flags import BundleFlags, OutputFlags, PrepareBratsFlags, SpeedFlags
-from ..util.flagspec import flag_dict, from_dict, parse_command, parse_known_flags, part
+from ..util.flagspec import config_defaults, flag_dict, from_dict, parse_command, parse_known_flags, part
 from .networks import complete_from_checkpoints
 from .methods import METHODS, Command
 from .methods.diffusion import SampleConfig
 from .translate import Translator
 from .translators import Levers
-from .tune import SCALE_FLAGS, read_best
+from .tune import MAP_FLAGS, SCALE_FLAGS, read_best
 
 BUNDLE_JSON = "bundle.json"
 FORMAT = 1
@@ -126,21 +126,20 @@ def _weights_entry(path: str, file: str, what: str) -> dict:
     return entry
 
 
-def _changed(group) -> dict:
-    """The flags of a flag group that differ from their defaults."""
-    return {f.name: getattr(group, f.name) for f in dataclasses.fields(group) if getattr(group, f.name) != f.default}
+LEVER_FLAGS = tuple(f.name for f in dataclasses.fields(Levers))
+"""The flags of the translation levers (each a field of :class:`.translators.Levers`)."""
 
 
 def _method_settings(script: str, cfg) -> dict:
     """The method in words and its settings (what a reader of bundle.json looks for first): the map's
-    flags that differ from the paper's map (``map``) and, for a diffusion translation, the levers that
-    are on (``levers``: the scale schedule, AutoDDPM, pDDPM's patches; :class:`.translators.Levers`)."""
+    flags that differ from the script's defaults (the paper's map; ``map``) and, for a diffusion
+    translation, the levers that are on (``levers``: the scale schedule, AutoDDPM, pDDPM's patches)."""
     settings = _method_name(script, cfg)
-    settings["map"] = _changed(cfg.maps)
+    values, defaults = flag_dict(cfg), flag_dict(config_defaults(type(cfg)))
+    changed = {name: value for name, value in values.items() if value != defaults[name]}
+    settings["map"] = {name: value for name, value in changed.items() if name in MAP_FLAGS}
     if script == SampleConfig.SCRIPT:
-        lever_names = {f.name for f in dataclasses.fields(Levers)}
-        settings["levers"] = {name: value for name, value in {**_changed(cfg.sampling), **_changed(cfg.patches)}.items()
-                              if name in lever_names}
+        settings["levers"] = {name: value for name, value in changed.items() if name in LEVER_FLAGS}
     return settings
 
 
