@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from .script_util import HEALTHY
 from .translation_levers import mask_gradient, with_clean_context
-
-GUIDANCES = ("classifier", "cfg", "none")
+from .util.flags import GUIDANCE
 
 
 def make_cond_fn(classifier, classifier_scale: float, autocast=None):
@@ -128,7 +127,7 @@ class GuidedModel:
     * ``decode``: the network of the decoding half (classifier-free guidance), None: ``network``;
     * ``cond_fn(x_t, t, y=...)``: s * grad_x log p(y | x_t), (B, C, H, W); None: no classifier guidance;
     * ``target``: the class y every callable is given (HEALTHY = 0); None: an unconditional network, no y;
-    * ``kind`` (one of :data:`GUIDANCES`) and ``scale`` (s or W) say what the guidance is, for names.
+    * ``kind`` (one of ``util.flags.GUIDANCE``, the choices of --guidance) and ``scale`` (s or W) say what the guidance is, for names.
     """
 
     network: Callable
@@ -139,8 +138,8 @@ class GuidedModel:
     scale: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in GUIDANCES:
-            raise ValueError(f"guidance {self.kind!r}: expected one of {', '.join(GUIDANCES)}")
+        if self.kind not in GUIDANCE:
+            raise ValueError(f"guidance {self.kind!r}: expected one of {', '.join(GUIDANCE)}")
 
     @property
     def decoder(self) -> Callable:
